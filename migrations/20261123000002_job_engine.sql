@@ -1,0 +1,59 @@
+-- The job engine's changes to apalis-postgres's table `apalis.jobs`.
+--
+-- apalis-postgres creates `apalis.jobs` and `apalis.workers` (its migrations run
+-- first, see shared/src/db.rs). Our layer (shared/src/jobs) keeps using that
+-- table and apalis's status names, and adds what apalis lacks for mail work:
+--
+-- * `queue`: jobs of several kinds share a queue and its concurrency limit;
+--   apalis only knows `job_type`.
+-- * `last_error`: the error of the latest failed attempt, kept when the job is
+--   discarded (apalis keeps results only as opaque JSON).
+-- * `cancelled_at`: set by cancel; a pending job never starts, a running one is
+--   signalled.
+-- * `started_at` is not added: `lock_at` is when the current attempt started.
+-- * The idempotency index: apalis makes (job_type, idempotency_key) unique for
+--   ever, so a finished job blocks its key forever and one collision fails a
+--   whole batch insert. We make the key unique among live jobs only
+--   (Pending/Running) and insert with ON CONFLICT DO NOTHING.
+-- * `lock_by` loses its hold on `apalis.workers` when a worker row is pruned
+--   (ON DELETE SET NULL) so dead workers can be cleaned up.
+-- * Redundant indexes go: `unique_job_id` repeats the primary key, `lidx`
+--   repeats `idx_apalis_jobs_lock_by`, and `idx_apalis_jobs_fetch_partial`
+--   serves apalis's own fetch, which our layer replaces with `jobs_fetch`.
+--   Every index is written on each state change, so each one costs throughput.
+-- * Status values used: Pending (waiting, maybe for a retry at run_at),
+--   Running, Done, Killed (discarded after the last attempt, or by a permanent
+--   error, or cancelled: then cancelled_at is set).
+
+ALTER TABLE apalis.jobs
+    ADD COLUMN queue        TEXT NOT NULL DEFAULT 'default',
+    ADD COLUMN last_error   TEXT,
+    ADD COLUMN cancelled_at TIMESTAMPTZ;
+
+DROP INDEX IF EXISTS apalis.idx_jobs_idempotency_key;
+DROP INDEX IF EXISTS apalis.unique_job_id;
+DROP INDEX IF EXISTS apalis.lidx;
+DROP INDEX IF EXISTS apalis.idx_apalis_jobs_fetch_partial;
+CREATE UNIQUE INDEX jobs_live_dedup_key
+    ON apalis.jobs (job_type, idempotency_key)
+    WHERE status IN ('Pending', 'Running') AND idempotency_key IS NOT NULL;
+
+-- What the fetch query walks: due pending jobs of one queue in priority order.
+CREATE INDEX jobs_fetch
+    ON apalis.jobs (queue, priority DESC, run_at, id)
+    WHERE status = 'Pending';
+
+-- What rescue walks: running jobs by owner.
+CREATE INDEX jobs_running_by_worker
+    ON apalis.jobs (lock_by)
+    WHERE status = 'Running';
+
+-- What pruning walks.
+CREATE INDEX jobs_finished_at
+    ON apalis.jobs (done_at)
+    WHERE status IN ('Done', 'Killed');
+
+ALTER TABLE apalis.jobs DROP CONSTRAINT IF EXISTS fk_worker_lock_by;
+ALTER TABLE apalis.jobs
+    ADD CONSTRAINT fk_worker_lock_by FOREIGN KEY (lock_by)
+    REFERENCES apalis.workers (id) ON DELETE SET NULL;

@@ -1,0 +1,334 @@
+//! Configuration from environment variables, validated once at start.
+//!
+//! Every binary calls [`Config::from_env`] before it touches the database, so a
+//! typo in a variable stops the process with a message that names the variable
+//! and what it accepts, instead of surfacing hours later as odd behaviour.
+//! `.env.example` at the repository root documents every variable.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Why a configuration value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {var}={value:?}: {expected}")]
+pub struct ConfigError {
+    /// The environment variable that holds the bad value.
+    pub var: &'static str,
+    /// The value as it was given.
+    pub value: String,
+    /// What the variable accepts, phrased as advice.
+    pub expected: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, one line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Everything the binaries read from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: where PostgreSQL is.
+    pub database_url: String,
+    /// `DKL_DB_MAX_CONNECTIONS`: size of each process's connection pool.
+    pub db_max_connections: u32,
+    /// `LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Job engine settings.
+    pub jobs: JobsConfig,
+}
+
+/// Settings of the job engine (see [`crate::jobs`]).
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// `DKL_QUEUE_CONCURRENCY`: how many jobs of each queue one worker process runs at once.
+    pub queue_concurrency: BTreeMap<String, usize>,
+    /// `DKL_POLL_INTERVAL_MS`: the longest an idle fetcher waits before it looks again,
+    /// even when no NOTIFY arrived (safety net for lost notifications).
+    pub poll_interval: Duration,
+    /// `DKL_FETCH_BATCH`: the most jobs one fetch query claims.
+    pub fetch_batch: usize,
+    /// `DKL_HEARTBEAT_SECS`: how often a worker process says it is alive.
+    pub heartbeat_interval: Duration,
+    /// `DKL_RESCUE_AFTER_SECS`: a worker silent this long is dead; its running jobs are rescued.
+    pub rescue_after: Duration,
+    /// `DKL_SHUTDOWN_GRACE_SECS`: how long running jobs may finish after SIGTERM before
+    /// they are stopped and put back (without using up an attempt).
+    pub shutdown_grace: Duration,
+    /// `DKL_CANCEL_GRACE_SECS`: how long a cancelled running job may wind down before it is dropped.
+    pub cancel_grace: Duration,
+    /// `DKL_RETRY_BASE_MS`: backoff before the second attempt; it doubles for each further one.
+    pub retry_base: Duration,
+    /// `DKL_RETRY_MAX_SECS`: backoff never grows past this.
+    pub retry_max: Duration,
+    /// `DKL_PRUNE_DONE_AFTER`: finished jobs older than this are deleted by the prune job.
+    pub prune_done_after: Duration,
+    /// `DKL_PRUNE_DISCARDED_AFTER`: discarded and cancelled jobs are kept this long (for post-mortems).
+    pub prune_discarded_after: Duration,
+    /// `DKL_PRUNE_EVERY`: how often the scheduler enqueues the prune job.
+    pub prune_every: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            queue_concurrency: default_queue_concurrency(),
+            poll_interval: Duration::from_millis(500),
+            fetch_batch: 200,
+            heartbeat_interval: Duration::from_secs(5),
+            rescue_after: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+            cancel_grace: Duration::from_secs(5),
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(3600),
+            prune_done_after: Duration::from_secs(7 * 86_400),
+            prune_discarded_after: Duration::from_secs(30 * 86_400),
+            prune_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn default_queue_concurrency() -> BTreeMap<String, usize> {
+    [("default", 10), ("mail", 4), ("maintenance", 2)]
+        .into_iter()
+        .map(|(q, n)| (q.to_string(), n))
+        .collect()
+}
+
+/// The database a fresh checkout talks to when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/dkl";
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads and validates configuration from any key lookup (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let d = JobsConfig::default();
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: "DATABASE_URL",
+                value: redact_url(&database_url),
+                expected: "a URL starting with postgres:// (e.g. postgres://postgres@127.0.0.1:5432/dkl)".into(),
+            });
+        }
+        let jobs = JobsConfig {
+            queue_concurrency: match get("DKL_QUEUE_CONCURRENCY") {
+                Some(v) => parse_concurrency(&v)?,
+                None => d.queue_concurrency,
+            },
+            poll_interval: millis(&get, "DKL_POLL_INTERVAL_MS", d.poll_interval, 10, 60_000)?,
+            fetch_batch: number(&get, "DKL_FETCH_BATCH", d.fetch_batch as u64, 1, 10_000)? as usize,
+            heartbeat_interval: secs(&get, "DKL_HEARTBEAT_SECS", d.heartbeat_interval, 1, 300)?,
+            rescue_after: secs(&get, "DKL_RESCUE_AFTER_SECS", d.rescue_after, 2, 3600)?,
+            shutdown_grace: secs(&get, "DKL_SHUTDOWN_GRACE_SECS", d.shutdown_grace, 0, 3600)?,
+            cancel_grace: secs(&get, "DKL_CANCEL_GRACE_SECS", d.cancel_grace, 0, 3600)?,
+            retry_base: millis(&get, "DKL_RETRY_BASE_MS", d.retry_base, 1, 3_600_000)?,
+            retry_max: secs(&get, "DKL_RETRY_MAX_SECS", d.retry_max, 1, 7 * 86_400)?,
+            prune_done_after: age(&get, "DKL_PRUNE_DONE_AFTER", d.prune_done_after)?,
+            prune_discarded_after: age(&get, "DKL_PRUNE_DISCARDED_AFTER", d.prune_discarded_after)?,
+            prune_every: age(&get, "DKL_PRUNE_EVERY", d.prune_every)?,
+        };
+        if jobs.rescue_after < jobs.heartbeat_interval * 2 {
+            return Err(ConfigError {
+                var: "DKL_RESCUE_AFTER_SECS",
+                value: jobs.rescue_after.as_secs().to_string(),
+                expected: format!(
+                    "at least twice DKL_HEARTBEAT_SECS ({}s), or live workers' jobs would be rescued",
+                    jobs.heartbeat_interval.as_secs()
+                ),
+            });
+        }
+        Ok(Self {
+            database_url,
+            db_max_connections: number(&get, "DKL_DB_MAX_CONNECTIONS", 10, 2, 500)? as u32,
+            log_format: match get("LOG_FORMAT").as_deref() {
+                None | Some("text") | Some("") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "LOG_FORMAT",
+                        value: other.into(),
+                        expected: "`text` (default) or `json`".into(),
+                    });
+                }
+            },
+            jobs,
+        })
+    }
+}
+
+/// Hides the password of a database URL, so it can go into logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = get(var) else { return Ok(default) };
+    match raw.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError {
+            var,
+            value: raw,
+            expected: format!("a whole number from {min} to {max} (default {default})"),
+        }),
+    }
+}
+
+fn secs(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    number(get, var, default.as_secs(), min, max).map(Duration::from_secs)
+}
+
+fn millis(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    number(get, var, default.as_millis() as u64, min, max).map(Duration::from_millis)
+}
+
+fn age(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = get(var) else { return Ok(default) };
+    parse_age(&raw).ok_or(ConfigError {
+        var,
+        value: raw,
+        expected: "a duration such as 90s, 30m, 12h or 7d (a number with unit s, m, h or d, at least 1s)".into(),
+    })
+}
+
+/// Parses `90s`, `30m`, `12h`, `7d`.
+pub fn parse_age(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.len().checked_sub(1)?;
+    let (num, unit) = raw.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    (n > 0).then(|| Duration::from_secs(n * unit_secs))
+}
+
+fn parse_concurrency(raw: &str) -> Result<BTreeMap<String, usize>, ConfigError> {
+    let bad = |why: String| ConfigError {
+        var: "DKL_QUEUE_CONCURRENCY",
+        value: raw.to_string(),
+        expected: format!(
+            "comma-separated queue=number pairs with numbers 1..=1000, e.g. default=10,mail=4,maintenance=2 ({why})"
+        ),
+    };
+    let mut map = default_queue_concurrency();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (queue, n) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{pair}` has no `=`")))?;
+        let queue = queue.trim();
+        if queue.is_empty() || !queue.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(bad(format!("`{queue}` is not a queue name (letters, digits, _ and -)")));
+        }
+        let n: usize = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| bad(format!("`{}` is not a number from 1 to 1000", n.trim())))?;
+        map.insert(queue.to_string(), n);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: BTreeMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = with(&[]).expect("defaults");
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.jobs.queue_concurrency["mail"], 4);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_number_names_variable_and_range() {
+        let e = with(&[("DKL_FETCH_BATCH", "lots")]).unwrap_err();
+        assert_eq!(e.var, "DKL_FETCH_BATCH");
+        assert!(e.to_string().contains("a whole number from 1 to 10000"), "{e}");
+    }
+
+    #[test]
+    fn bad_concurrency_pair_is_refused() {
+        let e = with(&[("DKL_QUEUE_CONCURRENCY", "mail=0")]).unwrap_err();
+        assert_eq!(e.var, "DKL_QUEUE_CONCURRENCY");
+        assert!(e.to_string().contains("`0` is not a number"), "{e}");
+        let c = with(&[("DKL_QUEUE_CONCURRENCY", "mail=7, bulk=3")]).unwrap();
+        assert_eq!(c.jobs.queue_concurrency["mail"], 7);
+        assert_eq!(c.jobs.queue_concurrency["bulk"], 3);
+        assert_eq!(c.jobs.queue_concurrency["default"], 10);
+    }
+
+    #[test]
+    fn ages_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_age("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_age("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_age("0h"), None);
+        let e = with(&[("DKL_PRUNE_DONE_AFTER", "1 week")]).unwrap_err();
+        assert_eq!(e.var, "DKL_PRUNE_DONE_AFTER");
+    }
+
+    #[test]
+    fn rescue_must_outlast_heartbeats() {
+        let e = with(&[("DKL_HEARTBEAT_SECS", "10"), ("DKL_RESCUE_AFTER_SECS", "15")]).unwrap_err();
+        assert_eq!(e.var, "DKL_RESCUE_AFTER_SECS");
+    }
+
+    #[test]
+    fn password_never_appears_in_errors() {
+        let e = with(&[("DATABASE_URL", "mysql://u:hunter2@h/db")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
+    }
+}

@@ -1,0 +1,96 @@
+//! Connecting to PostgreSQL and keeping its schema in step with the code.
+//!
+//! Two migration sets live in one database: apalis-postgres's own (schema
+//! `apalis`, history in `apalis._sqlx_migrations`) and ours (`migrations/`,
+//! history in `public._sqlx_migrations`). Ours run second because they adapt
+//! `apalis.jobs`. Binaries never migrate on their own: they call
+//! [`ensure_migrated`] and tell the operator to run `dklctl migrate`, so a
+//! schema change is always a deliberate step.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::{Config, redact_url};
+
+/// Our migrations, embedded at build time from `migrations/`.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Errors of connecting and migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL at {url}: {source}. Is it running? (see README: Quick start)")]
+    Connect {
+        /// The URL without its password.
+        url: String,
+        /// What sqlx said.
+        source: sqlx::Error,
+    },
+    /// Migrations are missing.
+    #[error("the database is not migrated ({missing}); run `dklctl migrate` first")]
+    NotMigrated {
+        /// Which migration set or versions are missing.
+        missing: String,
+    },
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// apalis-postgres's setup failed.
+    #[error("apalis-postgres setup failed: {0}")]
+    Apalis(#[from] apalis_postgres::Error),
+    /// Any other query failure.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Opens a connection pool and checks the server answers.
+pub async fn connect(config: &Config) -> Result<PgPool, DbError> {
+    connect_url(&config.database_url, config.db_max_connections).await
+}
+
+/// Opens a connection pool to `url` with at most `max` connections.
+pub async fn connect_url(url: &str, max: u32) -> Result<PgPool, DbError> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(|source| DbError::Connect { url: redact_url(url), source })
+}
+
+/// Applies apalis-postgres's migrations, then ours. Safe to run again.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    apalis_postgres::PostgresStorage::setup(pool).await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Fails with [`DbError::NotMigrated`] unless every migration we know of is applied.
+pub async fn ensure_migrated(pool: &PgPool) -> Result<(), DbError> {
+    let table_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !table_exists {
+        return Err(DbError::NotMigrated { missing: "no migrations applied yet".into() });
+    }
+    let applied: HashSet<i64> =
+        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let missing: Vec<String> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DbError::NotMigrated { missing: format!("missing: {}", missing.join(", ")) });
+    }
+    Ok(())
+}

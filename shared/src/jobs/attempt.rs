@@ -1,0 +1,205 @@
+//! One attempt of one job: running its handler and writing how it ended.
+//!
+//! Outcomes go through an unbounded channel to a single writer task that
+//! records them in batches (one UPDATE for many jobs). An attempt that is
+//! dropped without an outcome (never started because the worker stopped, or
+//! stopped after the shutdown grace) is recorded as *released*: back to
+//! pending with its attempt refunded. So a graceful stop never burns an
+//! attempt, whatever path the job took out of the process.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tracing::Instrument;
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::retry_delay;
+use super::error::JobError;
+use super::kind::JobId;
+use super::registry::{JobContext, Registry};
+use super::runtime::Shared;
+use super::store::{self, ClaimedJob, OutcomeRow};
+
+/// A claimed job on its way to a handler, with the queue slot it holds.
+pub struct Claimed {
+    pub(crate) job: ClaimedJob,
+    pub(crate) outcome: OutcomeSlot,
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed").field("id", &self.job.id).field("kind", &self.job.job_type).finish()
+    }
+}
+
+/// Sends exactly one outcome for a job: the one given, or "released" on drop.
+pub(crate) struct OutcomeSlot {
+    id: String,
+    tx: Option<mpsc::UnboundedSender<OutcomeRow>>,
+}
+
+impl OutcomeSlot {
+    pub(crate) fn new(id: String, tx: mpsc::UnboundedSender<OutcomeRow>) -> Self {
+        Self { id, tx: Some(tx) }
+    }
+
+    fn finish(mut self, status: &'static str, error: Option<String>, delay: Duration, refund: i32) {
+        if let Some(tx) = self.tx.take() {
+            let id = std::mem::take(&mut self.id);
+            // The writer only stops after every sender is gone, so this cannot fail
+            // while the runtime runs; if it does, rescue recovers the job.
+            let _ = tx.send(OutcomeRow { id, status, error, delay, refund });
+        }
+    }
+}
+
+impl Drop for OutcomeSlot {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            tracing::debug!(job_id = %self.id, "attempt released without running to the end");
+            let _ = tx.send(OutcomeRow {
+                id: std::mem::take(&mut self.id),
+                status: "Pending",
+                error: None,
+                delay: Duration::ZERO,
+                refund: 1,
+            });
+        }
+    }
+}
+
+/// How a handler's run ended, before it is written.
+enum Ending {
+    Done,
+    Failed(JobError),
+    Cancelled,
+    Released,
+}
+
+/// Runs one claimed job to its end and records the outcome.
+pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, claimed: Claimed) {
+    let Claimed { job, outcome, _permit } = claimed;
+    let cancel = shared.cancels.register(&job.id);
+    let ctx = JobContext {
+        id: JobId(job.id.clone()),
+        attempt: job.attempts,
+        max_attempts: job.max_attempts,
+        cancel: cancel.clone(),
+    };
+    let span = tracing::info_span!("job", job_id = %job.id, kind = %job.job_type, attempt = job.attempts);
+    let started = std::time::Instant::now();
+    let ending = match registry.get(&job.job_type) {
+        None => Ending::Failed(JobError::permanent(format!(
+            "no handler for kind `{}`: this worker runs {:?}; deploy a worker that knows the kind, then retry the job",
+            job.job_type,
+            registry.kinds()
+        ))),
+        Some(reg) => {
+            let fut = (reg.handler)(&job.job, ctx);
+            drive(fut, &cancel, &shared).instrument(span.clone()).await
+        }
+    };
+    shared.cancels.remove(&job.id);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match ending {
+        Ending::Done => {
+            tracing::debug!(parent: &span, elapsed_ms, "job done");
+            outcome.finish("Done", None, Duration::ZERO, 0);
+        }
+        Ending::Cancelled => {
+            tracing::info!(parent: &span, elapsed_ms, "job cancelled while running");
+            outcome.finish("Killed", Some("cancelled while running".into()), Duration::ZERO, 0);
+        }
+        Ending::Released => {
+            tracing::info!(parent: &span, elapsed_ms, "job released at shutdown; it will run again");
+            drop(outcome); // the slot's drop records the release
+        }
+        Ending::Failed(JobError::Permanent(msg)) => {
+            tracing::warn!(parent: &span, elapsed_ms, error = %msg, "job discarded: permanent error");
+            outcome.finish("Killed", Some(msg), Duration::ZERO, 0);
+        }
+        Ending::Failed(JobError::Retryable { message, retry_after }) => {
+            if job.attempts >= job.max_attempts {
+                tracing::warn!(parent: &span, elapsed_ms, error = %message, "job discarded: attempts used up");
+                let msg = format!("{message} (gave up after {} attempts)", job.attempts);
+                outcome.finish("Killed", Some(msg), Duration::ZERO, 0);
+            } else {
+                let delay = retry_delay(job.attempts, shared.config.retry_base, shared.config.retry_max, retry_after);
+                tracing::info!(parent: &span, elapsed_ms, error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                outcome.finish("Pending", Some(message), delay, 0);
+            }
+        }
+    }
+}
+
+/// Runs the handler future until it ends, is cancelled, or the worker's
+/// shutdown grace runs out.
+async fn drive(
+    fut: futures::future::BoxFuture<'static, Result<(), JobError>>,
+    cancel: &CancellationToken,
+    shared: &Shared,
+) -> Ending {
+    let mut fut = AssertUnwindSafe(fut).catch_unwind();
+    let cancel_deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(shared.config.cancel_grace).await;
+    };
+    let shutdown_deadline = async {
+        shared.shutdown.cancelled().await;
+        tokio::time::sleep(shared.config.shutdown_grace).await;
+    };
+    tokio::select! {
+        res = &mut fut => match res {
+            Ok(Ok(())) => Ending::Done,
+            Ok(Err(_)) if cancel.is_cancelled() && !shared.shutdown.is_cancelled() => Ending::Cancelled,
+            Ok(Err(e)) => Ending::Failed(e),
+            Err(panic) => Ending::Failed(JobError::retryable(format!("handler panicked: {}", panic_message(&panic)))),
+        },
+        _ = cancel_deadline => Ending::Cancelled,
+        _ = shutdown_deadline => Ending::Released,
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into())
+}
+
+/// Writes outcomes in batches until every sender is gone. A failed write is
+/// retried (never dropped): losing it would leave the job running until rescue.
+pub(crate) async fn write_outcomes(pool: PgPool, worker_id: String, mut rx: mpsc::UnboundedReceiver<OutcomeRow>) {
+    const MAX_BATCH: usize = 2000;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store::record_outcomes(&pool, &worker_id, &batch).await {
+                Ok(n) => {
+                    if (n as usize) < batch.len() {
+                        tracing::warn!(
+                            written = n,
+                            batch = batch.len(),
+                            "some outcomes were not written: those jobs were rescued from this worker meanwhile"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch = batch.len(), retry_in_ms = backoff.as_millis() as u64, "cannot record job outcomes; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,142 @@
+//! Claiming jobs from PostgreSQL and handing them to apalis.
+//!
+//! One fetcher task per queue claims due jobs (`FOR UPDATE SKIP LOCKED`, in
+//! batches no larger than the queue's free slots, so a claimed job is always a
+//! job that is about to run) and sends them into a channel. [`QueueBackend`]
+//! is the apalis `Backend` that reads that channel, so apalis's worker loop
+//! drives our handlers. The fetcher sleeps until the earliest of: a NOTIFY for
+//! its queue, the next scheduled job's due time, the poll interval.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::worker::context::WorkerContext;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tower::layer::util::Identity;
+
+use super::attempt::{Claimed, OutcomeSlot};
+use super::runtime::Shared;
+use super::store::{self, OutcomeRow};
+
+/// The apalis backend of one queue: a stream of claimed jobs.
+pub struct QueueBackend {
+    rx: mpsc::Receiver<Claimed>,
+}
+
+impl Backend for QueueBackend {
+    type Task = Task<Claimed>;
+    type Error = Infallible;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Option<Result<Task<Claimed>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|claimed| claimed.map(|c| Ok(TaskBuilder::new(c).build())))
+    }
+
+    fn poll_close(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Infallible>> {
+        // Jobs still in the channel are dropped with the backend; their
+        // OutcomeSlots release them without charging an attempt.
+        self.rx.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for QueueBackend {
+    type Args = Claimed;
+    type Id = String;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &() {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Identity {
+        Identity::new()
+    }
+}
+
+/// One queue's fetch loop and the channel it fills.
+pub(crate) struct Fetcher {
+    pub queue: String,
+    pub concurrency: usize,
+    pub shared: Arc<Shared>,
+    pub wake: Arc<Notify>,
+    pub outcomes: mpsc::UnboundedSender<OutcomeRow>,
+}
+
+impl Fetcher {
+    /// Makes the backend for apalis and the loop that feeds it.
+    pub(crate) fn split(self) -> (QueueBackend, impl Future<Output = ()>) {
+        let (tx, rx) = mpsc::channel(self.concurrency.max(1));
+        (QueueBackend { rx }, self.run(tx))
+    }
+
+    async fn run(self, tx: mpsc::Sender<Claimed>) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let shutdown = self.shared.shutdown.clone();
+        let batch = self.shared.config.fetch_batch;
+        let mut error_backoff = Duration::from_millis(100);
+        loop {
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < batch {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let want = permits.len();
+            let claimed = store::claim(&self.shared.pool, &self.queue, want as i64, &self.shared.worker_id).await;
+            let jobs = match claimed {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::error!(queue = %self.queue, error = %e, retry_in_ms = error_backoff.as_millis() as u64, "cannot fetch jobs");
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(error_backoff) => {},
+                        _ = shutdown.cancelled() => break,
+                    }
+                    error_backoff = (error_backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            error_backoff = Duration::from_millis(100);
+            let got = jobs.len();
+            for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
+                let outcome = OutcomeSlot::new(job.id.clone(), self.outcomes.clone());
+                if tx.send(Claimed { job, outcome, _permit: permit }).await.is_err() {
+                    // apalis's worker has stopped; the dropped job was released.
+                    return;
+                }
+            }
+            drop(permits);
+            if got == want {
+                continue;
+            }
+            let wait = match store::next_due_in(&self.shared.pool, &self.queue).await {
+                Ok(Some(due)) => due.min(self.shared.config.poll_interval),
+                _ => self.shared.config.poll_interval,
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(wait) => {},
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+}

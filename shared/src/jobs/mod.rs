@@ -1,0 +1,71 @@
+//! The job engine: typed jobs in PostgreSQL, run by apalis workers.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use dkl_shared::jobs::{EnqueueOptions, JobClient, JobError, JobKind, Registry, WorkerRuntime};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Greet { name: String }
+//! impl JobKind for Greet { const KIND: &'static str = "greet"; }
+//!
+//! # async fn demo(pool: sqlx::PgPool) -> anyhow::Result<()> {
+//! // Enqueue: returns the job id; inside your transaction with `enqueue_tx`.
+//! let client = JobClient::new(pool.clone());
+//! let job = client.enqueue(&Greet { name: "Ada".into() }, EnqueueOptions::default()).await?;
+//!
+//! // Work: register a handler per kind, run until shutdown.
+//! let mut registry = Registry::new();
+//! registry.register::<Greet, _, _>(|g, _ctx| async move {
+//!     if g.name.is_empty() { return Err(JobError::permanent("empty name")); }
+//!     Ok(())
+//! });
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! WorkerRuntime::new(pool, registry, Default::default()).run(shutdown).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What apalis does, and what this layer adds
+//!
+//! **apalis-postgres** owns the storage: its migrations create `apalis.jobs`
+//! and `apalis.workers` and the insert trigger that NOTIFYs
+//! `apalis::job::insert`. **apalis-core** runs the workers: for each queue an
+//! apalis `Worker` polls our [`fetcher::QueueBackend`] and drives each job
+//! through its tower service stack, and stops gracefully, draining running
+//! jobs, when told to.
+//!
+//! At its defaults apalis-postgres is unsafe for mail; this layer fixes that
+//! without forking it:
+//!
+//! | apalis-postgres 1.0 alone | this layer |
+//! |---|---|
+//! | failed jobs retried at once, back to back | backoff with jitter written to `run_at` ([`backoff`]) |
+//! | every error retried | [`JobError::Permanent`] discards at once; attempts used up discard too, keeping `last_error` |
+//! | new jobs seen at the 30 s heartbeat (or pubsub but then scheduled jobs wait) | NOTIFY wakes the queue's fetcher; an idle fetcher sleeps until the next job's due time or the poll interval, whichever is first |
+//! | a dead worker's jobs wait 300 s and lose an attempt | heartbeats every `DKL_HEARTBEAT_SECS`; jobs of a worker silent for `DKL_RESCUE_AFTER_SECS` go back to pending with the attempt refunded |
+//! | graceful shutdown burns an attempt | a job that did not run to its end is released with its attempt refunded |
+//! | one idempotency collision fails the whole batch; a key is taken for ever | dedup keys are unique among live jobs only; enqueue returns the live job's id |
+//! | `push()` returns no id | [`JobClient::enqueue`] returns [`Enqueued`] with the id |
+//! | no cancel | [`JobClient::cancel`]: pending jobs never start, running ones see [`JobContext::cancelled`] |
+//! | finished jobs kept for ever | the `prune_jobs` kind ([`prune`]) |
+//! | one ack query per small batch | outcomes of many jobs written in one UPDATE ([`attempt`]) |
+//!
+//! All SQL is in [`store`].
+
+pub mod attempt;
+pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod fetcher;
+pub mod kind;
+pub mod prune;
+pub mod registry;
+pub mod runtime;
+pub mod store;
+
+pub use client::{EnqueueOptions, Enqueued, JobClient, enqueue_on};
+pub use error::{EngineError, JobError};
+pub use kind::{JobId, JobKind};
+pub use registry::{JobContext, Registry};
+pub use runtime::WorkerRuntime;
+pub use store::{CancelOutcome, JobRecord};

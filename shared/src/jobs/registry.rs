@@ -1,0 +1,111 @@
+//! Handlers by job kind: what runs when a job of kind X is claimed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use super::error::JobError;
+use super::kind::{JobId, JobKind};
+
+/// What a handler knows about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The job's id.
+    pub id: JobId,
+    /// This attempt's number, starting at 1.
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// Resolves when someone cancelled this job (or the worker is shutting down
+    /// past its grace period). Long handlers should `select!` on it and stop.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// True once cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// True on the attempt after which the job is discarded if it fails.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+pub(crate) type BoxHandler =
+    Arc<dyn Fn(&[u8], JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+
+/// A registered handler and the queue its kind runs on.
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub queue: &'static str,
+    pub handler: BoxHandler,
+}
+
+/// The set of job kinds a worker process can run.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Registered>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("kinds", &self.kinds()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for jobs of kind `J`. A payload that does not decode
+    /// as `J` discards the job with a message naming the kind and the fault.
+    pub fn register<J, F, Fut>(&mut self, handler: F) -> &mut Self
+    where
+        J: JobKind,
+        F: Fn(J, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let boxed: BoxHandler = Arc::new(move |bytes: &[u8], ctx: JobContext| {
+            match serde_json::from_slice::<J>(bytes) {
+                Ok(job) => Box::pin(handler(job, ctx)),
+                Err(e) => {
+                    let msg = format!(
+                        "payload of job kind `{}` does not decode: {e}; fix the payload and enqueue it again",
+                        J::KIND
+                    );
+                    Box::pin(async move { Err(JobError::Permanent(msg)) })
+                }
+            }
+        });
+        self.handlers.insert(J::KIND, Registered { queue: J::QUEUE, handler: boxed });
+        self
+    }
+
+    /// The registered kinds, sorted.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k: Vec<_> = self.handlers.keys().copied().collect();
+        k.sort_unstable();
+        k
+    }
+
+    /// The queue a kind runs on, if registered.
+    pub fn queue_of(&self, kind: &str) -> Option<&'static str> {
+        self.handlers.get(kind).map(|r| r.queue)
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Registered> {
+        self.handlers.get(kind)
+    }
+}

@@ -1,0 +1,376 @@
+//! Every SQL statement the job engine runs, in one place.
+//!
+//! The table is apalis-postgres's `apalis.jobs` (plus the columns our
+//! migration `20261123000002_job_engine.sql` adds); worker liveness uses
+//! apalis's `apalis.workers`. Status names are apalis's: `Pending`,
+//! `Running`, `Done`, `Killed`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+
+use super::kind::JobId;
+
+/// The channel apalis-postgres's insert trigger notifies, with a JSON payload
+/// naming `job_type`, `id` and `run_at`, for jobs due at insert time.
+pub const INSERT_CHANNEL: &str = "apalis::job::insert";
+/// The channel on which cancel requests for running jobs are announced (payload: job id).
+pub const CANCEL_CHANNEL: &str = "dkl::job::cancel";
+
+/// A job row as one attempt sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    /// Row id.
+    pub id: String,
+    /// `job_type`: the job kind.
+    pub job_type: String,
+    /// The JSON payload, as bytes (apalis's `job` column is `bytea`).
+    pub job: Vec<u8>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+}
+
+/// Everything about one job, for status queries and tests.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRecord {
+    /// Row id.
+    pub id: String,
+    /// Job kind.
+    pub job_type: String,
+    /// Queue.
+    pub queue: String,
+    /// apalis status name.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// When the job is (or was) due.
+    pub run_at: DateTime<Utc>,
+    /// When the latest attempt started.
+    pub lock_at: Option<DateTime<Utc>>,
+    /// Which worker process runs or ran it.
+    pub lock_by: Option<String>,
+    /// When it finished (done, discarded or cancelled).
+    pub done_at: Option<DateTime<Utc>>,
+    /// Error of the latest failed attempt.
+    pub last_error: Option<String>,
+    /// When a cancel was requested.
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// The dedup key.
+    pub idempotency_key: Option<String>,
+}
+
+/// A new row for [`insert_job`].
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    /// Job kind.
+    pub kind: &'a str,
+    /// Queue.
+    pub queue: &'a str,
+    /// JSON payload bytes.
+    pub payload: Vec<u8>,
+    /// Due time; `None` is now (by the database clock).
+    pub run_at: Option<DateTime<Utc>>,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Dedup key: while a live job of this kind holds it, no second one is made.
+    pub dedup_key: Option<&'a str>,
+}
+
+/// Inserts a job, or finds the live job that holds its dedup key.
+///
+/// Returns `(id, created)`; `None` when the key's holder finished between the
+/// insert and the lookup (the caller tries again).
+pub async fn insert_job(
+    conn: &mut PgConnection,
+    job: &NewJob<'_>,
+) -> Result<Option<(String, bool)>, sqlx::Error> {
+    // One statement, so it works on a pool connection and inside the caller's
+    // transaction alike; ON CONFLICT targets the live-only partial index.
+    sqlx::query_as(
+        r#"
+        WITH ins AS (
+            INSERT INTO apalis.jobs
+                (id, job_type, queue, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
+            VALUES ($1, $2, $3, $4, 'Pending', 0, $5, COALESCE($6, now()), $7, $8)
+            ON CONFLICT (job_type, idempotency_key)
+                WHERE status IN ('Pending', 'Running') AND idempotency_key IS NOT NULL
+                DO NOTHING
+            RETURNING id
+        )
+        SELECT id, true FROM ins
+        UNION ALL
+        SELECT id, false FROM apalis.jobs
+         WHERE $8::text IS NOT NULL AND job_type = $2 AND idempotency_key = $8
+           AND status IN ('Pending', 'Running') AND NOT EXISTS (SELECT 1 FROM ins)
+        LIMIT 1
+        "#,
+    )
+    .bind(JobId::generate().0)
+    .bind(job.kind)
+    .bind(job.queue)
+    .bind(&job.payload)
+    .bind(job.max_attempts)
+    .bind(job.run_at)
+    .bind(job.priority)
+    .bind(job.dedup_key)
+    .fetch_optional(conn)
+    .await
+}
+
+/// What a cancel request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was pending; it is now cancelled and will never start.
+    CancelledBeforeStart,
+    /// The job is running; its worker has been signalled.
+    Signalled,
+    /// The job had already finished; nothing changed.
+    AlreadyFinished,
+}
+
+/// Cancels a job: a pending one at once, a running one by a NOTIFY to its worker.
+pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let before: Option<String> =
+        sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let outcome = match before.as_deref() {
+        None => return Ok(None),
+        Some("Pending") => {
+            sqlx::query(
+                "UPDATE apalis.jobs SET status = 'Killed', cancelled_at = now(), done_at = now(),
+                        last_error = COALESCE(last_error || E'\n', '') || 'cancelled before it started'
+                  WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            CancelOutcome::CancelledBeforeStart
+        }
+        Some("Running") => {
+            sqlx::query("UPDATE apalis.jobs SET cancelled_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CANCEL_CHANNEL)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            CancelOutcome::Signalled
+        }
+        Some(_) => CancelOutcome::AlreadyFinished,
+    };
+    tx.commit().await?;
+    Ok(Some(outcome))
+}
+
+/// Reads one job.
+pub async fn job(executor: impl PgExecutor<'_>, id: &str) -> Result<Option<JobRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, job_type, queue, status, attempts, max_attempts, run_at, lock_at, lock_by,
+                done_at, last_error, cancelled_at, idempotency_key
+           FROM apalis.jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Registers (or re-registers) a worker process in `apalis.workers`.
+pub async fn register_worker(pool: &PgPool, worker_id: &str, queues: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen, started_at)
+         VALUES ($1, 'dkl-worker', 'dkl-jobs', $2, now(), now())
+         ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+    )
+    .bind(worker_id)
+    .bind(queues)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that a worker process is alive. Returns false if its row is gone.
+pub async fn heartbeat(pool: &PgPool, worker_id: &str) -> Result<bool, sqlx::Error> {
+    let res = sqlx::query("UPDATE apalis.workers SET last_seen = now() WHERE id = $1")
+        .bind(worker_id)
+        .execute(pool)
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Puts running jobs of silent workers back to pending without charging the
+/// attempt the dead worker had claimed. Returns the rescued ids.
+pub async fn rescue_orphans(pool: &PgPool, silent_for: Duration) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE apalis.jobs j
+            SET status   = CASE WHEN j.cancelled_at IS NULL THEN 'Pending' ELSE 'Killed' END,
+                done_at  = CASE WHEN j.cancelled_at IS NULL THEN NULL ELSE now() END,
+                attempts = GREATEST(j.attempts - 1, 0),
+                run_at   = CASE WHEN j.cancelled_at IS NULL THEN now() ELSE j.run_at END,
+                lock_by  = NULL,
+                lock_at  = NULL
+          WHERE j.status = 'Running'
+            AND (j.lock_by IS NULL OR j.lock_by IN (
+                 SELECT w.id FROM apalis.workers w
+                  WHERE w.last_seen < now() - make_interval(secs => $1)))
+          RETURNING j.id",
+    )
+    .bind(silent_for.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Claims up to `limit` due jobs of `queue` for `worker_id`, counting the attempt.
+pub async fn claim(
+    pool: &PgPool,
+    queue: &str,
+    limit: i64,
+    worker_id: &str,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH next AS (
+            SELECT id FROM apalis.jobs
+             WHERE queue = $1 AND status = 'Pending' AND run_at <= now()
+             ORDER BY priority DESC, run_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE apalis.jobs j
+            SET status = 'Running', attempts = j.attempts + 1, lock_by = $3, lock_at = now()
+           FROM next
+          WHERE j.id = next.id
+      RETURNING j.id, j.job_type, j.job, j.attempts, j.max_attempts",
+    )
+    .bind(queue)
+    .bind(limit)
+    .bind(worker_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// How long until the next pending job of `queue` is due (zero if one is due now).
+pub async fn next_due_in(pool: &PgPool, queue: &str) -> Result<Option<Duration>, sqlx::Error> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "SELECT GREATEST(EXTRACT(EPOCH FROM (min(run_at) - now())), 0)::float8
+           FROM apalis.jobs WHERE queue = $1 AND status = 'Pending'",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await?;
+    Ok(secs.map(Duration::from_secs_f64))
+}
+
+/// The end state of one attempt, as written by [`record_outcomes`].
+#[derive(Debug, Clone)]
+pub struct OutcomeRow {
+    /// Row id.
+    pub id: String,
+    /// New apalis status: `Done`, `Pending` (retry or release) or `Killed`.
+    pub status: &'static str,
+    /// Error to keep, if any.
+    pub error: Option<String>,
+    /// For `Pending`: wait this long before the next attempt.
+    pub delay: Duration,
+    /// 1 when the attempt does not count (released on shutdown), else 0.
+    pub refund: i32,
+}
+
+/// Writes many attempt outcomes in one statement. Only rows still running
+/// under `worker_id` change: a job rescued from under a stalled worker keeps
+/// its new owner's state.
+pub async fn record_outcomes(
+    pool: &PgPool,
+    worker_id: &str,
+    rows: &[OutcomeRow],
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
+    let delays: Vec<f64> = rows.iter().map(|r| r.delay.as_secs_f64()).collect();
+    let refunds: Vec<i32> = rows.iter().map(|r| r.refund).collect();
+    let res = sqlx::query(
+        "UPDATE apalis.jobs j
+            SET status     = u.status,
+                attempts   = j.attempts - u.refund,
+                last_error = COALESCE(u.error, j.last_error),
+                run_at     = CASE WHEN u.status = 'Pending'
+                                  THEN now() + make_interval(secs => u.delay) ELSE j.run_at END,
+                done_at    = CASE WHEN u.status = 'Pending' THEN NULL ELSE now() END,
+                lock_by    = CASE WHEN u.status = 'Pending' THEN NULL ELSE j.lock_by END,
+                lock_at    = CASE WHEN u.status = 'Pending' THEN NULL ELSE j.lock_at END
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int4[])
+                AS u(id, status, error, delay, refund)
+          WHERE j.id = u.id AND j.status = 'Running' AND j.lock_by = $6",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&delays)
+    .bind(&refunds)
+    .bind(worker_id)
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Rows removed by one prune.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    /// Done jobs deleted.
+    pub done: u64,
+    /// Discarded or cancelled jobs deleted.
+    pub discarded: u64,
+    /// Worker rows deleted.
+    pub workers: u64,
+}
+
+/// Deletes finished jobs past their keep time, in chunks so no lock is held long.
+pub async fn prune(
+    pool: &PgPool,
+    done_after: Duration,
+    discarded_after: Duration,
+) -> Result<Pruned, sqlx::Error> {
+    let mut pruned = Pruned::default();
+    for (status, age, counter) in [
+        ("Done", done_after, &mut pruned.done),
+        ("Killed", discarded_after, &mut pruned.discarded),
+    ] {
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM apalis.jobs WHERE id IN (
+                    SELECT id FROM apalis.jobs
+                     WHERE status = $1 AND done_at < now() - make_interval(secs => $2)
+                     LIMIT 5000)",
+            )
+            .bind(status)
+            .bind(age.as_secs_f64())
+            .execute(pool)
+            .await?
+            .rows_affected();
+            *counter += n;
+            if n < 5000 {
+                break;
+            }
+        }
+    }
+    pruned.workers = sqlx::query(
+        "DELETE FROM apalis.workers w
+          WHERE w.last_seen < now() - interval '1 day'
+            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id AND j.status = 'Running')",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(pruned)
+}
