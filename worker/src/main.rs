@@ -1,1 +1,47 @@
-fn main() {}
+//! `dkl-worker`: runs every job kind of dkl-mail-worker until SIGTERM.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use dkl_shared::config::Config;
+use dkl_shared::jobs::{Registry, WorkerRuntime, ping, prune};
+use dkl_shared::{db, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dkl-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "dkl-worker stopped");
+            eprintln!("dkl-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let pool = db::connect(&config).await?;
+    db::ensure_migrated(&pool).await?;
+    let registry = registry(&pool, &config);
+    let shutdown = telemetry::shutdown_on_signals();
+    WorkerRuntime::new(pool, registry, config.jobs)
+        .run(shutdown)
+        .await
+        .context("job runtime failed")
+}
+
+/// Every job kind this worker runs.
+fn registry(pool: &sqlx::PgPool, config: &Config) -> Registry {
+    let mut registry = Registry::new();
+    ping::register(&mut registry);
+    prune::register(&mut registry, pool.clone(), config.jobs.prune_done_after, config.jobs.prune_discarded_after);
+    registry
+}

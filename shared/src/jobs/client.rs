@@ -77,6 +77,18 @@ impl JobClient {
         enqueue_on(tx, job, opts).await
     }
 
+    /// Enqueues many jobs of one kind, due now, in one statement (e.g. one job
+    /// per newsletter recipient). Returns their ids in order.
+    pub async fn enqueue_many<J: JobKind>(&self, jobs: &[J]) -> Result<Vec<JobId>, EngineError> {
+        let payloads = jobs
+            .iter()
+            .map(|j| serde_json::to_vec(j).map_err(|source| EngineError::Encode { kind: J::KIND.into(), source }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut conn = self.pool.acquire().await?;
+        let ids = store::insert_many(&mut conn, J::KIND, J::QUEUE, &payloads, J::MAX_ATTEMPTS).await?;
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
     /// Enqueues a job by kind name with a raw JSON payload (for the CLI and the
     /// admin job table, where the type is known only by name).
     pub async fn enqueue_raw(

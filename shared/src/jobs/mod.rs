@@ -58,6 +58,7 @@ pub mod client;
 pub mod error;
 pub mod fetcher;
 pub mod kind;
+pub mod ping;
 pub mod prune;
 pub mod registry;
 pub mod runtime;

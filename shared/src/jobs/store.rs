@@ -124,6 +124,31 @@ pub async fn insert_job(
     .await
 }
 
+/// Inserts many jobs of one kind in one statement (no dedup keys), due now.
+/// Returns their ids in payload order.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    kind: &str,
+    queue: &str,
+    payloads: &[Vec<u8>],
+    max_attempts: i32,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<String> = payloads.iter().map(|_| JobId::generate().0).collect();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, queue, job, status, attempts, max_attempts, run_at, priority)
+         SELECT u.id, $3, $4, u.job, 'Pending', 0, $5, now(), 0
+           FROM unnest($1::text[], $2::bytea[]) AS u(id, job)",
+    )
+    .bind(&ids)
+    .bind(payloads)
+    .bind(kind)
+    .bind(queue)
+    .bind(max_attempts)
+    .execute(conn)
+    .await?;
+    Ok(ids)
+}
+
 /// What a cancel request found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
