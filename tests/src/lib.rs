@@ -1,1 +1,98 @@
+//! Test harness shared by the integration tests of every crate.
+//!
+//! Each test gets its own database from `#[sqlx::test(migrations = false)]`
+//! (created from `DATABASE_URL`'s server, dropped afterwards) and migrates it
+//! with the same code `dklctl migrate` runs, so tests run in parallel and
+//! leave nothing behind.
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use dkl_shared::config::JobsConfig;
+use dkl_shared::jobs::{JobId, JobRecord, Registry, WorkerRuntime, store};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Applies every migration to the test database.
+pub async fn migrate(pool: &PgPool) {
+    dkl_shared::db::migrate(pool).await.expect("migrations apply");
+}
+
+/// A URL for the test database, for processes the test spawns.
+pub async fn url_of(pool: &PgPool) -> String {
+    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await.expect("db name");
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
+    let (server, _) = base.rsplit_once('/').expect("DATABASE_URL has a database part");
+    format!("{server}/{db}")
+}
+
+/// Engine settings for tests: fast retries, fast heartbeats.
+pub fn fast_config() -> JobsConfig {
+    JobsConfig {
+        retry_base: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_secs(1),
+        rescue_after: Duration::from_secs(3),
+        shutdown_grace: Duration::from_secs(1),
+        cancel_grace: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(200),
+        ..JobsConfig::default()
+    }
+}
+
+/// A runtime running in the background of a test.
+pub struct RunningRuntime {
+    /// Cancel to shut it down.
+    pub shutdown: CancellationToken,
+    /// Ends when the runtime has stopped.
+    pub handle: JoinHandle<Result<(), dkl_shared::jobs::EngineError>>,
+    /// Its worker id (`lock_by` of its jobs).
+    pub worker_id: String,
+}
+
+impl RunningRuntime {
+    /// Shuts down and waits for the runtime to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("runtime task").expect("runtime ran cleanly");
+    }
+}
+
+/// Starts a runtime for `registry` with `config`.
+pub fn start(pool: &PgPool, registry: Registry, config: JobsConfig) -> RunningRuntime {
+    let runtime = WorkerRuntime::new(pool.clone(), registry, config);
+    let worker_id = runtime.worker_id().to_string();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    RunningRuntime { shutdown, handle, worker_id }
+}
+
+/// Reads a job row.
+pub async fn job(pool: &PgPool, id: &JobId) -> JobRecord {
+    store::job(pool, &id.0).await.expect("query").expect("job exists")
+}
+
+/// Polls `check` every 20 ms until it yields `Some`, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the job has `status`, returning its row.
+pub async fn wait_status(pool: &PgPool, id: &JobId, status: &str, timeout: Duration) -> JobRecord {
+    wait_for(timeout, &format!("job {id} to be {status}"), || async {
+        let j = job(pool, id).await;
+        (j.status == status).then_some(j)
+    })
+    .await
+}
