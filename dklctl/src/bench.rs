@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use chrono::Utc;
 use dkl_shared::config::Config;
-use dkl_shared::jobs::{EnqueueOptions, JobClient, JobKind, Registry, WorkerRuntime};
+use dkl_shared::jobs::{EnqueueOptions, JobClient, JobKind, Registry, WorkerRuntime, store};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -115,9 +115,7 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
         if done.load(Ordering::Relaxed) < args.jobs {
             continue;
         }
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE queue = 'bench' AND status <> 'Done'")
-            .fetch_one(pool)
-            .await?;
+        let left = store::not_done_in_queue(pool, BenchProbe::QUEUE).await?;
         if left == 0 {
             break;
         }
@@ -212,6 +210,6 @@ fn print_table(r: &Report) {
 }
 
 async fn clean(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM apalis.jobs WHERE queue = 'bench'").execute(pool).await?;
+    store::delete_queue(pool, BenchProbe::QUEUE).await?;
     Ok(())
 }

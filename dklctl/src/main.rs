@@ -5,6 +5,7 @@
 //! long-running binaries do not.
 
 mod bench;
+mod status;
 
 use std::process::ExitCode;
 
@@ -67,6 +68,12 @@ enum Command {
     Cancel {
         /// Job id.
         id: String,
+    },
+    /// Jobs per queue by state, and the most recent jobs.
+    Status {
+        /// How many recent jobs to list.
+        #[arg(long, default_value_t = 10)]
+        recent: i64,
     },
     /// Show one job.
     Show {
@@ -141,6 +148,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let outcome = client.cancel(&JobId(id.clone())).await?;
             println!("{id}: {outcome:?}");
         }
+        Command::Status { recent } => status::print(&pool, recent).await?,
         Command::Show { id } => {
             let job = client.job(&JobId(id)).await?;
             println!("{job:#?}");

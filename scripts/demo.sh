@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Brings up a working local dkl-mail-worker: PostgreSQL (started or installed
+# if missing), database `dkl`, migrations, demo data, dkl-worker and
+# dkl-scheduler, then shows jobs flowing. Ctrl-C stops everything.
+# DKL_DEMO_SECONDS=N stops by itself after N seconds (used by CI).
+source "$(dirname "$0")/lib.sh"
+require_rust
+ensure_postgres
+ensure_database dkl
+export DATABASE_URL="$PG_SERVER_URL/dkl"
+cd "$REPO_ROOT"
+
+log "building (debug)"
+cargo build --workspace --locked --bins -q
+BIN="$REPO_ROOT/target/debug"
+
+log "migrating $DATABASE_URL"
+"$BIN/dklctl" migrate
+log "seeding demo data"
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -f scripts/demo-seed.sql
+psql "$DATABASE_URL" -Atc "select count(*) || ' gebruikers, ' || (select count(*) from events) || ' event(s), ' || (select count(*) from email_templates) || ' template(s)' from gebruikers"
+
+mkdir -p "$DATA_DIR/logs"
+log "starting dkl-worker and dkl-scheduler (logs in .data/logs/)"
+DKL_RETRY_BASE_MS=1000 "$BIN/dkl-worker" >"$DATA_DIR/logs/worker.log" 2>&1 &
+WORKER=$!
+"$BIN/dkl-scheduler" >"$DATA_DIR/logs/scheduler.log" 2>&1 &
+SCHEDULER=$!
+stop() {
+  log "stopping (SIGTERM: running jobs finish or are put back)"
+  kill -TERM "$WORKER" "$SCHEDULER" 2>/dev/null || true
+  wait "$WORKER" "$SCHEDULER" 2>/dev/null || true
+}
+trap stop EXIT
+trap 'exit 0' INT TERM
+
+log "enqueueing demo jobs"
+"$BIN/dklctl" ping "hallo van de demo" >/dev/null
+"$BIN/dklctl" ping --fail-attempts 2 "lukt pas bij de derde poging (backoff)" >/dev/null
+"$BIN/dklctl" ping --at "$(date -u -d '+8 seconds' +%Y-%m-%dT%H:%M:%SZ)" "gepland over 8 seconden" >/dev/null
+"$BIN/dklctl" enqueue ping --payload '{"permanent_error":"demo: template bestaat niet"}' >/dev/null
+"$BIN/dklctl" enqueue send_newsletter --payload '{"newsletter_id":1}' >/dev/null
+long=$("$BIN/dklctl" ping --sleep-ms 60000 "lange taak die we annuleren")
+
+end=$(( $(date +%s) + ${DKL_DEMO_SECONDS:-1000000000} ))
+round=0
+while [ "$(date +%s)" -lt "$end" ]; do
+  sleep 2
+  round=$((round + 1))
+  [ "$round" -eq 3 ] && "$BIN/dklctl" cancel "$long" >/dev/null
+  [ $((round % 5)) -eq 0 ] && "$BIN/dklctl" ping "nog een ping (ronde $round)" >/dev/null
+  kill -0 "$WORKER" 2>/dev/null || { echo "dkl-worker exited; see .data/logs/worker.log" >&2; exit 1; }
+  printf '\033[2J\033[H'
+  echo "dkl-mail-worker demo — $(date -u +%H:%M:%S) UTC — Ctrl-C to stop — logs: .data/logs/"
+  echo
+  "$BIN/dklctl" status --recent 12
+done

@@ -1,0 +1,71 @@
+# Shared by scripts/demo.sh and scripts/test.sh: make sure the tools and a
+# PostgreSQL server are there, on a fresh Debian machine too.
+# Sourced, not run. Sets and exports PG_SERVER_URL (no database part).
+
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA_DIR="$REPO_ROOT/.data"
+mkdir -p "$DATA_DIR"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing with apt: ${missing[*]}"
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+require_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is not installed: install Rust 1.95 or newer (https://rustup.rs), then run this again" >&2
+    exit 1
+  fi
+}
+
+pg_answers() { psql "$1/postgres" -Atqc 'select 1' >/dev/null 2>&1; }
+
+# Uses the server of $DATABASE_URL (default 127.0.0.1:5432, user postgres) if it
+# answers; else starts the machine's cluster; else a private trust-auth cluster
+# in .data/pg on port 55432 (PostgreSQL refuses to run as root, so it runs as
+# the postgres OS user).
+ensure_postgres() {
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  local url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/dkl}"
+  PG_SERVER_URL="${url%/*}"
+  if pg_answers "$PG_SERVER_URL"; then export PG_SERVER_URL; return 0; fi
+
+  if [ -d /etc/postgresql ] && [ -n "$(ls /etc/postgresql 2>/dev/null)" ] && command -v pg_ctlcluster >/dev/null; then
+    log "starting the machine's PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start 2>/dev/null || true
+    for _ in $(seq 1 20); do pg_answers "$PG_SERVER_URL" && { export PG_SERVER_URL; return 0; }; sleep 0.5; done
+  fi
+
+  apt_install postgresql
+  local bin; bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+  local pgdata="$DATA_DIR/pg" sock="$DATA_DIR/pg-sock"
+  PG_SERVER_URL="postgres://postgres@127.0.0.1:55432"
+  if pg_answers "$PG_SERVER_URL"; then export PG_SERVER_URL; return 0; fi
+  mkdir -p "$sock"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    log "creating a private PostgreSQL cluster in $pgdata"
+    mkdir -p "$pgdata"; chown -R postgres:postgres "$pgdata" "$sock" 2>/dev/null || true
+    runuser -u postgres -- "$bin/initdb" -A trust -U postgres --no-sync -D "$pgdata" >/dev/null
+  fi
+  chown -R postgres:postgres "$pgdata" "$sock" 2>/dev/null || true
+  log "starting the private PostgreSQL on 127.0.0.1:55432"
+  runuser -u postgres -- "$bin/pg_ctl" -D "$pgdata" -l "$DATA_DIR/pg.log" -w \
+    -o "-p 55432 -k $sock -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+  pg_answers "$PG_SERVER_URL" || { echo "PostgreSQL did not come up; see $DATA_DIR/pg.log" >&2; exit 1; }
+  export PG_SERVER_URL
+}
+
+ensure_database() {
+  local name="$1"
+  if [ "$(psql "$PG_SERVER_URL/postgres" -Atqc "select 1 from pg_database where datname = '$name'")" != "1" ]; then
+    psql "$PG_SERVER_URL/postgres" -qc "create database \"$name\"" >/dev/null
+  fi
+}
