@@ -16,7 +16,7 @@ pub async fn print(pool: &PgPool, recent: i64) -> anyhow::Result<()> {
         println!("(no jobs)");
     }
     println!();
-    println!("{:<26} {:<12} {:<8} {:<9} {:>8} {:<12} LAST ERROR", "JOB", "KIND", "QUEUE", "STATE", "ATTEMPT", "RUN AT");
+    println!("{:<26} {:<16} {:<12} {:<9} {:>8} {:<12} LAST ERROR", "JOB", "KIND", "QUEUE", "STATE", "ATTEMPT", "RUN AT");
     for j in store::recent_jobs(pool, recent).await? {
         let state = match (j.status.as_str(), j.cancelled_at.is_some()) {
             ("Killed", true) => "cancelled",
@@ -29,7 +29,7 @@ pub async fn print(pool: &PgPool, recent: i64) -> anyhow::Result<()> {
         };
         let error = j.last_error.as_deref().unwrap_or("").replace('\n', " ");
         println!(
-            "{:<26} {:<12} {:<8} {:<9} {:>3}/{:<4} {:<12} {}",
+            "{:<26} {:<16} {:<12} {:<9} {:>3}/{:<4} {:<12} {}",
             j.id,
             j.job_type,
             j.queue,
