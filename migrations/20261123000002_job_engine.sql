@@ -15,10 +15,14 @@
 --   ever, so a finished job blocks its key forever and one collision fails a
 --   whole batch insert. We make the key unique among live jobs only
 --   (Pending/Running) and insert with ON CONFLICT DO NOTHING.
--- * `lock_by` loses its hold on `apalis.workers` when a worker row is pruned
---   (ON DELETE SET NULL) so dead workers can be cleaned up.
+-- * The foreign key `lock_by` -> `apalis.workers` goes: its check ran on every
+--   claimed row (~10 % of the claim query's time, measured with
+--   pg_stat_statements), and it kept dead worker rows from being pruned. Our
+--   rescue treats a `lock_by` with no live worker row as dead, so nothing
+--   depends on it.
 -- * Redundant indexes go: `unique_job_id` repeats the primary key, `lidx`
---   repeats `idx_apalis_jobs_lock_by`, and `idx_apalis_jobs_fetch_partial`
+--   and `idx_apalis_jobs_lock_by` are served by the partial `jobs_running_by_worker`
+--   (only running jobs need finding by owner), and `idx_apalis_jobs_fetch_partial`
 --   serves apalis's own fetch, which our layer replaces with `jobs_fetch`.
 --   Every index is written on each state change, so each one costs throughput.
 -- * Status values used: Pending (waiting, maybe for a retry at run_at),
@@ -33,6 +37,7 @@ ALTER TABLE apalis.jobs
 DROP INDEX IF EXISTS apalis.idx_jobs_idempotency_key;
 DROP INDEX IF EXISTS apalis.unique_job_id;
 DROP INDEX IF EXISTS apalis.lidx;
+DROP INDEX IF EXISTS apalis.idx_apalis_jobs_lock_by;
 DROP INDEX IF EXISTS apalis.idx_apalis_jobs_fetch_partial;
 CREATE UNIQUE INDEX jobs_live_dedup_key
     ON apalis.jobs (job_type, idempotency_key)
@@ -54,6 +59,11 @@ CREATE INDEX jobs_finished_at
     WHERE status IN ('Done', 'Killed');
 
 ALTER TABLE apalis.jobs DROP CONSTRAINT IF EXISTS fk_worker_lock_by;
-ALTER TABLE apalis.jobs
-    ADD CONSTRAINT fk_worker_lock_by FOREIGN KEY (lock_by)
-    REFERENCES apalis.workers (id) ON DELETE SET NULL;
+
+-- A queue table churns: every job is updated twice and deleted once. Vacuum
+-- it early so dead index entries do not slow the fetch query down.
+ALTER TABLE apalis.jobs SET (
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.05
+);

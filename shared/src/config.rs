@@ -52,6 +52,8 @@ pub struct JobsConfig {
     pub poll_interval: Duration,
     /// `DKL_FETCH_BATCH`: the most jobs one fetch query claims.
     pub fetch_batch: usize,
+    /// `DKL_FETCHERS_PER_QUEUE`: fetch loops per queue (claims in flight at once).
+    pub fetchers_per_queue: usize,
     /// `DKL_HEARTBEAT_SECS`: how often a worker process says it is alive.
     pub heartbeat_interval: Duration,
     /// `DKL_RESCUE_AFTER_SECS`: a worker silent this long is dead; its running jobs are rescued.
@@ -79,6 +81,7 @@ impl Default for JobsConfig {
             queue_concurrency: default_queue_concurrency(),
             poll_interval: Duration::from_millis(500),
             fetch_batch: 200,
+            fetchers_per_queue: 2,
             heartbeat_interval: Duration::from_secs(5),
             rescue_after: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
@@ -126,6 +129,7 @@ impl Config {
             },
             poll_interval: millis(&get, "DKL_POLL_INTERVAL_MS", d.poll_interval, 10, 60_000)?,
             fetch_batch: number(&get, "DKL_FETCH_BATCH", d.fetch_batch as u64, 1, 10_000)? as usize,
+            fetchers_per_queue: number(&get, "DKL_FETCHERS_PER_QUEUE", d.fetchers_per_queue as u64, 1, 16)? as usize,
             heartbeat_interval: secs(&get, "DKL_HEARTBEAT_SECS", d.heartbeat_interval, 1, 300)?,
             rescue_after: secs(&get, "DKL_RESCUE_AFTER_SECS", d.rescue_after, 2, 3600)?,
             shutdown_grace: secs(&get, "DKL_SHUTDOWN_GRACE_SECS", d.shutdown_grace, 0, 3600)?,

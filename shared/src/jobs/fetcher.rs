@@ -77,14 +77,19 @@ pub(crate) struct Fetcher {
 }
 
 impl Fetcher {
-    /// Makes the backend for apalis and the loop that feeds it.
-    pub(crate) fn split(self) -> (QueueBackend, impl Future<Output = ()>) {
+    /// Makes the backend for apalis and `loops` fetch loops that feed it.
+    /// Several loops share the queue's slots; with SKIP LOCKED their claims
+    /// never overlap, and a second loop keeps claiming while the first one's
+    /// query runs, which keeps both database cores busy under load.
+    pub(crate) fn split(self, loops: usize) -> (QueueBackend, Vec<impl Future<Output = ()> + use<>>) {
         let (tx, rx) = mpsc::channel(self.concurrency.max(1));
-        (QueueBackend { rx }, self.run(tx))
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let this = Arc::new(self);
+        let loops = (0..loops.max(1)).map(|_| this.clone().run(tx.clone(), slots.clone())).collect();
+        (QueueBackend { rx }, loops)
     }
 
-    async fn run(self, tx: mpsc::Sender<Claimed>) {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+    async fn run(self: Arc<Self>, tx: mpsc::Sender<Claimed>, slots: Arc<Semaphore>) {
         let shutdown = self.shared.shutdown.clone();
         let batch = self.shared.config.fetch_batch;
         let mut error_backoff = Duration::from_millis(100);

@@ -9,7 +9,7 @@
 //! struct Greet { name: String }
 //! impl JobKind for Greet { const KIND: &'static str = "greet"; }
 //!
-//! # async fn demo(pool: sqlx::PgPool) -> anyhow::Result<()> {
+//! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
 //! // Enqueue: returns the job id; inside your transaction with `enqueue_tx`.
 //! let client = JobClient::new(pool.clone());
 //! let job = client.enqueue(&Greet { name: "Ada".into() }, EnqueueOptions::default()).await?;

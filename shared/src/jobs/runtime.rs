@@ -151,13 +151,13 @@ impl WorkerRuntime {
                 shared: shared.clone(),
                 outcomes: outcome_tx.clone(),
             };
-            let (backend, fetch_loop) = fetcher.split();
+            let (backend, fetch_loops) = fetcher.split(self.config.fetchers_per_queue);
             let service = AttemptService { shared: shared.clone(), registry: registry.clone() };
             let worker = WorkerBuilder::new(format!("{}/{queue}", self.worker_id).as_str())
                 .backend(backend)
                 .build(service);
             let stop = shutdown.clone();
-            tasks.push(tokio::spawn(fetch_loop));
+            tasks.extend(fetch_loops.into_iter().map(tokio::spawn));
             tasks.push(tokio::spawn(async move {
                 let signal = async move {
                     stop.cancelled().await;

@@ -246,9 +246,9 @@ pub async fn rescue_orphans(pool: &PgPool, silent_for: Duration) -> Result<Vec<S
                 lock_by  = NULL,
                 lock_at  = NULL
           WHERE j.status = 'Running'
-            AND (j.lock_by IS NULL OR j.lock_by IN (
-                 SELECT w.id FROM apalis.workers w
-                  WHERE w.last_seen < now() - make_interval(secs => $1)))
+            AND NOT EXISTS (
+                 SELECT 1 FROM apalis.workers w
+                  WHERE w.id = j.lock_by AND w.last_seen >= now() - make_interval(secs => $1))
           RETURNING j.id",
     )
     .bind(silent_for.as_secs_f64())
@@ -389,11 +389,9 @@ pub async fn prune(
             }
         }
     }
-    pruned.workers = sqlx::query(
-        "DELETE FROM apalis.workers w
-          WHERE w.last_seen < now() - interval '1 day'
-            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id AND j.status = 'Running')",
-    )
+    // Jobs keep the id of the worker that ran them as history; only the
+    // worker rows go.
+    pruned.workers = sqlx::query("DELETE FROM apalis.workers WHERE last_seen < now() - interval '1 day'")
     .execute(pool)
     .await?
     .rows_affected();
