@@ -48,6 +48,12 @@ CREATE INDEX jobs_fetch
     ON apalis.jobs (queue, priority DESC, run_at, id)
     WHERE status = 'Pending';
 
+-- What an idle fetcher asks: when is the next pending job of this queue due?
+-- (jobs_fetch is ordered by priority first, so min(run_at) would scan it all.)
+CREATE INDEX jobs_next_due
+    ON apalis.jobs (queue, run_at)
+    WHERE status = 'Pending';
+
 -- What rescue walks: running jobs by owner.
 CREATE INDEX jobs_running_by_worker
     ON apalis.jobs (lock_by)

@@ -102,6 +102,26 @@ fn default_queue_concurrency() -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "DKL_DB_MAX_CONNECTIONS",
+    "LOG_FORMAT",
+    "DKL_QUEUE_CONCURRENCY",
+    "DKL_POLL_INTERVAL_MS",
+    "DKL_FETCH_BATCH",
+    "DKL_FETCHERS_PER_QUEUE",
+    "DKL_HEARTBEAT_SECS",
+    "DKL_RESCUE_AFTER_SECS",
+    "DKL_SHUTDOWN_GRACE_SECS",
+    "DKL_CANCEL_GRACE_SECS",
+    "DKL_RETRY_BASE_MS",
+    "DKL_RETRY_MAX_SECS",
+    "DKL_PRUNE_DONE_AFTER",
+    "DKL_PRUNE_DISCARDED_AFTER",
+    "DKL_PRUNE_EVERY",
+];
+
 /// The database a fresh checkout talks to when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/dkl";
 
@@ -286,6 +306,30 @@ mod tests {
         let map: BTreeMap<String, String> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn env_example_documents_every_variable_with_a_valid_value() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.env.example");
+        let text = std::fs::read_to_string(path).expect(".env.example exists");
+        let map: BTreeMap<String, String> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        for var in VARIABLES {
+            assert!(map.contains_key(*var), ".env.example lacks {var}");
+        }
+        // Every variable the code reads is in VARIABLES (checked against this file's source).
+        let source = include_str!("config.rs");
+        for quoted in source.split('"').skip(1).step_by(2) {
+            let looks_like_var = quoted.starts_with("DKL_") && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            if looks_like_var {
+                assert!(VARIABLES.contains(&quoted), "{quoted} is read but not listed in VARIABLES");
+            }
+        }
+        Config::from_lookup(|k| map.get(k).cloned()).expect(".env.example values are valid");
     }
 
     #[test]

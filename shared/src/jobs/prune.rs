@@ -37,6 +37,10 @@ pub fn register(registry: &mut Registry, pool: PgPool, done_after: Duration, dis
             let discarded = job.discarded_after_secs.map_or(discarded_after, Duration::from_secs);
             let pruned = store::prune(&pool, done, discarded).await.map_err(JobError::retryable)?;
             tracing::info!(done = pruned.done, discarded = pruned.discarded, workers = pruned.workers, "pruned finished jobs");
+            // Not fatal: the rows are gone; only the space reuse waits.
+            if let Err(e) = store::vacuum_jobs(&pool).await {
+                tracing::warn!(error = %e, "cannot VACUUM apalis.jobs (needs table owner); relying on autovacuum");
+            }
             Ok(())
         }
     });

@@ -287,11 +287,12 @@ pub async fn claim(
 /// How long until the next pending job of `queue` is due (zero if one is due now).
 pub async fn next_due_in(pool: &PgPool, queue: &str) -> Result<Option<Duration>, sqlx::Error> {
     let secs: Option<f64> = sqlx::query_scalar(
-        "SELECT GREATEST(EXTRACT(EPOCH FROM (min(run_at) - now())), 0)::float8
-           FROM apalis.jobs WHERE queue = $1 AND status = 'Pending'",
+        "SELECT GREATEST(EXTRACT(EPOCH FROM (run_at - now())), 0)::float8
+           FROM apalis.jobs WHERE queue = $1 AND status = 'Pending'
+          ORDER BY run_at LIMIT 1",
     )
     .bind(queue)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
     Ok(secs.map(Duration::from_secs_f64))
 }
@@ -396,6 +397,14 @@ pub async fn prune(
     .await?
     .rows_affected();
     Ok(pruned)
+}
+
+/// Vacuums and analyzes the job table. A queue table turns over its rows
+/// constantly; where autovacuum is off or slow, dead entries pile up in the
+/// fetch index and every claim walks them. (Cannot run in a transaction.)
+pub async fn vacuum_jobs(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM (ANALYZE) apalis.jobs").execute(pool).await?;
+    Ok(())
 }
 
 /// Job counts of one queue by status.
