@@ -25,6 +25,11 @@
 --   (only running jobs need finding by owner), and `idx_apalis_jobs_fetch_partial`
 --   serves apalis's own fetch, which our layer replaces with `jobs_fetch`.
 --   Every index is written on each state change, so each one costs throughput.
+-- * apalis's insert trigger notifies only jobs due at once. Our trigger
+--   `jobs_notify_scheduled` also announces jobs that become pending for later
+--   (scheduled inserts, retries moved forward), on channel
+--   `dkl::job::scheduled` with the queue as payload, so an idle fetcher can
+--   shorten its sleep to the new due time.
 -- * Status values used: Pending (waiting, maybe for a retry at run_at),
 --   Running, Done, Killed (discarded after the last attempt, or by a permanent
 --   error, or cancelled: then cancelled_at is set).
@@ -65,6 +70,19 @@ CREATE INDEX jobs_finished_at
     WHERE status IN ('Done', 'Killed');
 
 ALTER TABLE apalis.jobs DROP CONSTRAINT IF EXISTS fk_worker_lock_by;
+
+CREATE FUNCTION apalis.dkl_notify_scheduled() RETURNS trigger AS $$
+BEGIN
+    IF NEW.status = 'Pending' AND NEW.run_at > now() THEN
+        PERFORM pg_notify('dkl::job::scheduled', NEW.queue);
+    END IF;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER jobs_notify_scheduled
+    AFTER INSERT OR UPDATE OF status, run_at ON apalis.jobs
+    FOR EACH ROW EXECUTE FUNCTION apalis.dkl_notify_scheduled();
 
 -- A queue table churns: every job is updated twice and deleted once. Vacuum
 -- it early so dead index entries do not slow the fetch query down.

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use dkl_shared::config::Config;
 use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId, JobKind, ping::Ping, prune::PruneJobs};
-use dkl_shared::{db, telemetry};
+use dkl_shared::{db, startup};
 
 #[derive(Parser)]
 #[command(name = "dklctl", version, about = "Admin CLI for dkl-mail-worker (reads DATABASE_URL and DKL_* like the binaries)")]
@@ -98,21 +98,7 @@ enum BenchCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dklctl: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init_logging(config.log_format);
-    match run(cli.command, config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dklctl: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    startup::run_binary("dklctl", |config| run(cli.command, config)).await
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {

@@ -10,26 +10,11 @@ use std::time::Duration;
 use dkl_shared::config::Config;
 use dkl_shared::jobs::prune::PruneJobs;
 use dkl_shared::jobs::{EnqueueOptions, JobClient};
-use dkl_shared::{db, telemetry};
+use dkl_shared::{db, startup, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dkl-scheduler: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init_logging(config.log_format);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "dkl-scheduler stopped");
-            eprintln!("dkl-scheduler: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    startup::run_binary("dkl-scheduler", run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -10,7 +10,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgPool};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
@@ -22,13 +25,14 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// Errors of connecting and migrating.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The server could not be reached or refused the login.
-    #[error("cannot connect to PostgreSQL at {url}: {source}. Is it running? (see README: Quick start)")]
+    /// The server could not be reached, refused the login, or lacks the database.
+    #[error("cannot connect to PostgreSQL at {url} (is it running, and does the database exist? scripts/demo.sh starts and creates it)")]
     Connect {
         /// The URL without its password.
         url: String,
         /// What sqlx said.
-        source: sqlx::Error,
+        #[source]
+        cause: sqlx::Error,
     },
     /// Migrations are missing.
     #[error("the database is not migrated ({missing}); run `dklctl migrate` first")]
@@ -37,10 +41,10 @@ pub enum DbError {
         missing: String,
     },
     /// A migration failed.
-    #[error("migration failed: {0}")]
+    #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// apalis-postgres's setup failed.
-    #[error("apalis-postgres setup failed: {0}")]
+    #[error("apalis-postgres setup failed")]
     Apalis(#[from] apalis_postgres::Error),
     /// Any other query failure.
     #[error(transparent)]
@@ -53,13 +57,18 @@ pub async fn connect(config: &Config) -> Result<PgPool, DbError> {
 }
 
 /// Opens a connection pool to `url` with at most `max` connections.
+///
+/// One direct connection first, so a wrong host, password or database name
+/// fails at once with the server's own words instead of a pool timeout.
 pub async fn connect_url(url: &str, max: u32) -> Result<PgPool, DbError> {
-    PgPoolOptions::new()
+    let fail = |cause| DbError::Connect { url: redact_url(url), cause };
+    let options = PgConnectOptions::from_str(url).map_err(fail)?;
+    let probe = options.connect().await.map_err(fail)?;
+    probe.close().await.map_err(fail)?;
+    Ok(PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .map_err(|source| DbError::Connect { url: redact_url(url), source })
+        .connect_lazy_with(options))
 }
 
 /// Applies apalis-postgres's migrations, then ours. Safe to run again.

@@ -4,9 +4,11 @@
 //! - [`config`]: environment variables, validated at start;
 //! - [`db`]: connecting and migrations;
 //! - [`jobs`]: the job engine on apalis;
-//! - [`telemetry`]: logging setup and shutdown signals.
+//! - [`telemetry`]: logging setup and shutdown signals;
+//! - [`startup`]: the start and exit every binary shares.
 
 pub mod config;
 pub mod db;
 pub mod jobs;
+pub mod startup;
 pub mod telemetry;

@@ -5,26 +5,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use dkl_shared::config::Config;
 use dkl_shared::jobs::{Registry, WorkerRuntime, ping, prune};
-use dkl_shared::{db, telemetry};
+use dkl_shared::{db, startup, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dkl-worker: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init_logging(config.log_format);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "dkl-worker stopped");
-            eprintln!("dkl-worker: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    startup::run_binary("dkl-worker", run).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

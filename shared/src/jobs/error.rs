@@ -43,7 +43,7 @@ impl JobError {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The payload could not be turned into JSON.
-    #[error("job payload of kind `{kind}` does not serialize: {source}")]
+    #[error("job payload of kind `{kind}` does not serialize")]
     Encode {
         /// The job kind.
         kind: String,

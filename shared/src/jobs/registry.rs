@@ -23,8 +23,9 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Resolves when someone cancelled this job (or the worker is shutting down
-    /// past its grace period). Long handlers should `select!` on it and stop.
+    /// Resolves when someone cancelled this job (`dklctl cancel`,
+    /// [`super::JobClient::cancel`]). Long handlers should `select!` on it and
+    /// stop; after `DKL_CANCEL_GRACE_SECS` the handler is dropped anyway.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
     }

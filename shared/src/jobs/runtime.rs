@@ -237,6 +237,12 @@ async fn listen(
         };
         match note {
             Ok(Some(n)) if n.channel() == store::CANCEL_CHANNEL => shared.cancels.signal(n.payload()),
+            // A job due later: the queue's idle fetcher recomputes how long to sleep.
+            Ok(Some(n)) if n.channel() == store::SCHEDULED_CHANNEL => {
+                if let Some(w) = wakers.get(n.payload()) {
+                    w.notify_one();
+                }
+            }
             Ok(Some(n)) => {
                 let kind = serde_json::from_str::<serde_json::Value>(n.payload())
                     .ok()
@@ -263,7 +269,7 @@ async fn listen(
 
 async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all([store::INSERT_CHANNEL, store::CANCEL_CHANNEL]).await?;
+    listener.listen_all([store::INSERT_CHANNEL, store::SCHEDULED_CHANNEL, store::CANCEL_CHANNEL]).await?;
     Ok(listener)
 }
 

@@ -15,6 +15,9 @@ use super::kind::JobId;
 /// The channel apalis-postgres's insert trigger notifies, with a JSON payload
 /// naming `job_type`, `id` and `run_at`, for jobs due at insert time.
 pub const INSERT_CHANNEL: &str = "apalis::job::insert";
+/// The channel our trigger notifies when a job becomes pending for a later
+/// time (payload: its queue).
+pub const SCHEDULED_CHANNEL: &str = "dkl::job::scheduled";
 /// The channel on which cancel requests for running jobs are announced (payload: job id).
 pub const CANCEL_CHANNEL: &str = "dkl::job::cancel";
 
