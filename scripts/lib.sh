@@ -46,20 +46,24 @@ ensure_postgres() {
 
   apt_install postgresql
   local bin; bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-  local pgdata="$DATA_DIR/pg" sock="$DATA_DIR/pg-sock"
+  # Outside the checkout: the postgres OS user may not reach a repo under /root.
+  local base=/var/tmp/dkl-pg
+  local pgdata="$base/data" sock="$base/sock" pglog="$base/postgres.log"
   PG_SERVER_URL="postgres://postgres@127.0.0.1:55432"
   if pg_answers "$PG_SERVER_URL"; then export PG_SERVER_URL; return 0; fi
-  mkdir -p "$sock"
+  mkdir -p "$pgdata" "$sock"
+  touch "$pglog"
+  chown -R postgres:postgres "$base"
+  chmod 700 "$pgdata"
   if [ ! -f "$pgdata/PG_VERSION" ]; then
     log "creating a private PostgreSQL cluster in $pgdata"
-    mkdir -p "$pgdata"; chown -R postgres:postgres "$pgdata" "$sock" 2>/dev/null || true
     runuser -u postgres -- "$bin/initdb" -A trust -U postgres --no-sync -D "$pgdata" >/dev/null
   fi
-  chown -R postgres:postgres "$pgdata" "$sock" 2>/dev/null || true
-  log "starting the private PostgreSQL on 127.0.0.1:55432"
-  runuser -u postgres -- "$bin/pg_ctl" -D "$pgdata" -l "$DATA_DIR/pg.log" -w \
-    -o "-p 55432 -k $sock -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
-  pg_answers "$PG_SERVER_URL" || { echo "PostgreSQL did not come up; see $DATA_DIR/pg.log" >&2; exit 1; }
+  log "starting the private PostgreSQL on 127.0.0.1:55432 (log: $pglog)"
+  runuser -u postgres -- "$bin/pg_ctl" -D "$pgdata" -l "$pglog" -w \
+    -o "-p 55432 -k $sock -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+    || { cat "$pglog" >&2; exit 1; }
+  pg_answers "$PG_SERVER_URL" || { echo "PostgreSQL did not come up; see $pglog" >&2; exit 1; }
   export PG_SERVER_URL
 }
 

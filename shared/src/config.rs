@@ -172,7 +172,7 @@ impl Config {
         }
         Ok(Self {
             database_url,
-            db_max_connections: number(&get, "DKL_DB_MAX_CONNECTIONS", 10, 2, 500)? as u32,
+            db_max_connections: number(&get, "DKL_DB_MAX_CONNECTIONS", 20, 2, 500)? as u32,
             log_format: match get("LOG_FORMAT").as_deref() {
                 None | Some("text") | Some("") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -189,17 +189,36 @@ impl Config {
     }
 }
 
-/// Hides the password of a database URL, so it can go into logs and errors.
+/// Hides the password of a database URL (in the user part and in a
+/// `password=` parameter), so it can go into logs and errors.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return "<not a URL>".to_string();
     };
-    match rest.split_once('@') {
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    // The host follows the *last* '@': a password may itself contain '@'.
+    let main = match main.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
         },
-        None => url.to_string(),
+        None => main.to_string(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{main}?{q}"),
+        None => format!("{scheme}://{main}"),
     }
 }
 
@@ -378,5 +397,8 @@ mod tests {
         let e = with(&[("DATABASE_URL", "mysql://u:hunter2@h/db")]).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(redact_url("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
+        assert_eq!(redact_url("postgres://u@h/d?sslmode=require&password=x"), "postgres://u@h/d?sslmode=require&password=***");
+        assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
     }
 }

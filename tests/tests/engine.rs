@@ -342,3 +342,149 @@ async fn concurrency_limit_per_queue_is_respected(pool: PgPool) {
     rt.stop().await;
     assert_eq!(peak.load(Ordering::SeqCst), 3, "mail queue concurrency is 3");
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    n: i32,
+}
+impl JobKind for Record {
+    const KIND: &'static str = "record";
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_runtimes_never_run_the_same_job_twice(pool: PgPool) {
+    migrate(&pool).await;
+    sqlx::query("CREATE TABLE test_runs (n int PRIMARY KEY, worker text NOT NULL)").execute(&pool).await.unwrap();
+    let registry = |tag: &'static str| {
+        let mut r = Registry::new();
+        let pool = pool.clone();
+        r.register::<Record, _, _>(move |job, _| {
+            let pool = pool.clone();
+            async move {
+                // A second run of the same job would violate the primary key.
+                sqlx::query("INSERT INTO test_runs (n, worker) VALUES ($1, $2)")
+                    .bind(job.n)
+                    .bind(tag)
+                    .execute(&pool)
+                    .await
+                    .map_err(JobError::permanent)?;
+                Ok(())
+            }
+        });
+        r
+    };
+    let client = JobClient::new(pool.clone());
+    client.enqueue_many(&(0..2000).map(|n| Record { n }).collect::<Vec<_>>()).await.unwrap();
+    let a = start(&pool, registry("a"), fast_config());
+    let b = start(&pool, registry("b"), fast_config());
+    wait_for(Duration::from_secs(60), "all 2000 jobs done", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    let (runs, by_a): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE worker = 'a') FROM test_runs").fetch_one(&pool).await.unwrap();
+    assert_eq!(runs, 2000, "every job ran exactly once");
+    assert!(by_a > 0 && by_a < 2000, "both runtimes took work ({by_a} by a)");
+    let discarded: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Killed'").fetch_one(&pool).await.unwrap();
+    assert_eq!(discarded, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn concurrent_enqueues_with_one_dedup_key_make_one_job(pool: PgPool) {
+    migrate(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.enqueue(&Ping::default(), EnqueueOptions::dedup("newsletter:7:anna")).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap().expect("enqueue never fails on a collision"));
+    }
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+    assert!(results.iter().all(|r| r.id == results[0].id));
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(jobs, 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn lost_listen_connection_is_reestablished(pool: PgPool) {
+    migrate(&pool).await;
+    let mut config = fast_config();
+    config.poll_interval = Duration::from_secs(30); // only NOTIFY can start jobs quickly
+    let rt = start(&pool, pings(), config);
+    let client = JobClient::new(pool.clone());
+    let first = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &first, "Done", Duration::from_secs(3)).await;
+
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%') t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the listener connection was found and terminated");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // reconnect
+
+    let second = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &second, "Done", Duration::from_secs(5)).await;
+    rt.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_cancelled_job_released_at_shutdown_does_not_come_back(pool: PgPool) {
+    migrate(&pool).await;
+    // A handler that ignores cancellation, so shutdown finds it still running.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Stubborn;
+    impl JobKind for Stubborn {
+        const KIND: &'static str = "stubborn";
+    }
+    let mut registry = Registry::new();
+    registry.register::<Stubborn, _, _>(|_, _| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    });
+    let mut config = fast_config();
+    config.cancel_grace = Duration::from_secs(30); // longer than the 1 s shutdown grace
+    let rt = start(&pool, registry, config);
+    let client = JobClient::new(pool.clone());
+    let id = client.enqueue(&Stubborn, EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &id, "Running", T).await;
+    assert_eq!(client.cancel(&id).await.unwrap(), CancelOutcome::Signalled);
+    rt.stop().await;
+    let row = job(&pool, &id).await;
+    assert_eq!(row.status, "Killed", "a cancelled job must not be released back to pending");
+    assert!(row.last_error.unwrap().contains("cancelled"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_stale_outcome_cannot_finish_a_newer_claim(pool: PgPool) {
+    migrate(&pool).await;
+    use dkl_shared::jobs::store::{self, OutcomeRow};
+    let client = JobClient::new(pool.clone());
+    let id = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    store::register_worker(&pool, "w1", "default=1").await.unwrap();
+    let first = store::claim(&pool, "default", 1, "w1").await.unwrap().remove(0);
+    // Rescued from under w1 (say it stalled), then claimed by w1 again.
+    sqlx::query("UPDATE apalis.workers SET last_seen = now() - interval '1 hour' WHERE id = 'w1'").execute(&pool).await.unwrap();
+    assert_eq!(store::rescue_orphans(&pool, Duration::from_secs(30)).await.unwrap(), vec![id.0.clone()]);
+    store::register_worker(&pool, "w1", "default=1").await.unwrap();
+    let second = store::claim(&pool, "default", 1, "w1").await.unwrap().remove(0);
+    assert_ne!(first.lock_at, second.lock_at);
+    let stale = OutcomeRow { id: id.0.clone(), lock_at: first.lock_at, status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
+    assert_eq!(store::record_outcomes(&pool, "w1", &[stale]).await.unwrap(), 0, "the old claim's outcome is ignored");
+    assert_eq!(job(&pool, &id).await.status, "Running");
+    let fresh = OutcomeRow { id: id.0.clone(), lock_at: second.lock_at, status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
+    assert_eq!(store::record_outcomes(&pool, "w1", &[fresh]).await.unwrap(), 1);
+    assert_eq!(job(&pool, &id).await.status, "Done");
+}

@@ -130,3 +130,70 @@ async fn unmigrated_database_is_refused_with_the_fix(pool: PgPool) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("run `dklctl migrate`"), "{stderr}");
 }
+
+#[sqlx::test(migrations = false)]
+async fn repeated_kill_9_loses_no_job_and_charges_no_attempt(pool: PgPool) {
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let jobs: Vec<Ping> = (0..300).map(|i| Ping { message: format!("job {i}"), sleep_ms: 40, ..Default::default() }).collect();
+    client.enqueue_many(&jobs).await.unwrap();
+
+    // Three workers in turn, each killed with SIGKILL while it has jobs running.
+    for round in 0..3 {
+        let mut w = Reaper(worker(&url).spawn().expect("spawn dkl-worker"));
+        dkl_tests::wait_for(Duration::from_secs(20), "a worker to run jobs", || async {
+            let running: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Running'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (running > 0).then_some(())
+        })
+        .await;
+        std::thread::sleep(Duration::from_millis(300 + round * 100));
+        signal(&w.0, libc::SIGKILL);
+        wait_exit(&mut w.0, Duration::from_secs(5));
+    }
+    let _last = Reaper(worker(&url).spawn().expect("spawn final dkl-worker"));
+    dkl_tests::wait_for(Duration::from_secs(90), "every job done", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let (total, over_one): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE attempts <> 1) FROM apalis.jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(total, 300, "no job lost");
+    assert_eq!(over_one, 0, "kills are rescues, not failed attempts");
+}
+
+#[sqlx::test(migrations = false)]
+async fn json_logs_are_json_and_carry_no_password(pool: PgPool) {
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    // Same server, with a password in the URL (trust auth ignores it).
+    let with_password = url.replacen("postgres://postgres@", "postgres://postgres:hunter2@", 1);
+    let mut w = Reaper(worker(&with_password).env("LOG_FORMAT", "json").spawn().expect("spawn dkl-worker"));
+    let client = JobClient::new(pool.clone());
+    let id = client.enqueue(&Ping { message: "json please".into(), ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &id, "Done", Duration::from_secs(20)).await;
+    signal(&w.0, libc::SIGTERM);
+    wait_exit(&mut w.0, Duration::from_secs(10));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(w.0.stderr.as_mut().expect("piped"), &mut stderr).unwrap();
+    assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "pong" && l["text"] == "json please" && l["span"]["job_id"] == id.0.as_str()),
+        "{stderr}"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "worker started"), "{stderr}");
+}

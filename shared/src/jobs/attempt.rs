@@ -12,9 +12,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use tracing::Instrument;
-use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -41,12 +41,13 @@ impl std::fmt::Debug for Claimed {
 /// Sends exactly one outcome for a job: the one given, or "released" on drop.
 pub(crate) struct OutcomeSlot {
     id: String,
+    lock_at: DateTime<Utc>,
     tx: Option<mpsc::UnboundedSender<OutcomeRow>>,
 }
 
 impl OutcomeSlot {
-    pub(crate) fn new(id: String, tx: mpsc::UnboundedSender<OutcomeRow>) -> Self {
-        Self { id, tx: Some(tx) }
+    pub(crate) fn new(job: &ClaimedJob, tx: mpsc::UnboundedSender<OutcomeRow>) -> Self {
+        Self { id: job.id.clone(), lock_at: job.lock_at, tx: Some(tx) }
     }
 
     fn finish(mut self, status: &'static str, error: Option<String>, delay: Duration, refund: i32) {
@@ -54,7 +55,7 @@ impl OutcomeSlot {
             let id = std::mem::take(&mut self.id);
             // The writer only stops after every sender is gone, so this cannot fail
             // while the runtime runs; if it does, rescue recovers the job.
-            let _ = tx.send(OutcomeRow { id, status, error, delay, refund });
+            let _ = tx.send(OutcomeRow { id, lock_at: self.lock_at, status, error, delay, refund });
         }
     }
 }
@@ -65,6 +66,7 @@ impl Drop for OutcomeSlot {
             tracing::debug!(job_id = %self.id, "attempt released without running to the end");
             let _ = tx.send(OutcomeRow {
                 id: std::mem::take(&mut self.id),
+                lock_at: self.lock_at,
                 status: "Pending",
                 error: None,
                 delay: Duration::ZERO,
@@ -100,9 +102,14 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
             job.job_type,
             registry.kinds()
         ))),
+        // Cancelled between claim and start: do not run it at all.
+        Some(_) if cancel.is_cancelled() => Ending::Cancelled,
         Some(reg) => {
-            let fut = (reg.handler)(&job.job, ctx);
-            drive(fut, &cancel, &shared).instrument(span.clone()).await
+            // A handler may panic before it returns its future, too.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.handler)(&job.job, ctx))) {
+                Ok(fut) => drive(fut, &cancel, &shared).instrument(span.clone()).await,
+                Err(panic) => Ending::Failed(JobError::retryable(format!("handler panicked: {}", panic_message(&panic)))),
+            }
         }
     };
     shared.cancels.remove(&job.id);
@@ -175,14 +182,18 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 }
 
 /// Writes outcomes in batches until every sender is gone. A failed write is
-/// retried (never dropped): losing it would leave the job running until rescue.
-pub(crate) async fn write_outcomes(pool: PgPool, worker_id: String, mut rx: mpsc::UnboundedReceiver<OutcomeRow>) {
+/// retried: losing it would leave the job running until rescue. Once the
+/// runtime is shutting down, a write that keeps failing for
+/// [`GIVE_UP_AFTER_SHUTDOWN`] is abandoned so the process can exit; rescue
+/// then returns those jobs (without charging an attempt).
+pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<OutcomeRow>) {
     const MAX_BATCH: usize = 2000;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut backoff = Duration::from_millis(100);
+        let mut failing_since_shutdown: Option<std::time::Instant> = None;
         loop {
-            match store::record_outcomes(&pool, &worker_id, &batch).await {
+            match store::record_outcomes(&shared.pool, &shared.worker_id, &batch).await {
                 Ok(n) => {
                     if (n as usize) < batch.len() {
                         tracing::warn!(
@@ -194,12 +205,23 @@ pub(crate) async fn write_outcomes(pool: PgPool, worker_id: String, mut rx: mpsc
                     break;
                 }
                 Err(e) => {
+                    if shared.shutdown.is_cancelled() {
+                        let since = *failing_since_shutdown.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
+                            tracing::error!(error = %e, batch = batch.len(), "giving up on job outcomes at shutdown; rescue will return these jobs");
+                            break;
+                        }
+                    }
                     tracing::error!(error = %e, batch = batch.len(), retry_in_ms = backoff.as_millis() as u64, "cannot record job outcomes; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
+        shared.in_flight.finish(batch.iter().map(|r| r.id.as_str()));
         batch.clear();
     }
 }
+
+/// How long the outcome writer keeps retrying after shutdown began.
+pub const GIVE_UP_AFTER_SHUTDOWN: Duration = Duration::from_secs(30);

@@ -59,6 +59,12 @@ pub enum EngineError {
         /// The dedup key.
         key: String,
     },
+    /// A queue's apalis worker ended while the runtime was meant to run.
+    #[error("the worker of queue `{queue}` stopped unexpectedly; the runtime was shut down (see the log)")]
+    WorkerStopped {
+        /// The queue.
+        queue: String,
+    },
     /// No job has this id.
     #[error("no job with id {0}")]
     NotFound(String),

@@ -95,9 +95,13 @@ impl Fetcher {
         let mut error_backoff = Duration::from_millis(100);
         loop {
             let first = tokio::select! {
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                biased;
                 _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
+            if shutdown.is_cancelled() {
+                break; // never claim after shutdown began
+            }
             let mut permits = vec![first];
             while permits.len() < batch {
                 match slots.clone().try_acquire_owned() {
@@ -122,10 +126,17 @@ impl Fetcher {
             };
             error_backoff = Duration::from_millis(100);
             let got = jobs.len();
-            for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
-                let outcome = OutcomeSlot::new(job.id.clone(), self.outcomes.clone());
-                if tx.send(Claimed { job, outcome, _permit: permit }).await.is_err() {
-                    // apalis's worker has stopped; the dropped job was released.
+            self.shared.in_flight.start(jobs.iter().map(|j| j.id.clone()));
+            // Every claimed job gets its outcome slot before any is sent, so a
+            // failed send drops (and so releases) the rest of the batch too.
+            let claimed: Vec<Claimed> = jobs
+                .into_iter()
+                .zip(permits.drain(..))
+                .map(|(job, permit)| Claimed { outcome: OutcomeSlot::new(&job, self.outcomes.clone()), job, _permit: permit })
+                .collect();
+            for c in claimed {
+                if tx.send(c).await.is_err() {
+                    // apalis's worker has stopped; the dropped jobs were released.
                     return;
                 }
             }

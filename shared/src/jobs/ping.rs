@@ -53,6 +53,6 @@ async fn run(ping: Ping, ctx: JobContext) -> Result<(), JobError> {
             ctx.attempt, ping.fail_attempts
         )));
     }
-    tracing::info!(message = %ping.message, attempt = ctx.attempt, "pong");
+    tracing::info!(text = %ping.message, "pong");
     Ok(())
 }

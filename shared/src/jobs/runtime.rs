@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use apalis_core::task::Task;
 use apalis_core::worker::builder::WorkerBuilder;
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{ConnectOptions, PgConnection, PgPool};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,7 @@ use super::attempt::{Claimed, run_attempt, write_outcomes};
 use super::error::EngineError;
 use super::fetcher::Fetcher;
 use super::registry::Registry;
-use super::store;
+use super::store::{self, OutcomeRow};
 use crate::config::JobsConfig;
 
 /// State every part of one runtime shares.
@@ -27,42 +27,75 @@ pub(crate) struct Shared {
     pub pool: PgPool,
     pub config: JobsConfig,
     pub worker_id: String,
+    /// Cancelled on external shutdown or when a queue's worker dies.
     pub shutdown: CancellationToken,
     pub cancels: Cancels,
+    pub in_flight: InFlight,
 }
 
 /// Cancellation tokens of the jobs running in this process.
 #[derive(Default)]
 pub(crate) struct Cancels {
-    running: Mutex<HashMap<String, CancellationToken>>,
+    inner: Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
+    running: HashMap<String, CancellationToken>,
     // A cancel can arrive between claim and start; remember it until start.
-    early: Mutex<HashSet<String>>,
+    early: HashSet<String>,
 }
 
 impl Cancels {
     pub fn register(&self, id: &str) -> CancellationToken {
         let token = CancellationToken::new();
-        if lock(&self.early).remove(id) {
+        let mut state = lock(&self.inner);
+        if state.early.remove(id) {
             token.cancel();
         }
-        lock(&self.running).insert(id.to_string(), token.clone());
+        state.running.insert(id.to_string(), token.clone());
         token
     }
 
     pub fn remove(&self, id: &str) {
-        lock(&self.running).remove(id);
+        lock(&self.inner).running.remove(id);
     }
 
     fn signal(&self, id: &str) {
-        if let Some(token) = lock(&self.running).get(id) {
+        let mut state = lock(&self.inner);
+        if let Some(token) = state.running.get(id) {
             token.cancel();
             return;
         }
-        let mut early = lock(&self.early);
-        if early.len() > 10_000 {
-            early.clear(); // ids of other processes' jobs; bounded, not precious
+        if state.early.len() > 10_000 {
+            state.early.clear(); // ids of other processes' jobs; bounded, not precious
         }
-        early.insert(id.to_string());
+        state.early.insert(id.to_string());
+    }
+}
+
+/// Ids of jobs this process claimed and has not yet written an outcome for.
+/// The heartbeat compares it with the database to find claims whose reply was
+/// lost (a connection reset after the claim committed).
+#[derive(Default)]
+pub(crate) struct InFlight {
+    ids: Mutex<HashSet<String>>,
+}
+
+impl InFlight {
+    pub fn start(&self, ids: impl Iterator<Item = String>) {
+        lock(&self.ids).extend(ids);
+    }
+
+    pub fn finish<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let mut set = lock(&self.ids);
+        for id in ids {
+            set.remove(id);
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        lock(&self.ids).contains(id)
     }
 }
 
@@ -125,24 +158,28 @@ impl WorkerRuntime {
         store::register_worker(&self.pool, &self.worker_id, &queue_list).await?;
         tracing::info!(worker_id = %self.worker_id, queues = %queue_list, kinds = ?self.registry.kinds(), "worker started");
 
+        // `stop` ends everything: the caller's shutdown, or a queue's worker dying.
+        let stop = shutdown.child_token();
         let shared = Arc::new(Shared {
             pool: self.pool.clone(),
             config: self.config.clone(),
             worker_id: self.worker_id.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: stop.clone(),
             cancels: Cancels::default(),
+            in_flight: InFlight::default(),
         });
         let registry = Arc::new(self.registry);
         let wakers: HashMap<String, Arc<Notify>> =
             queues.keys().map(|q| (q.clone(), Arc::new(Notify::new()))).collect();
 
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_outcomes(self.pool.clone(), self.worker_id.clone(), outcome_rx));
+        let writer = tokio::spawn(write_outcomes(shared.clone(), outcome_rx));
         let background = CancellationToken::new();
         let listener = tokio::spawn(listen(shared.clone(), registry.clone(), wakers.clone(), background.clone()));
-        let heartbeat = tokio::spawn(heartbeat(shared.clone(), wakers.clone(), background.clone()));
+        let heartbeat = tokio::spawn(heartbeat(shared.clone(), wakers.clone(), queue_list, background.clone()));
 
-        let mut tasks = Vec::new();
+        let mut fetch_tasks = Vec::new();
+        let mut workers = Vec::new();
         for (queue, concurrency) in queues {
             let fetcher = Fetcher {
                 wake: wakers[&queue].clone(),
@@ -156,20 +193,40 @@ impl WorkerRuntime {
             let worker = WorkerBuilder::new(format!("{}/{queue}", self.worker_id).as_str())
                 .backend(backend)
                 .build(service);
-            let stop = shutdown.clone();
-            tasks.extend(fetch_loops.into_iter().map(tokio::spawn));
-            tasks.push(tokio::spawn(async move {
-                let signal = async move {
+            fetch_tasks.extend(fetch_loops.into_iter().map(tokio::spawn));
+            let signal = {
+                let stop = stop.clone();
+                async move {
                     stop.cancelled().await;
                     Ok::<(), std::io::Error>(())
-                };
-                if let Err(e) = worker.run_until(signal).await {
-                    tracing::error!(queue = %queue, error = %e, "apalis worker stopped with an error");
                 }
+            };
+            workers.push(tokio::spawn(async move {
+                let result = worker.run_until(signal).await;
+                (queue, result)
             }));
         }
         drop(outcome_tx);
-        for task in tasks {
+
+        // A queue whose apalis worker ends on its own would leave its jobs
+        // unserved while the heartbeat says all is well: stop the whole
+        // runtime instead, so the process exits and its supervisor restarts it.
+        let mut failure = None;
+        let mut pending = workers;
+        while !pending.is_empty() {
+            let (finished, _, rest) = futures::future::select_all(pending).await;
+            pending = rest;
+            let (queue, result) = match finished {
+                Ok(done) => done,
+                Err(join) => ("?".to_string(), Err(apalis_core::error::WorkerError::PanicError(join.to_string()))),
+            };
+            if !stop.is_cancelled() || result.is_err() {
+                tracing::error!(queue = %queue, result = ?result, "a queue's worker stopped unexpectedly; stopping the runtime");
+                failure.get_or_insert(EngineError::WorkerStopped { queue });
+                stop.cancel();
+            }
+        }
+        for task in fetch_tasks {
             let _ = task.await;
         }
         background.cancel();
@@ -179,7 +236,7 @@ impl WorkerRuntime {
         // Every OutcomeSlot is gone now, so the writer drains and ends.
         let _ = writer.await;
         tracing::info!(worker_id = %self.worker_id, "worker stopped; all outcomes written");
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -203,8 +260,12 @@ impl tower::Service<Task<Claimed>> for AttemptService {
     fn call(&mut self, task: Task<Claimed>) -> Self::Future {
         let shared = self.shared.clone();
         let registry = self.registry.clone();
+        // Each attempt on its own task: handlers run in parallel on all
+        // threads, and one that blocks its thread cannot stall the queue.
         Box::pin(async move {
-            run_attempt(shared, registry, task.args).await;
+            if let Err(e) = tokio::spawn(run_attempt(shared, registry, task.args)).await {
+                tracing::error!(error = %e, "job attempt task failed; the job was released");
+            }
             Ok(())
         })
     }
@@ -273,27 +334,26 @@ async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-/// Keeps this process's `apalis.workers` row fresh and rescues jobs of silent workers.
-async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, stop: CancellationToken) {
-    let queues = wakers.keys().cloned().collect::<Vec<_>>().join(",");
+/// Keeps this process's `apalis.workers` row fresh, rescues jobs of silent
+/// workers, re-signals cancels whose NOTIFY was missed and releases claims
+/// this process lost track of.
+///
+/// It uses a connection of its own: a pool exhausted by busy handlers must
+/// not delay the heartbeat, or live workers' jobs would be rescued.
+async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, queues: String, stop: CancellationToken) {
+    let mut conn: Option<PgConnection> = None;
     loop {
-        match store::heartbeat(&shared.pool, &shared.worker_id).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(worker_id = %shared.worker_id, "worker row was pruned; registering again");
-                if let Err(e) = store::register_worker(&shared.pool, &shared.worker_id, &queues).await {
-                    tracing::error!(error = %e, "cannot register worker");
-                }
+        if conn.is_none() {
+            match shared.pool.connect_options().connect().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => tracing::error!(error = %e, "heartbeat cannot connect"),
             }
-            Err(e) => tracing::error!(error = %e, "heartbeat failed"),
         }
-        match store::rescue_orphans(&shared.pool, shared.config.rescue_after).await {
-            Ok(ids) if !ids.is_empty() => {
-                tracing::warn!(count = ids.len(), job_ids = ?ids, "rescued jobs of a worker that stopped heartbeating");
-                wakers.values().for_each(|w| w.notify_one());
+        if let Some(c) = conn.as_mut() {
+            if let Err(e) = beat(c, &shared, &wakers, &queues).await {
+                tracing::error!(error = %e, "heartbeat failed; reconnecting");
+                conn = None;
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "rescue of orphaned jobs failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {},
@@ -301,3 +361,39 @@ async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, st
         }
     }
 }
+
+async fn beat(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    wakers: &HashMap<String, Arc<Notify>>,
+    queues: &str,
+) -> Result<(), sqlx::Error> {
+    if !store::heartbeat(&mut *conn, &shared.worker_id).await? {
+        tracing::warn!(worker_id = %shared.worker_id, "worker row was pruned; registering again");
+        store::register_worker(&mut *conn, &shared.worker_id, queues).await?;
+    }
+    let rescued = store::rescue_orphans(&shared.pool, shared.config.rescue_after).await?;
+    if !rescued.is_empty() {
+        tracing::warn!(count = rescued.len(), job_ids = ?rescued, "rescued jobs of a worker that stopped heartbeating");
+        wakers.values().for_each(|w| w.notify_one());
+    }
+    for id in store::cancelled_running(&mut *conn, &shared.worker_id).await? {
+        shared.cancels.signal(&id);
+    }
+    let lost: Vec<OutcomeRow> = store::running_claims(&mut *conn, &shared.worker_id, LOST_CLAIM_AGE)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| !shared.in_flight.contains(id))
+        .map(|(id, lock_at)| OutcomeRow { id, lock_at, status: "Pending", error: None, delay: Duration::ZERO, refund: 1 })
+        .collect();
+    if !lost.is_empty() {
+        tracing::warn!(count = lost.len(), "releasing jobs this worker claimed but lost track of");
+        store::record_outcomes(&shared.pool, &shared.worker_id, &lost).await?;
+        wakers.values().for_each(|w| w.notify_one());
+    }
+    Ok(())
+}
+
+/// A claim older than this that is not in flight was lost (its reply never
+/// arrived); younger ones may still be on their way into the in-flight set.
+const LOST_CLAIM_AGE: Duration = Duration::from_secs(60);

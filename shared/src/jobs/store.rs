@@ -34,6 +34,8 @@ pub struct ClaimedJob {
     pub attempts: i32,
     /// Attempts allowed.
     pub max_attempts: i32,
+    /// When this claim was made; identifies the claim in outcome writes.
+    pub lock_at: DateTime<Utc>,
 }
 
 /// Everything about one job, for status queries and tests.
@@ -215,7 +217,7 @@ pub async fn job(executor: impl PgExecutor<'_>, id: &str) -> Result<Option<JobRe
 }
 
 /// Registers (or re-registers) a worker process in `apalis.workers`.
-pub async fn register_worker(pool: &PgPool, worker_id: &str, queues: &str) -> Result<(), sqlx::Error> {
+pub async fn register_worker(executor: impl PgExecutor<'_>, worker_id: &str, queues: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen, started_at)
          VALUES ($1, 'dkl-worker', 'dkl-jobs', $2, now(), now())
@@ -223,16 +225,16 @@ pub async fn register_worker(pool: &PgPool, worker_id: &str, queues: &str) -> Re
     )
     .bind(worker_id)
     .bind(queues)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
 
 /// Records that a worker process is alive. Returns false if its row is gone.
-pub async fn heartbeat(pool: &PgPool, worker_id: &str) -> Result<bool, sqlx::Error> {
+pub async fn heartbeat(executor: impl PgExecutor<'_>, worker_id: &str) -> Result<bool, sqlx::Error> {
     let res = sqlx::query("UPDATE apalis.workers SET last_seen = now() WHERE id = $1")
         .bind(worker_id)
-        .execute(pool)
+        .execute(executor)
         .await?;
     Ok(res.rows_affected() == 1)
 }
@@ -269,7 +271,7 @@ pub async fn claim(
     sqlx::query_as(
         "WITH next AS (
             SELECT id FROM apalis.jobs
-             WHERE queue = $1 AND status = 'Pending' AND run_at <= now()
+             WHERE queue = $1 AND status = 'Pending' AND run_at <= now() AND cancelled_at IS NULL
              ORDER BY priority DESC, run_at, id
              LIMIT $2
              FOR UPDATE SKIP LOCKED
@@ -278,7 +280,7 @@ pub async fn claim(
             SET status = 'Running', attempts = j.attempts + 1, lock_by = $3, lock_at = now()
            FROM next
           WHERE j.id = next.id
-      RETURNING j.id, j.job_type, j.job, j.attempts, j.max_attempts",
+      RETURNING j.id, j.job_type, j.job, j.attempts, j.max_attempts, j.lock_at",
     )
     .bind(queue)
     .bind(limit)
@@ -297,7 +299,8 @@ pub async fn next_due_in(pool: &PgPool, queue: &str) -> Result<Option<Duration>,
     .bind(queue)
     .fetch_optional(pool)
     .await?;
-    Ok(secs.map(Duration::from_secs_f64))
+    // `try_`: a row due at 'infinity' must not panic the fetcher.
+    Ok(secs.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)))
 }
 
 /// The end state of one attempt, as written by [`record_outcomes`].
@@ -305,6 +308,8 @@ pub async fn next_due_in(pool: &PgPool, queue: &str) -> Result<Option<Duration>,
 pub struct OutcomeRow {
     /// Row id.
     pub id: String,
+    /// The claim this outcome belongs to (`lock_at` as claimed).
+    pub lock_at: DateTime<Utc>,
     /// New apalis status: `Done`, `Pending` (retry or release) or `Killed`.
     pub status: &'static str,
     /// Error to keep, if any.
@@ -315,34 +320,45 @@ pub struct OutcomeRow {
     pub refund: i32,
 }
 
-/// Writes many attempt outcomes in one statement. Only rows still running
-/// under `worker_id` change: a job rescued from under a stalled worker keeps
-/// its new owner's state.
+/// Writes many attempt outcomes in one statement.
+///
+/// Only rows still held by the same claim change (same `lock_by` and
+/// `lock_at`): a job rescued from under a stalled worker, and perhaps claimed
+/// again since, keeps its new claim's state. A job whose cancel was requested
+/// never goes back to pending: a retry or release of it ends it as cancelled.
 pub async fn record_outcomes(
     pool: &PgPool,
     worker_id: &str,
     rows: &[OutcomeRow],
 ) -> Result<u64, sqlx::Error> {
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let lock_ats: Vec<DateTime<Utc>> = rows.iter().map(|r| r.lock_at).collect();
     let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
     let delays: Vec<f64> = rows.iter().map(|r| r.delay.as_secs_f64()).collect();
     let refunds: Vec<i32> = rows.iter().map(|r| r.refund).collect();
     let res = sqlx::query(
+        // "back" = (u.status = 'Pending' AND j.cancelled_at IS NULL): the job
+        // returns to the queue. Spelled out per column; a join to compute it
+        // once would cost a second row lookup per job.
         "UPDATE apalis.jobs j
-            SET status     = u.status,
+            SET status     = CASE WHEN u.status <> 'Pending' THEN u.status
+                                  WHEN j.cancelled_at IS NULL THEN 'Pending' ELSE 'Killed' END,
                 attempts   = j.attempts - u.refund,
-                last_error = COALESCE(u.error, j.last_error),
-                run_at     = CASE WHEN u.status = 'Pending'
+                last_error = CASE WHEN u.status = 'Pending' AND j.cancelled_at IS NOT NULL
+                                  THEN concat_ws('; ', u.error, 'cancelled while running')
+                                  ELSE COALESCE(u.error, j.last_error) END,
+                run_at     = CASE WHEN u.status = 'Pending' AND j.cancelled_at IS NULL
                                   THEN now() + make_interval(secs => u.delay) ELSE j.run_at END,
-                done_at    = CASE WHEN u.status = 'Pending' THEN NULL ELSE now() END,
-                lock_by    = CASE WHEN u.status = 'Pending' THEN NULL ELSE j.lock_by END,
-                lock_at    = CASE WHEN u.status = 'Pending' THEN NULL ELSE j.lock_at END
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int4[])
-                AS u(id, status, error, delay, refund)
-          WHERE j.id = u.id AND j.status = 'Running' AND j.lock_by = $6",
+                done_at    = CASE WHEN u.status = 'Pending' AND j.cancelled_at IS NULL THEN NULL ELSE now() END,
+                lock_by    = CASE WHEN u.status = 'Pending' AND j.cancelled_at IS NULL THEN NULL ELSE j.lock_by END,
+                lock_at    = CASE WHEN u.status = 'Pending' AND j.cancelled_at IS NULL THEN NULL ELSE j.lock_at END
+           FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], $6::int4[])
+                AS u(id, lock_at, status, error, delay, refund)
+          WHERE j.id = u.id AND j.status = 'Running' AND j.lock_by = $7 AND j.lock_at = u.lock_at",
     )
     .bind(&ids)
+    .bind(&lock_ats)
     .bind(&statuses)
     .bind(&errors)
     .bind(&delays)
@@ -351,6 +367,34 @@ pub async fn record_outcomes(
     .execute(pool)
     .await?;
     Ok(res.rows_affected())
+}
+
+/// Running jobs of `worker_id` whose cancel was requested (to re-signal any
+/// whose NOTIFY was missed).
+pub async fn cancelled_running(executor: impl PgExecutor<'_>, worker_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM apalis.jobs WHERE status = 'Running' AND lock_by = $1 AND cancelled_at IS NOT NULL",
+    )
+    .bind(worker_id)
+    .fetch_all(executor)
+    .await
+}
+
+/// Running jobs of `worker_id` claimed more than `older_than` ago, with their
+/// claim time (to find claims the worker lost track of).
+pub async fn running_claims(
+    executor: impl PgExecutor<'_>,
+    worker_id: &str,
+    older_than: Duration,
+) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, lock_at FROM apalis.jobs
+          WHERE status = 'Running' AND lock_by = $1 AND lock_at < now() - make_interval(secs => $2)",
+    )
+    .bind(worker_id)
+    .bind(older_than.as_secs_f64())
+    .fetch_all(executor)
+    .await
 }
 
 /// Rows removed by one prune.
