@@ -19,9 +19,24 @@ fn worker(url: &str) -> Command {
         .env("DKL_RESCUE_AFTER_SECS", "3")
         .env("DKL_SHUTDOWN_GRACE_SECS", "1")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
     cmd
+}
+
+/// Starts a worker in the background. Its log goes to a file, never to an
+/// unread pipe: a full pipe would block the worker's logging, and the worker.
+fn spawn_worker(url: &str, log: &std::path::Path) -> Reaper {
+    let file = std::fs::File::create(log).expect("create log file");
+    Reaper(worker(url).stderr(file).spawn().expect("spawn dkl-worker"))
+}
+
+fn log_path(name: &str) -> std::path::PathBuf {
+    // Kept after the run for post-mortems, inside target/ where cargo cleans up.
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dkl-{name}-{}-{}.log", std::process::id(), ulid_like()))
+}
+
+fn ulid_like() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 struct Reaper(Child);
@@ -60,7 +75,7 @@ async fn kill_9_mid_job_is_rescued_and_finished_with_attempts_unchanged(pool: Pg
         .unwrap()
         .id;
 
-    let mut first = Reaper(worker(&url).spawn().expect("spawn dkl-worker"));
+    let mut first = spawn_worker(&url, &log_path("kill9-first"));
     let running = wait_status(&pool, &id, "Running", Duration::from_secs(20)).await;
     assert_eq!(running.attempts, 1);
     signal(&first.0, libc::SIGKILL);
@@ -69,7 +84,7 @@ async fn kill_9_mid_job_is_rescued_and_finished_with_attempts_unchanged(pool: Pg
     assert_eq!(crate::job_status(&pool, &id).await, "Running", "a killed worker cannot clean up");
 
     let killed_at = Instant::now();
-    let _second = Reaper(worker(&url).spawn().expect("spawn second dkl-worker"));
+    let _second = spawn_worker(&url, &log_path("kill9-second"));
     let done = wait_status(&pool, &id, "Done", Duration::from_secs(60)).await;
     assert!(killed_at.elapsed() < Duration::from_secs(60));
     assert_eq!(done.attempts, 1, "the rescue must not count as a failed attempt");
@@ -91,7 +106,7 @@ async fn sigterm_mid_job_releases_it_and_exits_cleanly(pool: PgPool) {
         .await
         .unwrap()
         .id;
-    let mut first = Reaper(worker(&url).spawn().expect("spawn dkl-worker"));
+    let mut first = spawn_worker(&url, &log_path("sigterm-first"));
     wait_status(&pool, &id, "Running", Duration::from_secs(20)).await;
     signal(&first.0, libc::SIGTERM);
     let status = wait_exit(&mut first.0, Duration::from_secs(10));
@@ -100,7 +115,7 @@ async fn sigterm_mid_job_releases_it_and_exits_cleanly(pool: PgPool) {
     assert_eq!(row.status, "Pending", "released for another worker");
     assert_eq!(row.attempts, 0, "graceful shutdown burns no attempt");
 
-    let _second = Reaper(worker(&url).spawn().expect("spawn second dkl-worker"));
+    let _second = spawn_worker(&url, &log_path("sigterm-second"));
     let done = wait_status(&pool, &id, "Done", Duration::from_secs(30)).await;
     assert_eq!(done.attempts, 1);
 }
@@ -141,7 +156,7 @@ async fn repeated_kill_9_loses_no_job_and_charges_no_attempt(pool: PgPool) {
 
     // Three workers in turn, each killed with SIGKILL while it has jobs running.
     for round in 0..3 {
-        let mut w = Reaper(worker(&url).spawn().expect("spawn dkl-worker"));
+        let mut w = spawn_worker(&url, &log_path(&format!("repeat-{round}")));
         dkl_tests::wait_for(Duration::from_secs(20), "a worker to run jobs", || async {
             let running: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Running'")
                 .fetch_one(&pool)
@@ -154,7 +169,7 @@ async fn repeated_kill_9_loses_no_job_and_charges_no_attempt(pool: PgPool) {
         signal(&w.0, libc::SIGKILL);
         wait_exit(&mut w.0, Duration::from_secs(5));
     }
-    let _last = Reaper(worker(&url).spawn().expect("spawn final dkl-worker"));
+    let _last = spawn_worker(&url, &log_path("repeat-last"));
     dkl_tests::wait_for(Duration::from_secs(90), "every job done", || async {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
             .fetch_one(&pool)
@@ -178,14 +193,16 @@ async fn json_logs_are_json_and_carry_no_password(pool: PgPool) {
     let url = url_of(&pool).await;
     // Same server, with a password in the URL (trust auth ignores it).
     let with_password = url.replacen("postgres://postgres@", "postgres://postgres:hunter2@", 1);
-    let mut w = Reaper(worker(&with_password).env("LOG_FORMAT", "json").spawn().expect("spawn dkl-worker"));
+    let log = log_path("json");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut w = Reaper(worker(&with_password).env("LOG_FORMAT", "json").stderr(file).spawn().expect("spawn dkl-worker"));
     let client = JobClient::new(pool.clone());
     let id = client.enqueue(&Ping { message: "json please".into(), ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
     wait_status(&pool, &id, "Done", Duration::from_secs(20)).await;
     signal(&w.0, libc::SIGTERM);
     wait_exit(&mut w.0, Duration::from_secs(10));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(w.0.stderr.as_mut().expect("piped"), &mut stderr).unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
     assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
     let lines: Vec<serde_json::Value> = stderr
         .lines()
