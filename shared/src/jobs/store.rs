@@ -355,7 +355,16 @@ pub async fn record_outcomes(
                 lock_at    = CASE WHEN u.status = 'Pending' AND j.cancelled_at IS NULL THEN NULL ELSE j.lock_at END
            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::float8[], $6::int4[])
                 AS u(id, lock_at, status, error, delay, refund)
-          WHERE j.id = u.id AND j.status = 'Running' AND j.lock_by = $7 AND j.lock_at = u.lock_at",
+          WHERE j.id = ANY($1) AND j.id = u.id
+            -- Plan shape matters here (EXPLAIN ANALYZE, 1000 outcomes, 50k rows):
+            -- `id = ANY($1)` gives a primary-key index scan (~10 ms). The claim
+            -- check sits in a CASE because, given `status = 'Running' AND
+            -- lock_by = $7` bare, the planner picks the partial index
+            -- jobs_running_by_worker, whose statistics often say 'no running
+            -- jobs', and filters every running row against the whole array
+            -- (116 ms; 670 ms per batch in the benchmark). Without the ANY it
+            -- hash-joins over a full table scan (25 ms, growing with the table).
+            AND CASE WHEN j.status = 'Running' AND j.lock_by = $7 AND j.lock_at = u.lock_at THEN true ELSE false END",
     )
     .bind(&ids)
     .bind(&lock_ats)
