@@ -96,3 +96,15 @@ pub async fn wait_status(pool: &PgPool, id: &JobId, status: &str, timeout: Durat
     })
     .await
 }
+
+/// Waits until every job in the database is `Done`.
+pub async fn wait_all_done(pool: &PgPool, timeout: Duration) {
+    wait_for(timeout, "every job to be Done", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+            .fetch_one(pool)
+            .await
+            .expect("count jobs");
+        (left == 0).then_some(())
+    })
+    .await
+}

@@ -334,11 +334,7 @@ async fn concurrency_limit_per_queue_is_respected(pool: PgPool) {
     let client = JobClient::new(pool.clone());
     client.enqueue_many(&(0..12).map(|_| Slow).collect::<Vec<_>>()).await.unwrap();
     let rt = start(&pool, registry, config);
-    wait_for(T, "all slow jobs done", || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'").fetch_one(&pool).await.unwrap();
-        (left == 0).then_some(())
-    })
-    .await;
+    dkl_tests::wait_all_done(&pool, T).await;
     rt.stop().await;
     assert_eq!(peak.load(Ordering::SeqCst), 3, "mail queue concurrency is 3");
 }
@@ -377,14 +373,7 @@ async fn two_runtimes_never_run_the_same_job_twice(pool: PgPool) {
     client.enqueue_many(&(0..2000).map(|n| Record { n }).collect::<Vec<_>>()).await.unwrap();
     let a = start(&pool, registry("a"), fast_config());
     let b = start(&pool, registry("b"), fast_config());
-    wait_for(Duration::from_secs(60), "all 2000 jobs done", || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        (left == 0).then_some(())
-    })
-    .await;
+    dkl_tests::wait_all_done(&pool, Duration::from_secs(60)).await;
     a.stop().await;
     b.stop().await;
     let (runs, by_a): (i64, i64) =

@@ -170,14 +170,7 @@ async fn repeated_kill_9_loses_no_job_and_charges_no_attempt(pool: PgPool) {
         wait_exit(&mut w.0, Duration::from_secs(5));
     }
     let _last = spawn_worker(&url, &log_path("repeat-last"));
-    dkl_tests::wait_for(Duration::from_secs(90), "every job done", || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        (left == 0).then_some(())
-    })
-    .await;
+    dkl_tests::wait_all_done(&pool, Duration::from_secs(90)).await;
     let (total, over_one): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE attempts <> 1) FROM apalis.jobs")
             .fetch_one(&pool)
