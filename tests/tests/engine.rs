@@ -10,7 +10,7 @@ use dkl_shared::jobs::prune::{self, PruneJobs};
 use dkl_shared::jobs::{
     CancelOutcome, EnqueueOptions, JobClient, JobError, JobKind, Registry,
 };
-use dkl_tests::{fast_config, job, migrate, start, wait_for, wait_status};
+use dkl_tests::{fast_config, job, migrate, start, wait_status};
 use sqlx::PgPool;
 
 const T: Duration = Duration::from_secs(15);

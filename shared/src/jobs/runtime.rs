@@ -349,11 +349,11 @@ async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, qu
                 Err(e) => tracing::error!(error = %e, "heartbeat cannot connect"),
             }
         }
-        if let Some(c) = conn.as_mut() {
-            if let Err(e) = beat(c, &shared, &wakers, &queues).await {
-                tracing::error!(error = %e, "heartbeat failed; reconnecting");
-                conn = None;
-            }
+        if let Some(c) = conn.as_mut()
+            && let Err(e) = beat(c, &shared, &wakers, &queues).await
+        {
+            tracing::error!(error = %e, "heartbeat failed; reconnecting");
+            conn = None;
         }
         tokio::select! {
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {},
