@@ -53,6 +53,36 @@ CREATE INDEX jobs_fetch
     ON apalis.jobs (queue, priority DESC, run_at, id)
     WHERE status = 'Pending';
 
+-- The claim. A function, so its plan can be pinned to the one right for a
+-- queue: walk jobs_fetch in order, lock up to p_limit rows, update each by
+-- primary key. Left to itself the planner picks worse plans whenever its
+-- statistics are stale (analyzed while the queue was empty, then 50,000 jobs
+-- enqueued): it read every pending row through jobs_next_due and sorted them
+-- for each claim of 200 (120 ms instead of ~3 ms), and, not knowing p_limit,
+-- it hash-joined the update over a full table scan (28 ms). Measured with
+-- EXPLAIN ANALYZE / auto_explain.
+CREATE FUNCTION apalis.dkl_claim(p_queue TEXT, p_limit INT, p_worker TEXT)
+RETURNS TABLE (id TEXT, job_type TEXT, job BYTEA, attempts INT, max_attempts INT, lock_at TIMESTAMPTZ)
+LANGUAGE sql
+SET enable_sort = off
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+    WITH next AS (
+        SELECT j.id FROM apalis.jobs j
+         WHERE j.queue = p_queue AND j.status = 'Pending' AND j.run_at <= now() AND j.cancelled_at IS NULL
+         ORDER BY j.priority DESC, j.run_at, j.id
+         LIMIT p_limit
+         FOR UPDATE SKIP LOCKED
+    )
+    UPDATE apalis.jobs j
+       SET status = 'Running', attempts = j.attempts + 1, lock_by = p_worker, lock_at = now()
+      FROM next
+     WHERE j.id = next.id
+ RETURNING j.id, j.job_type, j.job, j.attempts, j.max_attempts, j.lock_at
+$$;
+
 -- What an idle fetcher asks: when is the next pending job of this queue due?
 -- (jobs_fetch is ordered by priority first, so min(run_at) would scan it all.)
 CREATE INDEX jobs_next_due

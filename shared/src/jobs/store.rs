@@ -261,32 +261,22 @@ pub async fn rescue_orphans(pool: &PgPool, silent_for: Duration) -> Result<Vec<S
     .await
 }
 
-/// Claims up to `limit` due jobs of `queue` for `worker_id`, counting the attempt.
+/// Claims up to `limit` due jobs of `queue` for `worker_id`, counting the
+/// attempt (`FOR UPDATE SKIP LOCKED`, highest priority then earliest first).
+/// The statement is the function `apalis.dkl_claim` of our migration, which
+/// pins its plan (see there).
 pub async fn claim(
     pool: &PgPool,
     queue: &str,
     limit: i64,
     worker_id: &str,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH next AS (
-            SELECT id FROM apalis.jobs
-             WHERE queue = $1 AND status = 'Pending' AND run_at <= now() AND cancelled_at IS NULL
-             ORDER BY priority DESC, run_at, id
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED
-         )
-         UPDATE apalis.jobs j
-            SET status = 'Running', attempts = j.attempts + 1, lock_by = $3, lock_at = now()
-           FROM next
-          WHERE j.id = next.id
-      RETURNING j.id, j.job_type, j.job, j.attempts, j.max_attempts, j.lock_at",
-    )
-    .bind(queue)
-    .bind(limit)
-    .bind(worker_id)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as("SELECT id, job_type, job, attempts, max_attempts, lock_at FROM apalis.dkl_claim($1, $2, $3)")
+        .bind(queue)
+        .bind(limit as i32)
+        .bind(worker_id)
+        .fetch_all(pool)
+        .await
 }
 
 /// How long until the next pending job of `queue` is due (zero if one is due now).
