@@ -47,8 +47,16 @@
 //! | one idempotency collision fails the whole batch; a key is taken for ever | dedup keys are unique among live jobs only; enqueue returns the live job's id |
 //! | `push()` returns no id | [`JobClient::enqueue`] returns [`Enqueued`] with the id |
 //! | no cancel | [`JobClient::cancel`]: pending jobs never start, running ones see [`JobContext::cancelled`] |
-//! | finished jobs kept for ever | the `prune_jobs` kind ([`prune`]) |
-//! | one ack query per small batch | outcomes of many jobs written in one UPDATE ([`attempt`]) |
+//! | finished jobs kept for ever | the `prune_jobs` kind ([`prune`]), which also vacuums the table |
+//! | one ack query per small batch | outcomes of many jobs written in one UPDATE ([`attempt`]), matched to the claim (`lock_by` + `lock_at`) so a stale worker cannot overwrite a newer claim |
+//! | fetch query planned from table statistics | the claim is an SQL function with a pinned plan (`apalis.dkl_claim`), fast with stale statistics too |
+//! | scheduled jobs seen only by polling | a trigger announces jobs due later; idle fetchers sleep until the next due time |
+//! | handlers share one task per worker | each attempt runs on its own tokio task; a queue whose worker dies stops the runtime (the process exits, its supervisor restarts it) |
+//!
+//! Delivery is at least once: a process that dies after a handler finished
+//! but before the outcome was written runs the job again after rescue.
+//! Handlers with outside effects (sending mail) record each effect under a
+//! unique key first.
 //!
 //! All SQL is in [`store`].
 
