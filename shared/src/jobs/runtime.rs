@@ -372,7 +372,8 @@ async fn beat(
         tracing::warn!(worker_id = %shared.worker_id, "worker row was pruned; registering again");
         store::register_worker(&mut *conn, &shared.worker_id, queues).await?;
     }
-    let rescued = store::rescue_orphans(&shared.pool, shared.config.rescue_after).await?;
+    // All on the heartbeat's own connection: a busy pool must not delay it.
+    let rescued = store::rescue_orphans(&mut *conn, shared.config.rescue_after).await?;
     if !rescued.is_empty() {
         tracing::warn!(count = rescued.len(), job_ids = ?rescued, "rescued jobs of a worker that stopped heartbeating");
         wakers.values().for_each(|w| w.notify_one());
@@ -388,7 +389,7 @@ async fn beat(
         .collect();
     if !lost.is_empty() {
         tracing::warn!(count = lost.len(), "releasing jobs this worker claimed but lost track of");
-        store::record_outcomes(&shared.pool, &shared.worker_id, &lost).await?;
+        store::record_outcomes(&mut *conn, &shared.worker_id, &lost).await?;
         wakers.values().for_each(|w| w.notify_one());
     }
     Ok(())

@@ -241,7 +241,7 @@ pub async fn heartbeat(executor: impl PgExecutor<'_>, worker_id: &str) -> Result
 
 /// Puts running jobs of silent workers back to pending without charging the
 /// attempt the dead worker had claimed. Returns the rescued ids.
-pub async fn rescue_orphans(pool: &PgPool, silent_for: Duration) -> Result<Vec<String>, sqlx::Error> {
+pub async fn rescue_orphans(executor: impl PgExecutor<'_>, silent_for: Duration) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE apalis.jobs j
             SET status   = CASE WHEN j.cancelled_at IS NULL THEN 'Pending' ELSE 'Killed' END,
@@ -257,7 +257,7 @@ pub async fn rescue_orphans(pool: &PgPool, silent_for: Duration) -> Result<Vec<S
           RETURNING j.id",
     )
     .bind(silent_for.as_secs_f64())
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }
 
@@ -317,7 +317,7 @@ pub struct OutcomeRow {
 /// again since, keeps its new claim's state. A job whose cancel was requested
 /// never goes back to pending: a retry or release of it ends it as cancelled.
 pub async fn record_outcomes(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     worker_id: &str,
     rows: &[OutcomeRow],
 ) -> Result<u64, sqlx::Error> {
@@ -363,7 +363,7 @@ pub async fn record_outcomes(
     .bind(&delays)
     .bind(&refunds)
     .bind(worker_id)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(res.rows_affected())
 }
