@@ -159,7 +159,7 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
     // 3. Lateness of jobs scheduled 1–3 s ahead.
     eprintln!("measuring scheduling lateness ...");
     for seq in 0..args.scheduled as u64 {
-        let ahead = Duration::from_millis(1000 + fastrand_ms(2000));
+        let ahead = Duration::from_millis(1000 + fastrand::u64(0..2000));
         let due = Utc::now() + ahead;
         let due_us = due.timestamp_micros();
         client.enqueue(&BenchProbe { seq, t0_us: Some(due_us) }, EnqueueOptions::at(due)).await?;
@@ -199,11 +199,6 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
         print_table(&report);
     }
     Ok(())
-}
-
-fn fastrand_ms(max: u64) -> u64 {
-    // Spread due times; the subsecond part of the clock is random enough here.
-    (now_us() as u64 / 7) % max
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

@@ -18,8 +18,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let pool = db::connect(&config).await?;
-    db::ensure_migrated(&pool).await?;
+    let pool = db::connect_migrated(&config).await?;
     let client = JobClient::new(pool);
     let shutdown = telemetry::shutdown_on_signals();
     let every = config.jobs.prune_every;

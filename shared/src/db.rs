@@ -71,6 +71,13 @@ pub async fn connect_url(url: &str, max: u32) -> Result<PgPool, DbError> {
         .connect_lazy_with(options))
 }
 
+/// Opens the pool and checks the schema: what every long-running binary does first.
+pub async fn connect_migrated(config: &Config) -> Result<PgPool, DbError> {
+    let pool = connect(config).await?;
+    ensure_migrated(&pool).await?;
+    Ok(pool)
+}
+
 /// Applies apalis-postgres's migrations, then ours. Safe to run again.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     apalis_postgres::PostgresStorage::setup(pool).await?;

@@ -13,8 +13,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let pool = db::connect(&config).await?;
-    db::ensure_migrated(&pool).await?;
+    let pool = db::connect_migrated(&config).await?;
     let registry = registry(&pool, &config);
     let shutdown = telemetry::shutdown_on_signals();
     WorkerRuntime::new(pool, registry, config.jobs)
