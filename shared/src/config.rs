@@ -40,7 +40,32 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Job engine settings.
     pub jobs: JobsConfig,
+    /// dkl-scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// `DKL_HTTP_ADDR`: where dkl-worker serves `/healthz` and `/metrics`
+    /// (`off` = nowhere; port 0 = any free port, logged at start).
+    pub http_addr: Option<std::net::SocketAddr>,
 }
+
+/// Settings of dkl-scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// `DKL_SCHEDULER_POLL_MS`: the longest the scheduler sleeps between looks
+    /// at `job_schedules` and `scheduled_jobs` when no NOTIFY wakes it.
+    pub poll_interval: Duration,
+    /// `DKL_SCHEDULER_LEADER_RETRY_MS`: how often a scheduler that is not the
+    /// leader tries to become it; bounds the handover time after a leader dies.
+    pub leader_retry: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { poll_interval: Duration::from_millis(1000), leader_retry: Duration::from_millis(1000) }
+    }
+}
+
+/// The address `/healthz` and `/metrics` listen on by default.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
 
 /// Settings of the job engine (see [`crate::jobs`]).
 #[derive(Debug, Clone)]
@@ -71,8 +96,6 @@ pub struct JobsConfig {
     pub prune_done_after: Duration,
     /// `DKL_PRUNE_DISCARDED_AFTER`: discarded and cancelled jobs are kept this long (for post-mortems).
     pub prune_discarded_after: Duration,
-    /// `DKL_PRUNE_EVERY`: how often the scheduler enqueues the prune job.
-    pub prune_every: Duration,
 }
 
 impl Default for JobsConfig {
@@ -90,7 +113,6 @@ impl Default for JobsConfig {
             retry_max: Duration::from_secs(3600),
             prune_done_after: Duration::from_secs(7 * 86_400),
             prune_discarded_after: Duration::from_secs(30 * 86_400),
-            prune_every: Duration::from_secs(3600),
         }
     }
 }
@@ -119,7 +141,9 @@ pub const VARIABLES: &[&str] = &[
     "DKL_RETRY_MAX_SECS",
     "DKL_PRUNE_DONE_AFTER",
     "DKL_PRUNE_DISCARDED_AFTER",
-    "DKL_PRUNE_EVERY",
+    "DKL_SCHEDULER_POLL_MS",
+    "DKL_SCHEDULER_LEADER_RETRY_MS",
+    "DKL_HTTP_ADDR",
 ];
 
 /// The database a fresh checkout talks to when `DATABASE_URL` is not set.
@@ -158,7 +182,6 @@ impl Config {
             retry_max: secs(&get, "DKL_RETRY_MAX_SECS", d.retry_max, 1, 7 * 86_400)?,
             prune_done_after: age(&get, "DKL_PRUNE_DONE_AFTER", d.prune_done_after)?,
             prune_discarded_after: age(&get, "DKL_PRUNE_DISCARDED_AFTER", d.prune_discarded_after)?,
-            prune_every: age(&get, "DKL_PRUNE_EVERY", d.prune_every)?,
         };
         if jobs.rescue_after < jobs.heartbeat_interval * 2 {
             return Err(ConfigError {
@@ -185,8 +208,24 @@ impl Config {
                 }
             },
             jobs,
+            scheduler: SchedulerConfig {
+                poll_interval: millis(&get, "DKL_SCHEDULER_POLL_MS", SchedulerConfig::default().poll_interval, 50, 60_000)?,
+                leader_retry: millis(&get, "DKL_SCHEDULER_LEADER_RETRY_MS", SchedulerConfig::default().leader_retry, 50, 60_000)?,
+            },
+            http_addr: parse_http_addr(get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR))?,
         })
     }
+}
+
+fn parse_http_addr(raw: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    if raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| ConfigError {
+        var: "DKL_HTTP_ADDR",
+        value: raw.into(),
+        expected: "IP:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464, 127.0.0.1:0 for any free port) or `off`".into(),
+    })
 }
 
 /// Hides the password of a database URL (in the user part and in a

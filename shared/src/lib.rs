@@ -4,11 +4,15 @@
 //! - [`config`]: environment variables, validated at start;
 //! - [`db`]: connecting and migrations;
 //! - [`jobs`]: the job engine on apalis;
+//! - [`schedules`]: recurring and admin-scheduled jobs (the scheduler's tables);
+//! - [`monitor`]: the job status views and leadership, for `dklctl` and `/metrics`;
 //! - [`telemetry`]: logging setup and shutdown signals;
 //! - [`startup`]: the start and exit every binary shares.
 
 pub mod config;
 pub mod db;
 pub mod jobs;
+pub mod monitor;
+pub mod schedules;
 pub mod startup;
 pub mod telemetry;

@@ -23,6 +23,7 @@ use super::error::JobError;
 use super::kind::JobId;
 use super::registry::{JobContext, Registry};
 use super::runtime::Shared;
+use super::stats::AttemptOutcome;
 use super::store::{self, ClaimedJob, OutcomeRow};
 
 /// A claimed job on its way to a handler, with the queue slot it holds.
@@ -113,7 +114,16 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         }
     };
     shared.cancels.remove(&job.id);
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let took = started.elapsed();
+    let elapsed_ms = took.as_millis() as u64;
+    let counted = match &ending {
+        Ending::Done => AttemptOutcome::Done,
+        Ending::Cancelled => AttemptOutcome::Cancelled,
+        Ending::Released => AttemptOutcome::Released,
+        Ending::Failed(JobError::Retryable { .. }) if job.attempts < job.max_attempts => AttemptOutcome::Retried,
+        Ending::Failed(_) => AttemptOutcome::Discarded,
+    };
+    shared.stats.record_attempt(&job.job_type, counted, took);
     match ending {
         Ending::Done => {
             tracing::debug!(parent: &span, elapsed_ms, "job done");

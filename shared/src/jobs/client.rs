@@ -5,7 +5,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::error::EngineError;
 use super::kind::{JobId, JobKind};
-use super::store::{self, CancelOutcome, JobRecord, NewJob};
+use super::store::{self, CancelOutcome, JobRecord, NewJob, RetryOutcome};
 
 /// Options for one enqueue. `Default` means: now, no dedup key, the kind's
 /// attempt limit, priority 0.
@@ -20,6 +20,9 @@ pub struct EnqueueOptions {
     pub max_attempts: Option<i32>,
     /// Higher runs first within a queue.
     pub priority: i32,
+    /// Labels stored with the job (apalis's `metadata` hstore), e.g. which
+    /// schedule tick made it. Shown by `dklctl show`.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl EnqueueOptions {
@@ -100,15 +103,26 @@ impl JobClient {
         opts: EnqueueOptions,
     ) -> Result<Enqueued, EngineError> {
         let mut conn = self.pool.acquire().await?;
-        let bytes = serde_json::to_vec(payload)
-            .map_err(|source| EngineError::Encode { kind: kind.into(), source })?;
-        insert(&mut conn, kind, queue, bytes, max_attempts, opts).await
+        enqueue_raw_on(&mut conn, kind, queue, payload, max_attempts, opts).await
     }
 
     /// Cancels a job: a pending job never starts; a running job's handler sees
     /// its cancellation signal. `Err(NotFound)` for an unknown id.
     pub async fn cancel(&self, id: &JobId) -> Result<CancelOutcome, EngineError> {
         store::cancel(&self.pool, &id.0).await?.ok_or_else(|| EngineError::NotFound(id.0.clone()))
+    }
+
+    /// Runs a job again: a finished one from scratch, a waiting one now
+    /// (`dklctl retry`).
+    pub async fn retry(&self, id: &JobId) -> Result<RetryOutcome, EngineError> {
+        match store::retry(&self.pool, &id.0).await {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => Err(EngineError::NotFound(id.0.clone())),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("jobs_live_dedup_key") => {
+                Err(EngineError::DedupTaken(id.0.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads a job's row.
@@ -128,6 +142,20 @@ pub async fn enqueue_on<J: JobKind>(
     insert(conn, J::KIND, J::QUEUE, bytes, max_attempts, opts).await
 }
 
+/// [`JobClient::enqueue_raw`] on a given connection or transaction (the
+/// scheduler enqueues in the transaction that records the tick).
+pub async fn enqueue_raw_on(
+    conn: &mut PgConnection,
+    kind: &str,
+    queue: &str,
+    payload: &serde_json::Value,
+    max_attempts: i32,
+    opts: EnqueueOptions,
+) -> Result<Enqueued, EngineError> {
+    let bytes = serde_json::to_vec(payload).map_err(|source| EngineError::Encode { kind: kind.into(), source })?;
+    insert(conn, kind, queue, bytes, max_attempts, opts).await
+}
+
 async fn insert(
     conn: &mut PgConnection,
     kind: &str,
@@ -144,6 +172,7 @@ async fn insert(
         max_attempts: max_attempts.max(1),
         priority: opts.priority,
         dedup_key: opts.dedup_key.as_deref(),
+        metadata: &opts.metadata,
     };
     // The key's holder can finish between our insert attempt and our read of
     // it; each retry is a new statement with a fresh snapshot.

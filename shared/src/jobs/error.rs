@@ -68,6 +68,9 @@ pub enum EngineError {
     /// No job has this id.
     #[error("no job with id {0}")]
     NotFound(String),
+    /// A retried job's dedup key is held by another live job.
+    #[error("job {0} cannot run again: another pending or running job holds its dedup key; wait for that one or cancel it")]
+    DedupTaken(String),
     /// The database failed.
     #[error(transparent)]
     Sql(#[from] sqlx::Error),

@@ -62,19 +62,24 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod catalog;
 pub mod client;
 pub mod error;
 pub mod fetcher;
 pub mod kind;
 pub mod ping;
 pub mod prune;
+pub mod recurring;
 pub mod registry;
 pub mod runtime;
+pub mod stats;
 pub mod store;
 
-pub use client::{EnqueueOptions, Enqueued, JobClient, enqueue_on};
+pub use catalog::{Catalog, KindSpec};
+pub use client::{EnqueueOptions, Enqueued, JobClient, enqueue_on, enqueue_raw_on};
 pub use error::{EngineError, JobError};
 pub use kind::{JobId, JobKind};
 pub use registry::{JobContext, Registry};
 pub use runtime::WorkerRuntime;
-pub use store::{CancelOutcome, JobRecord};
+pub use stats::RuntimeStats;
+pub use store::{CancelOutcome, JobRecord, RetryOutcome};

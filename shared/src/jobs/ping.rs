@@ -11,6 +11,7 @@ use super::registry::{JobContext, Registry};
 
 /// A job that logs its message, optionally after misbehaving on purpose.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ping {
     /// Logged when the job runs.
     #[serde(default)]

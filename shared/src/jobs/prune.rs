@@ -13,6 +13,7 @@ use super::store;
 /// Deletes done jobs older than `done_after` and discarded or cancelled jobs
 /// older than `discarded_after` (both default to the configured ages).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PruneJobs {
     /// Overrides `DKL_PRUNE_DONE_AFTER`, in seconds.
     #[serde(default)]
@@ -36,7 +37,9 @@ pub fn register(registry: &mut Registry, pool: PgPool, done_after: Duration, dis
             let done = job.done_after_secs.map_or(done_after, Duration::from_secs);
             let discarded = job.discarded_after_secs.map_or(discarded_after, Duration::from_secs);
             let pruned = store::prune(&pool, done, discarded).await.map_err(JobError::retryable)?;
-            tracing::info!(done = pruned.done, discarded = pruned.discarded, workers = pruned.workers, "pruned finished jobs");
+            // Tick records only need to outlive the jobs they point at.
+            let runs = crate::schedules::store::prune_runs(&pool, done).await.map_err(JobError::retryable)?;
+            tracing::info!(done = pruned.done, discarded = pruned.discarded, workers = pruned.workers, schedule_runs = runs, "pruned finished jobs");
             // Not fatal: the rows are gone; only the space reuse waits.
             if let Err(e) = store::vacuum_jobs(&pool).await {
                 tracing::warn!(error = %e, "cannot VACUUM apalis.jobs (needs table owner); relying on autovacuum");

@@ -19,6 +19,7 @@ use super::attempt::{Claimed, run_attempt, write_outcomes};
 use super::error::EngineError;
 use super::fetcher::Fetcher;
 use super::registry::Registry;
+use super::stats::RuntimeStats;
 use super::store::{self, OutcomeRow};
 use crate::config::JobsConfig;
 
@@ -31,6 +32,7 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub cancels: Cancels,
     pub in_flight: InFlight,
+    pub stats: Arc<RuntimeStats>,
 }
 
 /// Cancellation tokens of the jobs running in this process.
@@ -119,6 +121,7 @@ pub struct WorkerRuntime {
     registry: Registry,
     config: JobsConfig,
     worker_id: String,
+    stats: Arc<RuntimeStats>,
 }
 
 impl WorkerRuntime {
@@ -126,7 +129,12 @@ impl WorkerRuntime {
     pub fn new(pool: PgPool, registry: Registry, config: JobsConfig) -> Self {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let worker_id = format!("{}-{}-{}", host.trim(), std::process::id(), ulid::Ulid::generate());
-        Self { pool, registry, config, worker_id }
+        Self { pool, registry, config, worker_id, stats: Arc::default() }
+    }
+
+    /// Counters and liveness of this runtime, for `/metrics` and `/healthz`.
+    pub fn stats(&self) -> Arc<RuntimeStats> {
+        self.stats.clone()
     }
 
     /// This process's row id in `apalis.workers` (the `lock_by` of its jobs).
@@ -167,6 +175,7 @@ impl WorkerRuntime {
             shutdown: stop.clone(),
             cancels: Cancels::default(),
             in_flight: InFlight::default(),
+            stats: self.stats.clone(),
         });
         let registry = Arc::new(self.registry);
         let wakers: HashMap<String, Arc<Notify>> =
@@ -201,8 +210,11 @@ impl WorkerRuntime {
                     Ok::<(), std::io::Error>(())
                 }
             };
+            let stats = self.stats.clone();
+            stats.set_queue_running(&queue, true);
             workers.push(tokio::spawn(async move {
                 let result = worker.run_until(signal).await;
+                stats.set_queue_running(&queue, false);
                 (queue, result)
             }));
         }
@@ -372,6 +384,7 @@ async fn beat(
         tracing::warn!(worker_id = %shared.worker_id, "worker row was pruned; registering again");
         store::register_worker(&mut *conn, &shared.worker_id, queues).await?;
     }
+    shared.stats.heartbeat_ok();
     // All on the heartbeat's own connection: a busy pool must not delay it.
     let rescued = store::rescue_orphans(&mut *conn, shared.config.rescue_after).await?;
     if !rescued.is_empty() {

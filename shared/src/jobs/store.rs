@@ -67,6 +67,8 @@ pub struct JobRecord {
     pub cancelled_at: Option<DateTime<Utc>>,
     /// The dedup key.
     pub idempotency_key: Option<String>,
+    /// Labels (apalis's `metadata` hstore) as a JSON object.
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// A new row for [`insert_job`].
@@ -86,6 +88,8 @@ pub struct NewJob<'a> {
     pub priority: i32,
     /// Dedup key: while a live job of this kind holds it, no second one is made.
     pub dedup_key: Option<&'a str>,
+    /// Labels for the `metadata` hstore column.
+    pub metadata: &'a [(String, String)],
 }
 
 /// Inserts a job, or finds the live job that holds its dedup key.
@@ -102,8 +106,9 @@ pub async fn insert_job(
         r#"
         WITH ins AS (
             INSERT INTO apalis.jobs
-                (id, job_type, queue, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
-            VALUES ($1, $2, $3, $4, 'Pending', 0, $5, COALESCE($6, now()), $7, $8)
+                (id, job_type, queue, job, status, attempts, max_attempts, run_at, priority, idempotency_key, metadata)
+            VALUES ($1, $2, $3, $4, 'Pending', 0, $5, COALESCE($6, now()), $7, $8,
+                    CASE WHEN cardinality($9::text[]) > 0 THEN hstore($9::text[], $10::text[]) END)
             ON CONFLICT (job_type, idempotency_key)
                 WHERE status IN ('Pending', 'Running') AND idempotency_key IS NOT NULL
                 DO NOTHING
@@ -125,6 +130,8 @@ pub async fn insert_job(
     .bind(job.run_at)
     .bind(job.priority)
     .bind(job.dedup_key)
+    .bind(job.metadata.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+    .bind(job.metadata.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>())
     .fetch_optional(conn)
     .await
 }
@@ -163,6 +170,52 @@ pub enum CancelOutcome {
     Signalled,
     /// The job had already finished; nothing changed.
     AlreadyFinished,
+}
+
+/// What a retry request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The finished (done, discarded or cancelled) job is pending again, due
+    /// now, with a fresh attempt budget.
+    Requeued,
+    /// The job was waiting (for its time or a retry); it is now due.
+    MadeDue,
+    /// The job is running; nothing changed.
+    Running,
+}
+
+/// Runs a job again: a finished one from scratch (attempts 0, cancel
+/// cleared), a waiting one now. A running job is left alone.
+pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let before: Option<String> = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let outcome = match before.as_deref() {
+        None => return Ok(None),
+        Some("Running") => RetryOutcome::Running,
+        Some("Pending") => {
+            sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            RetryOutcome::MadeDue
+        }
+        Some(_) => {
+            // A live job holding the same dedup key makes this fail with a
+            // unique violation; the caller reports it.
+            sqlx::query(
+                "UPDATE apalis.jobs
+                    SET status = 'Pending', run_at = now(), attempts = 0, done_at = NULL,
+                        cancelled_at = NULL, lock_by = NULL, lock_at = NULL
+                  WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            RetryOutcome::Requeued
+        }
+    };
+    tx.commit().await?;
+    Ok(Some(outcome))
 }
 
 /// Cancels a job: a pending one at once, a running one by a NOTIFY to its worker.
@@ -208,7 +261,7 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
 pub async fn job(executor: impl PgExecutor<'_>, id: &str) -> Result<Option<JobRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, job_type, queue, status, attempts, max_attempts, run_at, lock_at, lock_by,
-                done_at, last_error, cancelled_at, idempotency_key
+                done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata
            FROM apalis.jobs WHERE id = $1",
     )
     .bind(id)
@@ -490,7 +543,7 @@ pub async fn queue_counts(pool: &PgPool) -> Result<Vec<QueueCounts>, sqlx::Error
 pub async fn recent_jobs(pool: &PgPool, limit: i64) -> Result<Vec<JobRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, job_type, queue, status, attempts, max_attempts, run_at, lock_at, lock_by,
-                done_at, last_error, cancelled_at, idempotency_key
+                done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata
            FROM apalis.jobs
           ORDER BY GREATEST(run_at, lock_at, done_at) DESC NULLS LAST, id DESC
           LIMIT $1",

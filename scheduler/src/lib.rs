@@ -1,0 +1,149 @@
+//! dkl-scheduler: turns schedules into jobs.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool) {
+//! use dkl_scheduler::Scheduler;
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let scheduler = Scheduler::new(pool, dkl_shared::jobs::catalog::standard(), Default::default());
+//! scheduler.run(shutdown).await; // until shutdown is cancelled
+//! # }
+//! ```
+//!
+//! Run as many schedulers as you like; each does two things:
+//!
+//! - [`election`]: one scheduler at a time leads (it holds a PostgreSQL
+//!   advisory lock on a connection of its own) and enqueues the ticks of
+//!   `job_schedules` ([`recurring`]). The others retry the lock every
+//!   `DKL_SCHEDULER_LEADER_RETRY_MS`, so when a leader dies, its session ends,
+//!   the lock is free and another scheduler leads within about that time.
+//! - [`admin_rows`]: every scheduler takes due `scheduled_jobs` rows with
+//!   `FOR UPDATE SKIP LOCKED`; no leader is needed for rows, the row lock
+//!   keeps two schedulers from taking the same one.
+//!
+//! Both sleep until the next thing is due, and wake early when a trigger on
+//! the tables NOTIFYs a change ([`dkl_shared::schedules::store::CHANGED_CHANNEL`]).
+
+pub mod admin_rows;
+pub mod election;
+pub mod recurring;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dkl_shared::config::SchedulerConfig;
+use dkl_shared::jobs::Catalog;
+use dkl_shared::schedules::store::CHANGED_CHANNEL;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What the scheduler's loops share.
+pub(crate) struct Ctx {
+    pub pool: PgPool,
+    pub catalog: Catalog,
+    pub config: SchedulerConfig,
+    pub id: String,
+    pub leading: Arc<AtomicBool>,
+}
+
+/// A scheduler process's work: leader election with recurring ticks, and
+/// admin rows.
+pub struct Scheduler {
+    ctx: Arc<Ctx>,
+}
+
+impl Scheduler {
+    /// A scheduler that enqueues kinds of `catalog`.
+    pub fn new(pool: PgPool, catalog: Catalog, config: SchedulerConfig) -> Self {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let id = format!("{}-{}-{}", host.trim(), std::process::id(), ulid::Ulid::generate());
+        Self { ctx: Arc::new(Ctx { pool, catalog, config, id, leading: Arc::default() }) }
+    }
+
+    /// This scheduler's id (in `scheduler_leader` and `job_schedule_runs`).
+    pub fn id(&self) -> &str {
+        &self.ctx.id
+    }
+
+    /// A flag that is true while this scheduler leads.
+    pub fn leading(&self) -> Arc<AtomicBool> {
+        self.ctx.leading.clone()
+    }
+
+    /// True while this scheduler leads.
+    pub fn is_leader(&self) -> bool {
+        self.ctx.leading.load(Ordering::SeqCst)
+    }
+
+    /// Runs until `shutdown` is cancelled. Database faults are logged and
+    /// retried, never fatal: a scheduler that cannot reach the database
+    /// simply does not lead until it can.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(scheduler_id = %self.ctx.id, kinds = ?self.ctx.catalog.kinds(), "scheduler started");
+        let recurring_wake = Arc::new(Notify::new());
+        let rows_wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(
+            self.ctx.pool.clone(),
+            vec![recurring_wake.clone(), rows_wake.clone()],
+            shutdown.clone(),
+        ));
+        let election = tokio::spawn(election::run(self.ctx.clone(), recurring_wake, shutdown.clone()));
+        let rows = tokio::spawn(admin_rows::run(self.ctx.clone(), rows_wake, shutdown.clone()));
+        let _ = tokio::join!(listener, election, rows);
+        tracing::info!(scheduler_id = %self.ctx.id, "scheduler stopped");
+    }
+}
+
+/// Wakes the loops when a schedule or admin row changes. Lost notifications
+/// (while reconnecting) only delay work until the next poll.
+async fn listen(pool: PgPool, wakers: Vec<Arc<Notify>>, stop: CancellationToken) {
+    let wake_all = || wakers.iter().for_each(|w| w.notify_one());
+    loop {
+        let mut listener = match connect_listener(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for schedule changes; polling meanwhile, retrying in 1s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let note = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = stop.cancelled() => return,
+            };
+            match note {
+                Ok(Some(_)) => wake_all(),
+                // Reconnected: something may have changed meanwhile.
+                Ok(None) => wake_all(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN for schedule changes failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANGED_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// How long to sleep for something due in `secs` seconds, at most `cap`.
+pub(crate) fn sleep_for(secs: Option<f64>, cap: Duration) -> Duration {
+    match secs {
+        // A millisecond late rather than a microsecond early: waking before
+        // the due time would find nothing and sleep again.
+        Some(s) if s <= 0.0 => Duration::ZERO,
+        Some(s) => Duration::from_secs_f64(s).saturating_add(Duration::from_millis(1)).min(cap),
+        None => cap,
+    }
+}

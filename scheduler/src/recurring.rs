@@ -1,0 +1,102 @@
+//! One leader pass over `job_schedules`: enqueue every tick that is due.
+//!
+//! A schedule's `next_run_at` is the next tick to enqueue. When it is due,
+//! the pass enqueues in one transaction: claim (schedule, tick) in
+//! `job_schedule_runs`, insert the job, move `next_run_at` on. After downtime
+//! `catch_up = 'once'` enqueues one job for all missed ticks (stamped with
+//! the latest and counting the others in `ticks_missed`); `'every'` enqueues
+//! each missed tick, at most [`MAX_CATCH_UP_PER_PASS`] per pass.
+
+use chrono::{DateTime, Utc};
+use dkl_shared::jobs::EngineError;
+use dkl_shared::schedules::store::{self, RunOutcome, Schedule};
+use dkl_shared::schedules::{CronSchedule, TickError, TickResult, enqueue_tick, resolve_schedule};
+use sqlx::{Connection, PgConnection};
+
+use crate::Ctx;
+
+/// Missed ticks a `catch_up = 'every'` schedule enqueues per pass; the next
+/// pass follows at once, so a long backlog drains without one huge transaction.
+pub const MAX_CATCH_UP_PER_PASS: usize = 100;
+
+/// Missed ticks counted for `ticks_missed` (counting is all it is for).
+const MAX_TICKS_COUNTED: usize = 100_000;
+
+/// Enqueues what is due at `now` (the database's clock). Returns when the
+/// next tick of any schedule is due. A bad schedule is marked and skipped;
+/// only database faults end the pass.
+pub(crate) async fn pass(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, EngineError> {
+    let mut next_wake: Option<DateTime<Utc>> = None;
+    for s in store::enabled_schedules(conn).await? {
+        match run_schedule(conn, ctx, &s, now).await {
+            Ok(next) => next_wake = next_wake.min(Some(next)).or(Some(next)),
+            Err(TickError::BadSchedule(msg)) => {
+                if store::set_schedule_error(conn, s.id, &msg).await? {
+                    tracing::warn!(schedule = %s.name, error = %msg, "schedule cannot run; fix the row (see job_schedules.last_error)");
+                }
+            }
+            Err(TickError::Engine(e)) => return Err(e),
+        }
+    }
+    Ok(next_wake)
+}
+
+/// Handles one schedule; returns its next due time.
+async fn run_schedule(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    s: &Schedule,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, TickError> {
+    let spec = resolve_schedule(&ctx.catalog, s)?;
+    let cron = CronSchedule::parse(&s.cron, &s.time_zone)?;
+    let due = match s.next_run_at {
+        // New or re-timed: the first tick is the next one from now.
+        None => {
+            let next = cron.next_after(now)?;
+            store::set_next_run(conn, s, next).await?;
+            return Ok(next);
+        }
+        Some(due) if due > now => return Ok(due),
+        Some(due) => due,
+    };
+    let (ticks, missed) = if s.catch_up == "every" {
+        (cron.ticks_between(due, now, MAX_CATCH_UP_PER_PASS)?, 0)
+    } else {
+        let latest = cron.latest_at_or_before(now)?;
+        let skipped = cron.ticks_between(due, latest, MAX_TICKS_COUNTED)?.len().saturating_sub(1);
+        (vec![latest], skipped)
+    };
+    let Some(&last_tick) = ticks.last().filter(|t| **t >= due) else {
+        // `due` is not a tick of this expression any more; start afresh.
+        let next = cron.next_after(now)?;
+        store::set_next_run(conn, s, next).await?;
+        return Ok(next);
+    };
+    let next = cron.next_after(if s.catch_up == "every" { last_tick } else { now })?;
+
+    let mut tx = conn.begin().await?;
+    let mut last_job = None;
+    for tick in ticks {
+        let result = enqueue_tick(&mut tx, spec, s, tick, RunOutcome::Enqueued, missed as i32, &ctx.id).await?;
+        match result {
+            TickResult::Enqueued(job_id) => {
+                tracing::info!(schedule = %s.name, %tick, %job_id, ticks_missed = missed, "enqueued scheduled job");
+                last_job = Some(job_id);
+            }
+            TickResult::Skipped => {
+                tracing::debug!(schedule = %s.name, %tick, "tick skipped: the previous job is still pending or running");
+            }
+            TickResult::AlreadyClaimed => {
+                tracing::warn!(schedule = %s.name, %tick, "tick was already enqueued (another scheduler led meanwhile); not enqueued again");
+            }
+        }
+    }
+    store::record_tick(&mut tx, s, last_tick, last_job.as_deref(), next).await?;
+    tx.commit().await?;
+    Ok(next)
+}

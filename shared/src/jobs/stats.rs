@@ -1,0 +1,146 @@
+//! What a worker process has done since it started, for `/metrics`, and
+//! whether its parts are alive, for `/healthz`.
+//!
+//! Counters live in memory: Prometheus expects a process's counters to start
+//! at zero when it restarts, and nothing here is worth a database write per
+//! job. Figures that are the same whichever process you ask (queue depth,
+//! leadership) come from the database at scrape time instead.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Upper bounds (seconds) of the job duration histogram's buckets.
+pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// How an attempt ended, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AttemptOutcome {
+    /// Handler succeeded.
+    Done,
+    /// Failed; will be tried again.
+    Retried,
+    /// Failed for good (permanent error, attempts used up, no handler).
+    Discarded,
+    /// Stopped by a cancel.
+    Cancelled,
+    /// Put back at shutdown, attempt refunded.
+    Released,
+}
+
+impl AttemptOutcome {
+    /// The label value in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Retried => "retried",
+            Self::Discarded => "discarded",
+            Self::Cancelled => "cancelled",
+            Self::Released => "released",
+        }
+    }
+}
+
+/// A duration histogram (cumulative bucket counts as Prometheus wants them
+/// are computed when rendering).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Count per bucket of [`DURATION_BUCKETS`] (not cumulative), plus one for +Inf.
+    pub buckets: Vec<u64>,
+    /// Sum of observed seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; DURATION_BUCKETS.len() + 1];
+        }
+        let i = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    outcomes: BTreeMap<(String, AttemptOutcome), u64>,
+    durations: BTreeMap<String, Histogram>,
+    queues: BTreeMap<String, bool>,
+    last_heartbeat: Option<Instant>,
+}
+
+/// Counters and liveness of one worker runtime. Cheap to share (`Arc`).
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    inner: Mutex<Inner>,
+}
+
+/// A consistent copy of [`RuntimeStats`].
+#[derive(Debug, Clone, Default)]
+pub struct StatsSnapshot {
+    /// Attempts by (kind, outcome).
+    pub outcomes: BTreeMap<(String, AttemptOutcome), u64>,
+    /// Attempt durations by kind.
+    pub durations: BTreeMap<String, Histogram>,
+    /// Queue → its apalis worker is running.
+    pub queues: BTreeMap<String, bool>,
+    /// Time since the last successful heartbeat.
+    pub since_heartbeat: Option<Duration>,
+}
+
+impl RuntimeStats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain counters behind; keep counting.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one attempt.
+    pub fn record_attempt(&self, kind: &str, outcome: AttemptOutcome, took: Duration) {
+        let mut s = self.lock();
+        *s.outcomes.entry((kind.to_string(), outcome)).or_default() += 1;
+        s.durations.entry(kind.to_string()).or_default().observe(took.as_secs_f64());
+    }
+
+    /// Marks a queue's worker as running or stopped.
+    pub fn set_queue_running(&self, queue: &str, running: bool) {
+        self.lock().queues.insert(queue.to_string(), running);
+    }
+
+    /// Notes a successful heartbeat.
+    pub fn heartbeat_ok(&self) {
+        self.lock().last_heartbeat = Some(Instant::now());
+    }
+
+    /// A copy of everything.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let s = self.lock();
+        StatsSnapshot {
+            outcomes: s.outcomes.clone(),
+            durations: s.durations.clone(),
+            queues: s.queues.clone(),
+            since_heartbeat: s.last_heartbeat.map(|t| t.elapsed()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_puts_each_duration_in_its_bucket() {
+        let stats = RuntimeStats::default();
+        stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(3));
+        stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(700));
+        stats.record_attempt("ping", AttemptOutcome::Retried, Duration::from_secs(1000));
+        let snap = stats.snapshot();
+        assert_eq!(snap.outcomes[&("ping".to_string(), AttemptOutcome::Done)], 2);
+        let h = &snap.durations["ping"];
+        assert_eq!((h.buckets[0], h.buckets[7], h.buckets[DURATION_BUCKETS.len()]), (1, 1, 1));
+        assert_eq!(h.count, 3);
+    }
+}
