@@ -6,6 +6,7 @@
 
 mod bench;
 mod status;
+mod table;
 
 use std::process::ExitCode;
 
@@ -13,7 +14,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use dkl_shared::config::Config;
-use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId, JobKind, ping::Ping, prune::PruneJobs};
+use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId, RetryOutcome, catalog, ping::Ping, prune::PruneJobs};
+use dkl_shared::monitor::JobFilter;
+use dkl_shared::schedules::{self, store::NewScheduledJob};
 use dkl_shared::{db, startup};
 
 #[derive(Parser)]
@@ -64,21 +67,71 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         max_attempts: i32,
     },
-    /// Cancel a job: pending ones never start, running ones are signalled.
+    /// Cancel a job (by job id: pending ones never start, running ones are
+    /// signalled) or an admin row (by its scheduled_jobs UUID, before it runs).
     Cancel {
+        /// Job id, or scheduled_jobs id.
+        id: String,
+    },
+    /// Run a job again: a discarded, cancelled or done job from scratch, a
+    /// waiting one (scheduled or retrying) now.
+    Retry {
         /// Job id.
         id: String,
     },
-    /// Jobs per queue by state, and the most recent jobs.
+    /// Queues, scheduler leader, schedules, admin rows and recent jobs.
     Status {
         /// How many recent jobs to list.
         #[arg(long, default_value_t = 10)]
         recent: i64,
     },
+    /// List jobs from the job_status view, newest first.
+    Jobs {
+        /// scheduled, pending, retrying, running, done, discarded or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Job kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only jobs of this schedule (job_schedules.name).
+        #[arg(long)]
+        schedule: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
     /// Show one job.
     Show {
         /// Job id.
         id: String,
+    },
+    /// List the recurring schedules and who leads the schedulers.
+    Schedules,
+    /// Enqueue a schedule's job now, outside its timing (works when disabled too).
+    RunNow {
+        /// job_schedules.name, e.g. prune-jobs.
+        schedule: String,
+    },
+    /// Schedule a one-off job: inserts a scheduled_jobs row (the same INSERT
+    /// an admin can write in SQL); the scheduler enqueues it at its time.
+    Schedule {
+        /// Job kind, e.g. ping.
+        kind: String,
+        /// When (RFC 3339, e.g. 2026-11-23T18:00:00+01:00); now if absent.
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+        /// Payload as a JSON object.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Why (shown in status).
+        #[arg(long)]
+        note: Option<String>,
+        /// Who schedules it; defaults to $USER.
+        #[arg(long)]
+        created_by: Option<String>,
     },
     /// Enqueue the prune job now.
     Prune,
@@ -130,14 +183,38 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 println!("{} (existing live job with this dedup key)", job.id);
             }
         }
-        Command::Cancel { id } => {
-            let outcome = client.cancel(&JobId(id.clone())).await?;
-            println!("{id}: {outcome:?}");
+        Command::Cancel { id } => cancel(&pool, &client, &id).await?,
+        Command::Retry { id } => {
+            let outcome = client.retry(&JobId(id.clone())).await?;
+            let text = match outcome {
+                RetryOutcome::Requeued => "pending again, due now, attempts reset",
+                RetryOutcome::MadeDue => "was waiting; now due",
+                RetryOutcome::Running => "is running; nothing changed (cancel it first to stop it)",
+            };
+            println!("{id}: {text}");
         }
-        Command::Status { recent } => status::print(&pool, recent).await?,
+        Command::Status { recent } => status::print_status(&pool, recent).await?,
+        Command::Jobs { state, kind, queue, schedule, limit } => {
+            status::print_jobs(&pool, &JobFilter { state, kind, queue, schedule, limit }).await?
+        }
         Command::Show { id } => {
             let job = client.job(&JobId(id)).await?;
             println!("{job:#?}");
+        }
+        Command::Schedules => status::print_schedules(&pool).await?,
+        Command::RunNow { schedule } => {
+            let job_id = schedules::run_now(&pool, &catalog::standard(), &schedule, &whoami()).await?;
+            println!("{job_id}");
+        }
+        Command::Schedule { kind, at, payload, note, created_by } => {
+            let payload: serde_json::Value = serde_json::from_str(&payload)
+                .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
+            // Refuse now what the scheduler would reject later.
+            catalog::standard().resolve(&kind, &payload).map_err(anyhow::Error::msg)?;
+            let created_by = created_by.unwrap_or_else(whoami);
+            let row = NewScheduledJob { job_kind: &kind, payload: &payload, run_at: at, created_by: &created_by, note: note.as_deref() };
+            let row = schedules::store::insert_scheduled_job(&pool, &row).await?;
+            println!("{} (scheduled_jobs row; runs at {})", row.id, row.run_at.to_rfc3339());
         }
         Command::Prune => {
             let job = client.enqueue(&PruneJobs::default(), EnqueueOptions::dedup("prune_jobs")).await?;
@@ -148,11 +225,33 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The queue of the kinds this CLI knows by type.
+/// The queue of a known kind; `default` for others.
 fn known_queue(kind: &str) -> &'static str {
-    match kind {
-        k if k == Ping::KIND => Ping::QUEUE,
-        k if k == PruneJobs::KIND => PruneJobs::QUEUE,
-        _ => "default",
+    catalog::standard().get(kind).map_or("default", |spec| spec.queue)
+}
+
+/// Who runs this command, for `created_by`.
+fn whoami() -> String {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).map_or_else(|| "dklctl".into(), |u| format!("{u} (dklctl)"))
+}
+
+/// Cancels a job by id, or an admin row by UUID.
+async fn cancel(pool: &sqlx::PgPool, client: &JobClient, id: &str) -> anyhow::Result<()> {
+    let Ok(row_id) = id.parse::<uuid::Uuid>() else {
+        let outcome = client.cancel(&JobId(id.to_string())).await?;
+        println!("{id}: {outcome:?}");
+        return Ok(());
+    };
+    let mut conn = pool.acquire().await?;
+    match schedules::store::cancel_scheduled_job(&mut conn, row_id).await? {
+        None => anyhow::bail!("no scheduled_jobs row with id {id}"),
+        Some(row) if row.status == "cancelled" => println!("{id}: scheduled job cancelled; it will not run"),
+        Some(row) => match row.job_id {
+            Some(job_id) => anyhow::bail!(
+                "{id} was already enqueued as job {job_id}; cancel the job instead: dklctl cancel {job_id}"
+            ),
+            None => anyhow::bail!("{id} is {}; only pending rows can be cancelled", row.status),
+        },
     }
+    Ok(())
 }

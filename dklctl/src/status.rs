@@ -1,52 +1,147 @@
-//! `dklctl status`: what the queues hold, as readable tables.
+//! `dklctl status`, `jobs` and `schedules`: the status views as readable tables.
 
 use chrono::{DateTime, Utc};
-use dkl_shared::jobs::store;
+use dkl_shared::monitor::{self, JobFilter, JobStatus};
+use dkl_shared::schedules::store as schedules;
 use sqlx::PgPool;
 
-/// Prints per-queue counts and the `recent` newest jobs.
-pub async fn print(pool: &PgPool, recent: i64) -> anyhow::Result<()> {
-    let counts = store::queue_counts(pool).await?;
-    println!("{:<14} {:>8} {:>8} {:>8} {:>10} {:>16}", "QUEUE", "PENDING", "RUNNING", "DONE", "DISCARDED", "OLDEST DUE (s)");
-    for q in &counts {
-        let oldest = q.oldest_due_secs.map_or("-".to_string(), |s| format!("{s:.1}"));
-        println!("{:<14} {:>8} {:>8} {:>8} {:>10} {:>16}", q.queue, q.pending, q.running, q.done, q.killed, oldest);
-    }
-    if counts.is_empty() {
-        println!("(no jobs)");
-    }
+use crate::table::{Table, truncate};
+
+/// Queues, scheduler leadership, schedules, admin rows and recent jobs.
+pub async fn print_status(pool: &PgPool, recent: i64) -> anyhow::Result<()> {
+    println!("QUEUES");
+    print!("{}", queues_table(pool).await?);
     println!();
-    println!("{:<26} {:<16} {:<12} {:<9} {:>8} {:<12} LAST ERROR", "JOB", "KIND", "QUEUE", "STATE", "ATTEMPT", "RUN AT");
-    for j in store::recent_jobs(pool, recent).await? {
-        let state = match (j.status.as_str(), j.cancelled_at.is_some()) {
-            ("Killed", true) => "cancelled",
-            ("Killed", false) => "discarded",
-            ("Pending", _) if j.run_at > Utc::now() => "scheduled",
-            ("Pending", _) => "pending",
-            ("Running", _) => "running",
-            ("Done", _) => "done",
-            (other, _) => other,
-        };
-        let error = j.last_error.as_deref().unwrap_or("").replace('\n', " ");
-        println!(
-            "{:<26} {:<16} {:<12} {:<9} {:>3}/{:<4} {:<12} {}",
-            j.id,
-            j.job_type,
-            j.queue,
-            state,
-            j.attempts,
-            j.max_attempts,
-            clock(j.run_at),
-            truncate(&error, 60)
-        );
-    }
+    println!("{}", leader_line(pool).await?);
+    println!();
+    println!("SCHEDULES");
+    print!("{}", schedules_table(pool).await?);
+    println!();
+    println!("ADMIN ROWS (scheduled_jobs, newest first)");
+    print!("{}", admin_rows_table(pool, 5).await?);
+    println!();
+    println!("RECENT JOBS");
+    let jobs = monitor::jobs(pool, &JobFilter { limit: recent, ..JobFilter::default() }).await?;
+    print!("{}", jobs_table(&jobs));
     Ok(())
 }
 
-fn clock(t: DateTime<Utc>) -> String {
-    t.format("%H:%M:%S%.3f").to_string()
+/// `dklctl jobs`.
+pub async fn print_jobs(pool: &PgPool, filter: &JobFilter) -> anyhow::Result<()> {
+    if let Some(state) = &filter.state {
+        if !monitor::STATES.contains(&state.as_str()) {
+            anyhow::bail!("unknown state `{state}`; use one of: {}", monitor::STATES.join(", "));
+        }
+    }
+    print!("{}", jobs_table(&monitor::jobs(pool, filter).await?));
+    Ok(())
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n).collect::<String>()) }
+/// `dklctl schedules`.
+pub async fn print_schedules(pool: &PgPool) -> anyhow::Result<()> {
+    println!("{}", leader_line(pool).await?);
+    print!("{}", schedules_table(pool).await?);
+    Ok(())
+}
+
+async fn queues_table(pool: &PgPool) -> anyhow::Result<String> {
+    let mut t = Table::new(&[
+        "QUEUE", "PENDING", "SCHEDULED", "RUNNING", "DONE", "DISCARDED", "CANCELLED", "OLDEST PENDING", "FINISHED/5m",
+    ]);
+    for q in monitor::queue_summary(pool).await? {
+        t.row(vec![
+            q.queue,
+            q.pending.to_string(),
+            q.scheduled.to_string(),
+            q.running.to_string(),
+            q.done.to_string(),
+            q.discarded.to_string(),
+            q.cancelled.to_string(),
+            if q.pending > 0 { format!("{:.1}s", q.oldest_pending_age_s) } else { "-".into() },
+            q.finished_last_5m.to_string(),
+        ]);
+    }
+    Ok(t.render("(no jobs)"))
+}
+
+async fn leader_line(pool: &PgPool) -> anyhow::Result<String> {
+    let l = monitor::leadership(pool).await?;
+    Ok(match (l.lock_held, l.scheduler_id, l.since, l.heartbeat_age_s) {
+        (true, Some(id), Some(since), Some(age)) => {
+            format!("SCHEDULER LEADER: {id} since {} (last pass {age:.1}s ago)", when(since))
+        }
+        (true, _, _, _) => "SCHEDULER LEADER: lock held, leader row not written yet".into(),
+        (false, _, _, _) => {
+            "SCHEDULER LEADER: none — no dkl-scheduler is running, recurring jobs are not being enqueued".into()
+        }
+    })
+}
+
+async fn schedules_table(pool: &PgPool) -> anyhow::Result<String> {
+    let mut t = Table::new(&["NAME", "CRON", "TIME ZONE", "KIND", "ON", "NEXT RUN", "LAST RUN", "LAST JOB", "ERROR"]);
+    for s in schedules::all_schedules(pool).await? {
+        t.row(vec![
+            s.name,
+            s.cron,
+            s.time_zone,
+            s.job_kind,
+            if s.enabled { "yes".into() } else { "no".into() },
+            s.next_run_at.map_or("-".into(), when),
+            s.last_run_at.map_or("-".into(), when),
+            s.last_job_id.unwrap_or_else(|| "-".into()),
+            truncate(s.last_error.as_deref().unwrap_or(""), 70),
+        ]);
+    }
+    Ok(t.render("(no schedules)"))
+}
+
+async fn admin_rows_table(pool: &PgPool, limit: i64) -> anyhow::Result<String> {
+    let mut t = Table::new(&["ID", "KIND", "RUN AT", "STATUS", "JOB", "BY", "NOTE / REASON"]);
+    for r in schedules::recent_scheduled_jobs(pool, limit).await? {
+        let note = r.rejected_reason.or(r.note).unwrap_or_default();
+        t.row(vec![
+            r.id.to_string(),
+            r.job_kind,
+            when(r.run_at),
+            r.status,
+            r.job_id.unwrap_or_else(|| "-".into()),
+            r.created_by,
+            truncate(&note, 70),
+        ]);
+    }
+    Ok(t.render("(none)"))
+}
+
+fn jobs_table(jobs: &[JobStatus]) -> String {
+    let mut t = Table::new(&["JOB", "KIND", "QUEUE", "STATE", "ATTEMPT", "RUN AT", "STARTED", "FINISHED", "FROM", "LAST ERROR"]);
+    for j in jobs {
+        let from = match (&j.schedule, &j.scheduled_job_id) {
+            (Some(s), _) => format!("schedule {s}"),
+            (None, Some(id)) => format!("admin row {}", &id.to_string()[..8]),
+            (None, None) => "-".into(),
+        };
+        t.row(vec![
+            j.job_id.clone(),
+            j.kind.clone(),
+            j.queue.clone(),
+            j.state.clone(),
+            format!("{}/{}", j.attempts, j.max_attempts),
+            when(j.run_at),
+            j.started_at.map_or("-".into(), clock),
+            j.finished_at.map_or("-".into(), clock),
+            from,
+            truncate(j.last_error.as_deref().unwrap_or(""), 60),
+        ]);
+    }
+    t.render("(no jobs)")
+}
+
+/// A date and time, to the second, UTC.
+fn when(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+/// A time of day to the millisecond, UTC.
+fn clock(t: DateTime<Utc>) -> String {
+    t.format("%H:%M:%S%.3f").to_string()
 }

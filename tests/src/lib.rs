@@ -5,6 +5,8 @@
 //! with the same code `dklctl migrate` runs, so tests run in parallel and
 //! leave nothing behind.
 
+pub mod process;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

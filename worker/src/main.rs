@@ -1,10 +1,14 @@
-//! `dkl-worker`: runs every job kind of dkl-mail-worker until SIGTERM.
+//! `dkl-worker`: runs every job kind of dkl-mail-worker until SIGTERM, and
+//! serves `/healthz` and `/metrics` on `DKL_HTTP_ADDR`.
+
+mod http;
+mod metrics;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use dkl_shared::config::Config;
-use dkl_shared::jobs::{Registry, WorkerRuntime, ping, prune};
+use dkl_shared::jobs::{Registry, WorkerRuntime, catalog, ping, prune};
 use dkl_shared::{db, startup, telemetry};
 
 #[tokio::main]
@@ -15,11 +19,28 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let pool = db::connect_migrated(&config).await?;
     let registry = registry(&pool, &config);
+    warn_about_kinds_without_handler(&registry);
     let shutdown = telemetry::shutdown_on_signals();
-    WorkerRuntime::new(pool, registry, config.jobs)
-        .run(shutdown)
-        .await
-        .context("job runtime failed")
+    let runtime = WorkerRuntime::new(pool.clone(), registry, config.jobs.clone());
+    // The listener outlives the runtime's drain, so health checks keep
+    // answering while running jobs finish.
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let server = match config.http_addr {
+        Some(addr) => {
+            let (bound, server) = http::bind(addr, pool, runtime.stats(), config.jobs.rescue_after)
+                .await
+                .with_context(|| format!("cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"))?;
+            tracing::info!(addr = %bound, "serving /healthz and /metrics");
+            Some(tokio::spawn(http::serve_until(server, http_stop.clone())))
+        }
+        None => None,
+    };
+    let result = runtime.run(shutdown).await.context("job runtime failed");
+    http_stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result
 }
 
 /// Every job kind this worker runs.
@@ -28,4 +49,13 @@ fn registry(pool: &sqlx::PgPool, config: &Config) -> Registry {
     ping::register(&mut registry);
     prune::register(&mut registry, pool.clone(), config.jobs.prune_done_after, config.jobs.prune_discarded_after);
     registry
+}
+
+/// Kinds the scheduler may enqueue that this worker will discard.
+fn warn_about_kinds_without_handler(registry: &Registry) {
+    let runs = registry.kinds();
+    let missing: Vec<_> = catalog::standard().kinds().into_iter().filter(|k| !runs.contains(k)).collect();
+    if !missing.is_empty() {
+        tracing::warn!(kinds = ?missing, "no handler in this worker for these known kinds; their jobs will be discarded with \"no handler for kind …\"");
+    }
 }

@@ -2,66 +2,21 @@
 //! stopped with SIGTERM mid-job, started with bad config or an unmigrated
 //! database.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dkl_shared::jobs::ping::Ping;
 use dkl_shared::jobs::{EnqueueOptions, JobClient};
+use dkl_tests::process::{self, Reaper, log_path, signal, wait_exit};
 use dkl_tests::{migrate, url_of, wait_status};
 use sqlx::PgPool;
 
 fn worker(url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dkl-worker"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", url)
-        .env("DKL_HEARTBEAT_SECS", "1")
-        .env("DKL_RESCUE_AFTER_SECS", "3")
-        .env("DKL_SHUTDOWN_GRACE_SECS", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null());
-    cmd
+    process::command(env!("CARGO_BIN_EXE_dkl-worker"), url)
 }
 
-/// Starts a worker in the background. Its log goes to a file, never to an
-/// unread pipe: a full pipe would block the worker's logging, and the worker.
 fn spawn_worker(url: &str, log: &std::path::Path) -> Reaper {
-    let file = std::fs::File::create(log).expect("create log file");
-    Reaper(worker(url).stderr(file).spawn().expect("spawn dkl-worker"))
-}
-
-fn log_path(name: &str) -> std::path::PathBuf {
-    // Kept after the run for post-mortems, inside target/ where cargo cleans up.
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dkl-{name}-{}-{}.log", std::process::id(), ulid_like()))
-}
-
-fn ulid_like() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
-
-struct Reaper(Child);
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    let rc = unsafe { libc::kill(child.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill({sig}) failed");
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(start.elapsed() < timeout, "process did not exit within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    process::spawn_logged(worker(url), log)
 }
 
 #[sqlx::test(migrations = false)]
@@ -206,4 +161,84 @@ async fn json_logs_are_json_and_carry_no_password(pool: PgPool) {
         "{stderr}"
     );
     assert!(lines.iter().any(|l| l["message"] == "worker started"), "{stderr}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn healthz_and_metrics_answer_with_the_right_content_and_figures(pool: PgPool) {
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let ok = |m: &str| Ping { message: m.into(), ..Default::default() };
+    let a = client.enqueue(&ok("a"), EnqueueOptions::default()).await.unwrap().id;
+    let b = client.enqueue(&ok("b"), EnqueueOptions::default()).await.unwrap().id;
+    let bad = Ping { permanent_error: Some("broken on purpose".into()), ..Default::default() };
+    let c = client.enqueue(&bad, EnqueueOptions::default()).await.unwrap().id;
+    // Two jobs due later make a queue depth the metrics must show.
+    let later = EnqueueOptions::at(chrono::Utc::now() + chrono::Duration::hours(1));
+    client.enqueue(&ok("later"), later.clone()).await.unwrap();
+    client.enqueue(&ok("later"), later).await.unwrap();
+
+    let port = process::free_port();
+    let mut cmd = worker(&url);
+    cmd.env("DKL_HTTP_ADDR", format!("127.0.0.1:{port}"));
+    let _w = process::spawn_logged(cmd, &log_path("http"));
+    for id in [&a, &b] {
+        wait_status(&pool, id, "Done", Duration::from_secs(20)).await;
+    }
+    wait_status(&pool, &c, "Killed", Duration::from_secs(20)).await;
+
+    let (code, head, body) = dkl_tests::wait_for(Duration::from_secs(10), "a healthy /healthz", || async {
+        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
+    })
+    .await;
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("healthz is JSON");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["queues"]["default"], true, "{health}");
+
+    let (code, head, metrics) = process::http_get(port, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    for line in [
+        "dkl_jobs_total{kind=\"ping\",outcome=\"done\"} 2",
+        "dkl_jobs_total{kind=\"ping\",outcome=\"discarded\"} 1",
+        "dkl_job_duration_seconds_count{kind=\"ping\"} 3",
+        "dkl_queue_jobs{queue=\"default\",state=\"scheduled\"} 2",
+        "dkl_queue_jobs{queue=\"default\",state=\"done\"} 2",
+        "dkl_queue_jobs{queue=\"default\",state=\"discarded\"} 1",
+        "dkl_queue_depth{queue=\"default\"} 0",
+        "dkl_worker_queue_running{queue=\"default\"} 1",
+        "dkl_database_up 1",
+        "dkl_scheduler_leader_present 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
+    }
+    // Every sample line is `name{labels} number`.
+    for l in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let value = l.rsplit_once(' ').map(|(_, v)| v).unwrap_or("");
+        assert!(value.parse::<f64>().is_ok(), "not a sample line: {l}");
+    }
+
+    // Database unreachable: no new connections, existing ones cut. Done from
+    // the server's maintenance database, since this one refuses connections.
+    use sqlx::Connection;
+    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&std::env::var("DATABASE_URL").unwrap()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))).execute(&mut admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (_, _, body) = dkl_tests::wait_for(Duration::from_secs(15), "/healthz to report the database down", || async {
+        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 503)
+    })
+    .await;
+    assert!(body.contains("\"status\":\"unhealthy\"") && body.contains("\"database\":\"error"), "{body}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))).execute(&mut admin).await.unwrap();
+    dkl_tests::wait_for(Duration::from_secs(15), "/healthz to recover", || async {
+        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
+    })
+    .await;
 }

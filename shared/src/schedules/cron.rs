@@ -6,7 +6,7 @@
 //! conversions (ticks are wall-clock times in the schedule's zone, stored as
 //! UTC instants).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -58,7 +58,7 @@ impl CronSchedule {
     /// The first tick strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
         self.cron
-            .find_next_occurrence(&t.with_timezone(&self.tz), false)
+            .find_next_occurrence(&whole_seconds(t).with_timezone(&self.tz), false)
             .map(|d| d.with_timezone(&Utc))
             .map_err(|_| CronError::NeverMatches(self.expr.clone()))
     }
@@ -66,7 +66,7 @@ impl CronSchedule {
     /// The latest tick at or before `t`.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
         self.cron
-            .find_previous_occurrence(&t.with_timezone(&self.tz), true)
+            .find_previous_occurrence(&whole_seconds(t).with_timezone(&self.tz), true)
             .map(|d| d.with_timezone(&Utc))
             .map_err(|_| CronError::NeverMatches(self.expr.clone()))
     }
@@ -80,7 +80,7 @@ impl CronSchedule {
     ) -> Result<Vec<DateTime<Utc>>, CronError> {
         let mut ticks = Vec::new();
         let mut t = self.cron
-            .find_next_occurrence(&from.with_timezone(&self.tz), true)
+            .find_next_occurrence(&whole_seconds(from).with_timezone(&self.tz), true)
             .map_err(|_| CronError::NeverMatches(self.expr.clone()))?
             .with_timezone(&Utc);
         while t <= to && ticks.len() < limit {
@@ -89,6 +89,12 @@ impl CronSchedule {
         }
         Ok(ticks)
     }
+}
+
+/// Ticks are whole seconds; croner keeps a start time's fraction, which
+/// would make every tick of `* * * * * *` "now" to the microsecond.
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(0)
 }
 
 #[cfg(test)]
@@ -114,6 +120,14 @@ mod tests {
         // Winter: 03:30 CET = 02:30 UTC; summer: 03:30 CEST = 01:30 UTC.
         assert_eq!(c.next_after(utc("2026-11-23T00:00:00Z")).unwrap(), utc("2026-11-23T02:30:00Z"));
         assert_eq!(c.next_after(utc("2026-07-01T00:00:00Z")).unwrap(), utc("2026-07-01T01:30:00Z"));
+    }
+
+    #[test]
+    fn ticks_are_whole_seconds() {
+        let c = CronSchedule::parse("* * * * * *", "UTC").unwrap();
+        let t = utc("2026-11-23T10:00:00.465Z");
+        assert_eq!(c.latest_at_or_before(t).unwrap(), utc("2026-11-23T10:00:00Z"));
+        assert_eq!(c.next_after(t).unwrap(), utc("2026-11-23T10:00:01Z"));
     }
 
     #[test]

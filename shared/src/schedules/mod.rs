@@ -117,3 +117,46 @@ pub async fn enqueue_tick(
     store::set_run_job(tx, s.id, tick, &job.id.0).await?;
     Ok(TickResult::Enqueued(job.id.0))
 }
+
+/// Why `run_now` did not enqueue.
+#[derive(Debug, thiserror::Error)]
+pub enum RunNowError {
+    /// No schedule has this name.
+    #[error("no schedule named `{name}`; `dklctl schedules` lists them: {known}")]
+    UnknownSchedule {
+        /// The name asked for.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
+    /// The schedule's row is unusable, or the database failed.
+    #[error(transparent)]
+    Tick(#[from] TickError),
+}
+
+/// Enqueues schedule `name`'s job now, outside its cron timing, recorded as a
+/// `manual` run. Works whether or not the schedule is enabled.
+pub async fn run_now(
+    pool: &sqlx::PgPool,
+    catalog: &Catalog,
+    name: &str,
+    requested_by: &str,
+) -> Result<String, RunNowError> {
+    let mut tx = pool.begin().await.map_err(TickError::from)?;
+    let Some(s) = store::schedule_for_update(&mut tx, name).await.map_err(TickError::from)? else {
+        let known = store::all_schedules(pool).await.map_err(TickError::from)?;
+        let known = known.into_iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
+        return Err(RunNowError::UnknownSchedule { name: name.into(), known });
+    };
+    let spec = resolve_schedule(catalog, &s)?;
+    let now = Utc::now();
+    let result = enqueue_tick(&mut tx, spec, &s, now, RunOutcome::Manual, 0, requested_by).await?;
+    let TickResult::Enqueued(job_id) = result else {
+        // A manual tick is stamped with the current microsecond; only a
+        // second run-now in the same microsecond could collide.
+        return Err(TickError::BadSchedule(format!("schedule `{name}` was just run; try again")).into());
+    };
+    store::set_last_job(&mut tx, s.id, &job_id).await.map_err(TickError::from)?;
+    tx.commit().await.map_err(TickError::from)?;
+    Ok(job_id)
+}

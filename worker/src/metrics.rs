@@ -1,0 +1,129 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4).
+//!
+//! Written by hand: a dozen series do not justify a metrics framework, and
+//! the format is plain text with three line shapes.
+
+use std::fmt::Write as _;
+
+use dkl_shared::jobs::stats::{DURATION_BUCKETS, StatsSnapshot};
+use dkl_shared::monitor::{Leadership, QueueSummary};
+
+/// The content type Prometheus expects for this format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the database said at scrape time; `None` when it could not be asked.
+pub struct DatabaseFigures {
+    /// `queue_summary` rows.
+    pub queues: Vec<QueueSummary>,
+    /// Scheduler leadership.
+    pub leadership: Leadership,
+}
+
+/// Renders every series.
+pub fn render(stats: &StatsSnapshot, db: Option<&DatabaseFigures>) -> String {
+    let mut out = String::new();
+    header(&mut out, "dkl_jobs_total", "counter", "Job attempts run by this worker process, by kind and outcome.");
+    for ((kind, outcome), n) in &stats.outcomes {
+        let _ = writeln!(out, "dkl_jobs_total{{kind=\"{}\",outcome=\"{}\"}} {n}", esc(kind), outcome.as_str());
+    }
+
+    header(&mut out, "dkl_job_duration_seconds", "histogram", "How long job attempts took, by kind.");
+    for (kind, h) in &stats.durations {
+        let kind = esc(kind);
+        let mut cumulative = 0;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += h.buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "dkl_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "dkl_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "dkl_job_duration_seconds_sum{{kind=\"{kind}\"}} {}", h.sum);
+        let _ = writeln!(out, "dkl_job_duration_seconds_count{{kind=\"{kind}\"}} {}", h.count);
+    }
+
+    header(&mut out, "dkl_worker_queue_running", "gauge", "1 while this process's worker for the queue runs.");
+    for (queue, running) in &stats.queues {
+        let _ = writeln!(out, "dkl_worker_queue_running{{queue=\"{}\"}} {}", esc(queue), u8::from(*running));
+    }
+
+    header(&mut out, "dkl_database_up", "gauge", "1 if the database answered this scrape.");
+    let _ = writeln!(out, "dkl_database_up {}", u8::from(db.is_some()));
+    let Some(db) = db else { return out };
+
+    header(&mut out, "dkl_queue_jobs", "gauge", "Jobs in the table by queue and state (all workers).");
+    for q in &db.queues {
+        let queue = esc(&q.queue);
+        for (state, n) in [
+            ("pending", q.pending),
+            ("scheduled", q.scheduled),
+            ("running", q.running),
+            ("done", q.done),
+            ("discarded", q.discarded),
+            ("cancelled", q.cancelled),
+        ] {
+            let _ = writeln!(out, "dkl_queue_jobs{{queue=\"{queue}\",state=\"{state}\"}} {n}");
+        }
+    }
+    header(&mut out, "dkl_queue_depth", "gauge", "Jobs due and waiting for a worker, by queue.");
+    for q in &db.queues {
+        let _ = writeln!(out, "dkl_queue_depth{{queue=\"{}\"}} {}", esc(&q.queue), q.pending);
+    }
+    header(&mut out, "dkl_queue_oldest_pending_age_seconds", "gauge", "How long the oldest due job has waited, by queue.");
+    for q in &db.queues {
+        let _ = writeln!(out, "dkl_queue_oldest_pending_age_seconds{{queue=\"{}\"}} {}", esc(&q.queue), q.oldest_pending_age_s);
+    }
+    header(&mut out, "dkl_queue_finished_last_5m", "gauge", "Jobs finished in the last five minutes, by queue.");
+    for q in &db.queues {
+        let _ = writeln!(out, "dkl_queue_finished_last_5m{{queue=\"{}\"}} {}", esc(&q.queue), q.finished_last_5m);
+    }
+
+    let l = &db.leadership;
+    header(&mut out, "dkl_scheduler_leader_present", "gauge", "1 if some dkl-scheduler holds the leader lock.");
+    let _ = writeln!(out, "dkl_scheduler_leader_present {}", u8::from(l.lock_held));
+    header(&mut out, "dkl_scheduler_leader_heartbeat_age_seconds", "gauge", "Seconds since the leading scheduler's last pass.");
+    if let Some(age) = l.heartbeat_age_s {
+        let _ = writeln!(out, "dkl_scheduler_leader_heartbeat_age_seconds {age}");
+    }
+    header(&mut out, "dkl_scheduler_leader_info", "gauge", "The leading scheduler (value 1), by id.");
+    if let Some(id) = &l.scheduler_id {
+        let _ = writeln!(out, "dkl_scheduler_leader_info{{scheduler_id=\"{}\"}} 1", esc(id));
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value as the format requires.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dkl_shared::jobs::RuntimeStats;
+    use dkl_shared::jobs::stats::AttemptOutcome;
+
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_ends_in_inf() {
+        let stats = RuntimeStats::default();
+        stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(2));
+        stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(20));
+        let text = render(&stats.snapshot(), None);
+        assert!(text.contains("dkl_jobs_total{kind=\"ping\",outcome=\"done\"} 2\n"), "{text}");
+        assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.005\"} 1\n"), "{text}");
+        assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.025\"} 2\n"), "{text}");
+        assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"+Inf\"} 2\n"), "{text}");
+        assert!(text.contains("dkl_database_up 0\n"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
