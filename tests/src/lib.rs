@@ -110,3 +110,55 @@ pub async fn wait_all_done(pool: &PgPool, timeout: Duration) {
     })
     .await
 }
+
+/// Scheduler settings for tests: short polls and leader retries.
+pub fn fast_scheduler_config() -> dkl_shared::config::SchedulerConfig {
+    dkl_shared::config::SchedulerConfig {
+        poll_interval: Duration::from_millis(200),
+        leader_retry: Duration::from_millis(200),
+    }
+}
+
+/// A scheduler running in the background of a test.
+pub struct RunningScheduler {
+    /// Cancel to shut it down.
+    pub shutdown: CancellationToken,
+    /// Ends when the scheduler has stopped.
+    pub handle: JoinHandle<()>,
+    /// True while it leads.
+    pub leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Its id.
+    pub id: String,
+}
+
+impl RunningScheduler {
+    /// True while it leads.
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Shuts down and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("scheduler task");
+    }
+}
+
+/// Starts a scheduler with the standard catalog.
+pub fn start_scheduler(pool: &PgPool) -> RunningScheduler {
+    let scheduler = dkl_scheduler::Scheduler::new(
+        pool.clone(),
+        dkl_shared::jobs::catalog::standard(),
+        fast_scheduler_config(),
+    );
+    let leading = scheduler.leading();
+    let id = scheduler.id().to_string();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(scheduler.run(shutdown.clone()));
+    RunningScheduler { shutdown, handle, leading, id }
+}
+
+/// Disables the seeded default schedules, so a test sees only its own.
+pub async fn disable_default_schedules(pool: &PgPool) {
+    sqlx::query("UPDATE job_schedules SET enabled = false").execute(pool).await.expect("disable schedules");
+}
