@@ -324,3 +324,17 @@ INSERT INTO job_schedules (name, cron, job_kind, skip_if_running, note) VALUES
     ('leaderboard-recompute', '0 */5 * * * *',  'recompute_leaderboards', true,  'Recompute event leaderboards.'),
     ('session-expiry',        '0 */15 * * * *', 'expire_sessions',        true,  'Delete expired sessions and refresh tokens.'),
     ('prune-jobs',            '0 15 * * * *',   'prune_jobs',             true,  'Delete old finished jobs and vacuum the job table.');
+
+-- A job whose queue is not its kind's usual one (an admin row or schedule
+-- with a `queue` override) was only found by polling: apalis's insert
+-- NOTIFY names the kind, not the queue, and our trigger announced only jobs
+-- due later. Announce every job that becomes pending, now or later, with its
+-- queue; claims and completions still do not match the WHEN clause.
+-- (Measured with `dklctl bench schedule`: rows on an override queue started
+-- 150-500 ms late, one poll interval; after this, a few ms.)
+DROP TRIGGER jobs_notify_scheduled ON apalis.jobs;
+CREATE TRIGGER jobs_notify_pending
+    AFTER INSERT OR UPDATE OF status, run_at ON apalis.jobs
+    FOR EACH ROW
+    WHEN (NEW.status = 'Pending')
+    EXECUTE FUNCTION apalis.dkl_notify_scheduled();

@@ -17,3 +17,8 @@ INSERT INTO email_templates (name, subject, html_content, text_content, variable
      '<p>Beste {{naam}},</p><p>Leuk dat je meeloopt!</p>',
      'Beste {{naam}}, leuk dat je meeloopt!', '["naam"]')
 ON CONFLICT (name) DO NOTHING;
+
+-- A recurring demo job, so the scheduler visibly ticks (every 5 seconds).
+INSERT INTO job_schedules (name, cron, job_kind, payload, note) VALUES
+    ('demo-ping', '*/5 * * * * *', 'ping', '{"message": "tik van het demo-schema"}', 'demo: shows recurring jobs')
+ON CONFLICT (name) DO NOTHING;

@@ -41,6 +41,9 @@ log "enqueueing demo jobs"
 "$BIN/dklctl" enqueue ping --payload '{"permanent_error":"demo: template bestaat niet"}' >/dev/null
 "$BIN/dklctl" enqueue send_newsletter --payload '{"newsletter_id":1}' >/dev/null
 long=$("$BIN/dklctl" ping --sleep-ms 60000 "lange taak die we annuleren")
+log "an admin schedules a job for 10 seconds from now (a scheduled_jobs row)"
+"$BIN/dklctl" schedule ping --at "$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)" \
+  --payload '{"message":"door een beheerder ingepland"}' --note "demo: admin row" --created-by "demo-admin" >/dev/null
 
 end=$(( $(date +%s) + ${DKL_DEMO_SECONDS:-1000000000} ))
 round=0
@@ -50,8 +53,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
   [ "$round" -eq 3 ] && "$BIN/dklctl" cancel "$long" >/dev/null
   [ $((round % 5)) -eq 0 ] && "$BIN/dklctl" ping "nog een ping (ronde $round)" >/dev/null
   kill -0 "$WORKER" 2>/dev/null || { echo "dkl-worker exited; see .data/logs/worker.log" >&2; exit 1; }
+  kill -0 "$SCHEDULER" 2>/dev/null || { echo "dkl-scheduler exited; see .data/logs/scheduler.log" >&2; exit 1; }
   printf '\033[2J\033[H'
-  echo "dkl-mail-worker demo — $(date -u +%H:%M:%S) UTC — Ctrl-C to stop — logs: .data/logs/"
+  echo "dkl-mail-worker demo — $(date -u +%H:%M:%S) UTC — Ctrl-C to stop — logs: .data/logs/ — metrics: http://127.0.0.1:9464/metrics"
   echo
   "$BIN/dklctl" status --recent 12
 done

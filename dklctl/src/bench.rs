@@ -201,7 +201,7 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
     Ok(())
 }
 
-fn percentile(values: &mut [f64], p: f64) -> f64 {
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

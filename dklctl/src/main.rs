@@ -5,6 +5,7 @@
 //! long-running binaries do not.
 
 mod bench;
+mod bench_schedule;
 mod status;
 mod table;
 
@@ -146,6 +147,8 @@ enum Command {
 enum BenchCommand {
     /// Queue throughput, pickup latency and scheduling lateness (use a release build).
     Queue(bench::QueueBenchArgs),
+    /// Admin rows (scheduled_jobs): run_at → job start, through a real scheduler and worker.
+    Schedule(bench_schedule::ScheduleBenchArgs),
 }
 
 #[tokio::main]
@@ -212,7 +215,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             // Refuse now what the scheduler would reject later.
             catalog::standard().resolve(&kind, &payload).map_err(anyhow::Error::msg)?;
             let created_by = created_by.unwrap_or_else(whoami);
-            let row = NewScheduledJob { job_kind: &kind, payload: &payload, run_at: at, created_by: &created_by, note: note.as_deref() };
+            let row = NewScheduledJob { job_kind: &kind, payload: &payload, run_at: at, created_by: &created_by, note: note.as_deref(), queue: None };
             let row = schedules::store::insert_scheduled_job(&pool, &row).await?;
             println!("{} (scheduled_jobs row; runs at {})", row.id, row.run_at.to_rfc3339());
         }
@@ -221,6 +224,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", job.id);
         }
         Command::Bench { what: BenchCommand::Queue(args) } => bench::queue(&pool, &config, args).await?,
+        Command::Bench { what: BenchCommand::Schedule(args) } => bench_schedule::run(&pool, &config, args).await?,
     }
     Ok(())
 }

@@ -184,7 +184,7 @@ impl WorkerRuntime {
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_outcomes(shared.clone(), outcome_rx));
         let background = CancellationToken::new();
-        let listener = tokio::spawn(listen(shared.clone(), registry.clone(), wakers.clone(), background.clone()));
+        let listener = tokio::spawn(listen(shared.clone(), wakers.clone(), background.clone()));
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), wakers.clone(), queue_list, background.clone()));
 
         let mut fetch_tasks = Vec::new();
@@ -286,7 +286,6 @@ impl tower::Service<Task<Claimed>> for AttemptService {
 /// Wakes fetchers on new-job notifications and signals cancelled jobs.
 async fn listen(
     shared: Arc<Shared>,
-    registry: Arc<Registry>,
     wakers: HashMap<String, Arc<Notify>>,
     stop: CancellationToken,
 ) {
@@ -310,21 +309,14 @@ async fn listen(
         };
         match note {
             Ok(Some(n)) if n.channel() == store::CANCEL_CHANNEL => shared.cancels.signal(n.payload()),
-            // A job due later: the queue's idle fetcher recomputes how long to sleep.
+            // A job became pending in this queue: its idle fetcher looks again
+            // (or recomputes how long to sleep, if the job is due later).
             Ok(Some(n)) if n.channel() == store::SCHEDULED_CHANNEL => {
                 if let Some(w) = wakers.get(n.payload()) {
                     w.notify_one();
                 }
             }
-            Ok(Some(n)) => {
-                let kind = serde_json::from_str::<serde_json::Value>(n.payload())
-                    .ok()
-                    .and_then(|v| v.get("job_type").and_then(|k| k.as_str()).map(str::to_string));
-                match kind.as_deref().and_then(|k| registry.queue_of(k)).and_then(|q| wakers.get(q)) {
-                    Some(w) => w.notify_one(),
-                    None => wake_all(),
-                }
-            }
+            Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::warn!("LISTEN connection lost; reconnecting (jobs inserted meanwhile are found by polling)");
                 wake_all();
@@ -342,7 +334,9 @@ async fn listen(
 
 async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all([store::INSERT_CHANNEL, store::SCHEDULED_CHANNEL, store::CANCEL_CHANNEL]).await?;
+    // Not apalis's insert channel: it names the kind, not the queue, and our
+    // trigger announces every pending job with its queue.
+    listener.listen_all([store::SCHEDULED_CHANNEL, store::CANCEL_CHANNEL]).await?;
     Ok(listener)
 }
 

@@ -287,6 +287,8 @@ pub struct NewScheduledJob<'a> {
     pub created_by: &'a str,
     /// Why.
     pub note: Option<&'a str>,
+    /// Queue override (`None`: the kind's queue).
+    pub queue: Option<&'a str>,
 }
 
 /// Inserts an admin row; returns it.
@@ -294,13 +296,14 @@ pub async fn insert_scheduled_job(
     executor: impl PgExecutor<'_>,
     row: &NewScheduledJob<'_>,
 ) -> Result<ScheduledJob, sqlx::Error> {
-    sqlx::query_as(concat!("INSERT INTO scheduled_jobs (job_kind, payload, run_at, created_by, note)
-         VALUES ($1, $2, COALESCE($3, now()), $4, $5) RETURNING ", scheduled_job_columns!()))
+    sqlx::query_as(concat!("INSERT INTO scheduled_jobs (job_kind, payload, run_at, created_by, note, queue)
+         VALUES ($1, $2, COALESCE($3, now()), $4, $5, $6) RETURNING ", scheduled_job_columns!()))
     .bind(row.job_kind)
     .bind(row.payload)
     .bind(row.run_at)
     .bind(row.created_by)
     .bind(row.note)
+    .bind(row.queue)
     .fetch_one(executor)
     .await
 }
@@ -363,6 +366,25 @@ pub async fn recent_scheduled_jobs(executor: impl PgExecutor<'_>, limit: i64) ->
         .bind(limit)
         .fetch_all(executor)
         .await
+}
+
+/// For admin rows that ran: (enqueued − run_at, job started − run_at) in ms,
+/// by the database clock (`dklctl bench schedule`).
+pub async fn admin_row_lateness(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<(f64, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (extract(epoch FROM s.enqueued_at - s.run_at) * 1000)::float8,
+                (extract(epoch FROM j.lock_at - s.run_at) * 1000)::float8
+           FROM scheduled_jobs s JOIN apalis.jobs j ON j.id = s.job_id
+          WHERE s.id = ANY($1) AND j.status = 'Done'",
+    )
+    .bind(ids)
+    .fetch_all(executor)
+    .await
+}
+
+/// Deletes admin rows (bench cleanup).
+pub async fn delete_scheduled_jobs(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM scheduled_jobs WHERE id = ANY($1)").bind(ids).execute(executor).await?.rows_affected())
 }
 
 /// Seconds until the earliest pending row is due (negative if overdue), by
