@@ -54,3 +54,49 @@ async fn admin_commands_do_what_they_say(pool: PgPool) {
     let unknown = dklctl(&url, &["show", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no job with id"));
 }
+
+#[sqlx::test(migrations = false)]
+async fn scheduling_commands_do_what_they_say(pool: PgPool) {
+    let url = url_of(&pool).await;
+    stdout(&dklctl(&url, &["migrate"]));
+
+    // An admin row, listed, then cancelled before it runs.
+    let out = stdout(&dklctl(&url, &[
+        "schedule", "ping", "--at", "2099-01-01T00:00:00Z", "--payload", r#"{"message":"later"}"#,
+        "--note", "cli test", "--created-by", "anna",
+    ]));
+    let row = out.split_whitespace().next().unwrap().to_string();
+    assert_eq!(row.len(), 36, "a UUID: {out}");
+    let status = stdout(&dklctl(&url, &["status"]));
+    assert!(status.contains(&row) && status.contains("pending") && status.contains("anna"), "{status}");
+    assert!(status.contains("SCHEDULER LEADER: none"), "no scheduler runs in this test: {status}");
+    assert!(stdout(&dklctl(&url, &["cancel", &row])).contains("cancelled; it will not run"));
+    assert!(stdout(&dklctl(&url, &["cancel", &row])).contains("cancelled"), "cancel is idempotent");
+    let missing = dklctl(&url, &["cancel", "00000000-0000-0000-0000-000000000000"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no scheduled_jobs row with id"));
+
+    // The CLI refuses what the scheduler would reject.
+    let bad = dklctl(&url, &["schedule", "sned_mail"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown job kind `sned_mail`"));
+    let bad = dklctl(&url, &["schedule", "ping", "--payload", r#"{"sleep_ms":"x"}"#]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not decode as job kind `ping`"));
+
+    // Schedules: listed; run-now enqueues; jobs filters by schedule.
+    let schedules = stdout(&dklctl(&url, &["schedules"]));
+    for name in ["fetch-mail", "retention", "leaderboard-recompute", "session-expiry", "prune-jobs"] {
+        assert!(schedules.contains(name), "{name} missing: {schedules}");
+    }
+    let job = stdout(&dklctl(&url, &["run-now", "prune-jobs"]));
+    let listed = stdout(&dklctl(&url, &["jobs", "--schedule", "prune-jobs"]));
+    assert!(listed.contains(&job) && listed.contains("schedule prune-jobs"), "{listed}");
+    let unknown = dklctl(&url, &["run-now", "prune-job"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no schedule named `prune-job`"));
+
+    // Retry: a cancelled job runs again.
+    assert!(stdout(&dklctl(&url, &["cancel", &job])).contains("CancelledBeforeStart"));
+    assert!(stdout(&dklctl(&url, &["jobs", "--state", "cancelled"])).contains(&job));
+    assert!(stdout(&dklctl(&url, &["retry", &job])).contains("pending again"));
+    assert!(stdout(&dklctl(&url, &["jobs", "--state", "pending"])).contains(&job));
+    let bad_state = dklctl(&url, &["jobs", "--state", "failed"]);
+    assert!(String::from_utf8_lossy(&bad_state.stderr).contains("use one of: scheduled, pending"));
+}

@@ -99,13 +99,16 @@ async fn two_schedulers_enqueue_each_tick_once_and_hand_over_after_kill_9(pool: 
         .map(|w| ((w[1].tick_at - w[0].tick_at).num_seconds() - 1, w[1].ticks_missed, w[1].tick_at))
         .collect();
     let leaders: std::collections::BTreeSet<_> = runs.iter().map(|r| r.scheduler_id.clone()).collect();
-    println!(
+    let summary = format!(
         "two schedulers, {total} s: {} ticks in {span} s, {jobs} jobs, {} ticks doubled, {} leaders, handover {handover:.2} s after kill -9, \
          ticks lost in handover {missed} (caught up by one run each: {gaps:?})",
         runs.len(),
         doubled.len(),
         leaders.len()
     );
+    println!("{summary}");
+    // CI prints this file, so the counts are on record even when the test passes.
+    let _ = std::fs::write(process::log_path("two-schedulers-summary").with_extension("txt"), &summary);
 
     assert!(doubled.is_empty(), "ticks enqueued twice: {doubled:?}");
     assert_eq!(jobs as usize, runs.len(), "one job per recorded tick");
