@@ -508,53 +508,6 @@ pub async fn vacuum_jobs(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Job counts of one queue by status.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct QueueCounts {
-    /// Queue name.
-    pub queue: String,
-    /// Waiting (due or scheduled, retries included).
-    pub pending: i64,
-    /// Running now.
-    pub running: i64,
-    /// Finished.
-    pub done: i64,
-    /// Discarded or cancelled.
-    pub killed: i64,
-    /// Seconds the oldest due pending job has waited.
-    pub oldest_due_secs: Option<f64>,
-}
-
-/// Counts per queue, for `dklctl status`.
-pub async fn queue_counts(pool: &PgPool) -> Result<Vec<QueueCounts>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT queue,
-                count(*) FILTER (WHERE status = 'Pending') AS pending,
-                count(*) FILTER (WHERE status = 'Running') AS running,
-                count(*) FILTER (WHERE status = 'Done')    AS done,
-                count(*) FILTER (WHERE status = 'Killed')  AS killed,
-                EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE status = 'Pending' AND run_at <= now()))::float8
-                    AS oldest_due_secs
-           FROM apalis.jobs GROUP BY queue ORDER BY queue",
-    )
-    .fetch_all(pool)
-    .await
-}
-
-/// The most recently touched jobs, newest first.
-pub async fn recent_jobs(pool: &PgPool, limit: i64) -> Result<Vec<JobRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, job_type, queue, status, attempts, max_attempts, run_at, lock_at, lock_by,
-                done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata
-           FROM apalis.jobs
-          ORDER BY GREATEST(run_at, lock_at, done_at) DESC NULLS LAST, id DESC
-          LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
 /// Deletes every job of `queue` (the benchmark cleans up after itself with it).
 pub async fn delete_queue(pool: &PgPool, queue: &str) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM apalis.jobs WHERE queue = $1").bind(queue).execute(pool).await?.rows_affected())
