@@ -6,7 +6,10 @@
 //! session ends (a killed process's socket closes at once; a vanished host is
 //! noticed through TCP keepalives). A scheduler that is not leading keeps its
 //! candidate connection and retries the lock every
-//! `DKL_SCHEDULER_LEADER_RETRY_MS`.
+//! `DKL_SCHEDULER_LEADER_RETRY_MS`. A leader that is alive but stuck (a
+//! frozen process keeps its socket open) stops updating its heartbeat; after
+//! `DKL_SCHEDULER_LEADER_STALE_SECS` the others end its session, which frees
+//! the lock. If it wakes up, its next statement fails and it competes again.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,7 +38,17 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: Cancellation
         };
         match store::try_leader_lock(&mut conn).await {
             Ok(true) => lead(&ctx, conn, &wake, &shutdown).await,
-            Ok(false) => candidate = Some(conn),
+            Ok(false) => {
+                match store::depose_stale_leader(&mut conn, ctx.config.leader_stale_after).await {
+                    Ok(true) => tracing::warn!(
+                        stale_after_s = ctx.config.leader_stale_after.as_secs(),
+                        "the leading scheduler stopped making progress; disconnected it to take over"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot check the leader's heartbeat"),
+                }
+                candidate = Some(conn);
+            }
             Err(e) => tracing::warn!(error = %e, "cannot try the leader lock; reconnecting"),
         }
         pause(&ctx, &shutdown).await;
@@ -68,6 +81,7 @@ async fn lead(ctx: &Ctx, mut conn: PgConnection, wake: &Notify, shutdown: &Cance
         return;
     }
     ctx.leading.store(true, Ordering::SeqCst);
+    let mut bad = recurring::BadSchedules::default();
     tracing::info!(scheduler_id = %ctx.id, "this scheduler now leads: it enqueues recurring jobs");
     loop {
         let now = match store::leader_heartbeat(&mut conn, &ctx.id).await {
@@ -86,7 +100,7 @@ async fn lead(ctx: &Ctx, mut conn: PgConnection, wake: &Notify, shutdown: &Cance
                 break;
             }
         };
-        let next = match recurring::pass(&mut conn, ctx, now).await {
+        let next = match recurring::pass(&mut conn, ctx, now, &mut bad).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "schedule pass failed; giving up leadership and competing again");

@@ -7,11 +7,15 @@
 //! the latest and counting the others in `ticks_missed`); `'every'` enqueues
 //! each missed tick, at most [`MAX_CATCH_UP_PER_PASS`] per pass.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use dkl_shared::jobs::EngineError;
 use dkl_shared::schedules::store::{self, RunOutcome, Schedule};
 use dkl_shared::schedules::{CronSchedule, TickError, TickResult, enqueue_tick, resolve_schedule};
 use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
 
 use crate::Ctx;
 
@@ -22,6 +26,16 @@ pub const MAX_CATCH_UP_PER_PASS: usize = 100;
 /// Missed ticks counted for `ticks_missed` (counting is all it is for).
 const MAX_TICKS_COUNTED: usize = 100_000;
 
+/// How long a schedule found unusable is left alone before it is judged
+/// again (an admin's edit clears `last_error` and ends the wait at once).
+/// Judging can be costly: croner searches years ahead before it calls a
+/// date like 31 February impossible.
+pub const RECHECK_BAD_AFTER: Duration = Duration::from_secs(60);
+
+/// Schedules found unusable, and when: the leader's memory between passes.
+#[derive(Debug, Default)]
+pub(crate) struct BadSchedules(HashMap<Uuid, Instant>);
+
 /// Enqueues what is due at `now` (the database's clock). Returns when the
 /// next tick of any schedule is due. A bad schedule is marked and skipped;
 /// only database faults end the pass.
@@ -29,12 +43,21 @@ pub(crate) async fn pass(
     conn: &mut PgConnection,
     ctx: &Ctx,
     now: DateTime<Utc>,
+    bad: &mut BadSchedules,
 ) -> Result<Option<DateTime<Utc>>, EngineError> {
     let mut next_wake: Option<DateTime<Utc>> = None;
     for s in store::enabled_schedules(conn).await? {
+        let recently_bad = bad.0.get(&s.id).is_some_and(|at| at.elapsed() < RECHECK_BAD_AFTER);
+        if s.last_error.is_some() && recently_bad {
+            continue;
+        }
         match run_schedule(conn, ctx, &s, now).await {
-            Ok(next) => next_wake = next_wake.min(Some(next)).or(Some(next)),
+            Ok(next) => {
+                bad.0.remove(&s.id);
+                next_wake = next_wake.min(Some(next)).or(Some(next));
+            }
             Err(TickError::BadSchedule(msg)) => {
+                bad.0.insert(s.id, Instant::now());
                 if store::set_schedule_error(conn, s.id, &msg).await? {
                     tracing::warn!(schedule = %s.name, error = %msg, "schedule cannot run; fix the row (see job_schedules.last_error)");
                 }

@@ -121,3 +121,58 @@ async fn two_schedulers_enqueue_each_tick_once_and_hand_over_after_kill_9(pool: 
     assert!(leaders.len() == 2 && leaders.contains(&old_leader), "the killed leader, then one other: {leaders:?}");
     assert!(handover <= 10.0, "handover took {handover} s");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_frozen_leader_is_deposed_and_cannot_double_a_tick_when_it_wakes(pool: PgPool) {
+    migrate(&pool).await;
+    disable_default_schedules(&pool).await;
+    sqlx::query(
+        "INSERT INTO job_schedules (name, cron, time_zone, job_kind) VALUES ('every-second', '* * * * * *', 'UTC', 'ping')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = url_of(&pool).await;
+    let spawn = |name: &str| {
+        let mut cmd = process::command(env!("CARGO_BIN_EXE_dkl-scheduler"), &url);
+        cmd.env("DKL_SCHEDULER_LEADER_STALE_SECS", "3");
+        process::spawn_logged(cmd, &log_path(name))
+    };
+    let mut a = spawn("frozen-a");
+    let mut b = spawn("frozen-b");
+    let leader = wait_for(Duration::from_secs(15), "a leader", || async {
+        monitor::leadership(&pool).await.unwrap().scheduler_id
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let frozen_pid = pid_of(&leader);
+    signal_pid(frozen_pid, libc::SIGSTOP);
+    let frozen_at = db_now(&pool).await;
+    let after = wait_for(Duration::from_secs(20), "the other scheduler to lead", || async {
+        let l = monitor::leadership(&pool).await.unwrap();
+        (l.lock_held && l.scheduler_id.as_deref().is_some_and(|id| id != leader)).then_some(l)
+    })
+    .await;
+    let takeover = (after.since.unwrap() - frozen_at).num_milliseconds() as f64 / 1000.0;
+    assert!(takeover < 3.0 + 5.0, "took over {takeover} s after the freeze (stale after 3 s)");
+
+    // The old leader wakes up: its session is gone, so it cannot enqueue.
+    signal_pid(frozen_pid, libc::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for p in [&mut a, &mut b] {
+        signal(&p.0, libc::SIGTERM);
+        assert!(wait_exit(&mut p.0, Duration::from_secs(10)).success());
+    }
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM apalis.jobs WHERE metadata -> 'schedule' = 'every-second'
+                                GROUP BY metadata -> 'tick' HAVING count(*) > 1) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(doubled, 0, "a woken leader enqueued a tick again");
+    let runs = store::runs_of(&pool, "every-second").await.unwrap();
+    let leaders: std::collections::BTreeSet<_> = runs.iter().map(|r| r.scheduler_id.as_str()).collect();
+    assert_eq!(leaders.len(), 2, "{leaders:?}");
+}

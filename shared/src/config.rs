@@ -56,11 +56,19 @@ pub struct SchedulerConfig {
     /// `DKL_SCHEDULER_LEADER_RETRY_MS`: how often a scheduler that is not the
     /// leader tries to become it; bounds the handover time after a leader dies.
     pub leader_retry: Duration,
+    /// `DKL_SCHEDULER_LEADER_STALE_SECS`: a leader that has not finished a
+    /// pass for this long (frozen, stuck) is disconnected by the others, which
+    /// frees its lock.
+    pub leader_stale_after: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_millis(1000), leader_retry: Duration::from_millis(1000) }
+        Self {
+            poll_interval: Duration::from_millis(1000),
+            leader_retry: Duration::from_millis(1000),
+            leader_stale_after: Duration::from_secs(30),
+        }
     }
 }
 
@@ -143,6 +151,7 @@ pub const VARIABLES: &[&str] = &[
     "DKL_PRUNE_DISCARDED_AFTER",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
+    "DKL_SCHEDULER_LEADER_STALE_SECS",
     "DKL_HTTP_ADDR",
 ];
 
@@ -211,6 +220,7 @@ impl Config {
             scheduler: SchedulerConfig {
                 poll_interval: millis(&get, "DKL_SCHEDULER_POLL_MS", SchedulerConfig::default().poll_interval, 50, 60_000)?,
                 leader_retry: millis(&get, "DKL_SCHEDULER_LEADER_RETRY_MS", SchedulerConfig::default().leader_retry, 50, 60_000)?,
+                leader_stale_after: secs(&get, "DKL_SCHEDULER_LEADER_STALE_SECS", SchedulerConfig::default().leader_stale_after, 2, 3600)?,
             },
             http_addr: parse_http_addr(get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR))?,
         })

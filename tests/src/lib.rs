@@ -116,6 +116,7 @@ pub fn fast_scheduler_config() -> dkl_shared::config::SchedulerConfig {
     dkl_shared::config::SchedulerConfig {
         poll_interval: Duration::from_millis(200),
         leader_retry: Duration::from_millis(200),
+        leader_stale_after: Duration::from_secs(30),
     }
 }
 

@@ -182,6 +182,7 @@ async fn bad_schedule_is_marked_and_edits_take_effect_without_restart(pool: PgPo
     setup(&pool).await;
     add_schedule(&pool, "typo", "* * * * * *", "fetch_mial", serde_json::json!({})).await;
     add_schedule(&pool, "good", "* * * * * *", "ping", serde_json::json!({"message": "tick"})).await;
+    add_schedule(&pool, "never", "0 0 0 31 2 *", "ping", serde_json::json!({})).await;
     let scheduler = start_scheduler(&pool);
 
     wait_for(T, "two ticks of the good schedule", || async { (runs(&pool, "good").await.len() >= 2).then_some(()) }).await;
@@ -193,6 +194,8 @@ async fn bad_schedule_is_marked_and_edits_take_effect_without_restart(pool: PgPo
     let err = typo.last_error.unwrap();
     assert!(err.contains("schedule `typo`: unknown job kind `fetch_mial`"), "{err}");
     assert!(runs(&pool, "typo").await.is_empty());
+    let never = store::all_schedules(&pool).await.unwrap().into_iter().find(|s| s.name == "never").unwrap();
+    assert!(never.last_error.as_deref().is_some_and(|e| e.contains("\"0 0 0 31 2 *\" never matches")), "{never:?}");
 
     // The admin fixes the kind: the error clears and ticks start, no restart.
     sqlx::query("UPDATE job_schedules SET job_kind = 'ping' WHERE name = 'typo'").execute(&pool).await.unwrap();

@@ -148,6 +148,14 @@ mod tests {
         assert!(CronSchedule::parse("0 70 * * * *", "UTC").is_err());
     }
 
+    #[test]
+    fn an_impossible_date_is_reported_not_searched_for_ever() {
+        let c = CronSchedule::parse("0 0 0 31 2 *", "UTC").unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(c.next_after(utc("2026-11-23T00:00:00Z")), Err(CronError::NeverMatches("0 0 0 31 2 *".into())));
+        eprintln!("impossible date judged in {:?}", started.elapsed());
+    }
+
     /// Every expression the database's `dkl_cron_check` accepts must parse
     /// here too (the same list is checked against the database in
     /// tests/tests/scheduler.rs).

@@ -420,6 +420,26 @@ pub async fn release_leader_lock(conn: &mut PgConnection) -> Result<(), sqlx::Er
     Ok(())
 }
 
+/// Ends the session of a leader whose heartbeat is older than `stale_after`
+/// (a frozen process keeps its connection, and with it the lock, for ever).
+/// Returns true if a session was ended; its lock is then free.
+pub async fn depose_stale_leader(conn: &mut PgConnection, stale_after: Duration) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(bool_or(pg_terminate_backend(l.pid)), false)
+           FROM pg_locks l, scheduler_leader s
+          WHERE l.locktype = 'advisory' AND l.granted
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2
+            AND l.pid <> pg_backend_pid()
+            AND s.heartbeat_at < clock_timestamp() - make_interval(secs => $3)",
+    )
+    .bind(LEADER_LOCK.0)
+    .bind(LEADER_LOCK.1)
+    .bind(stale_after.as_secs_f64())
+    .fetch_one(conn)
+    .await
+}
+
 /// Writes this scheduler into `scheduler_leader`.
 pub async fn claim_leader_row(conn: &mut PgConnection, scheduler_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
