@@ -29,6 +29,7 @@ DECLARE
     fields TEXT[];
     part   TEXT;
     m      TEXT[];
+    parts  TEXT[];
     a      INT;
     b      INT;
     step   INT;
@@ -43,11 +44,17 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     FOR i IN 1..6 LOOP
-        FOREACH part IN ARRAY string_to_array(upper(fields[i]), ',') LOOP
+        parts := string_to_array(upper(fields[i]), ',');
+        FOREACH part IN ARRAY parts LOOP
             m := regexp_match(part, '^(\*|\?|([0-9]+|[A-Z]{3})(-([0-9]+|[A-Z]{3}))?)(/([0-9]+))?$');
             IF m IS NULL THEN
                 RAISE EXCEPTION 'invalid cron expression "%": % field "%" is not *, N, N-M or one of those with /STEP; %',
                     expr, names[i], part, hint USING ERRCODE = 'check_violation';
+            END IF;
+            -- croner refuses these inside a list; refuse them on save too.
+            IF m[1] IN ('*', '?') AND array_length(parts, 1) > 1 THEN
+                RAISE EXCEPTION 'invalid cron expression "%": % field "%" mixes * or ? into a list; write the values out (e.g. 0-59/15,7); %',
+                    expr, names[i], fields[i], hint USING ERRCODE = 'check_violation';
             END IF;
             IF m[1] = '?' AND i NOT IN (4, 6) THEN
                 RAISE EXCEPTION 'invalid cron expression "%": "?" is allowed only in day-of-month and day-of-week, not in %; %',
@@ -56,6 +63,10 @@ BEGIN
             IF m[1] NOT IN ('*', '?') THEN
                 a := dkl_cron_value(expr, names[i], i, m[2]);
                 b := CASE WHEN m[4] IS NULL THEN a ELSE dkl_cron_value(expr, names[i], i, m[4]) END;
+                -- As croner reads it: SUN closing a range is 7 (MON-SUN = 1-7).
+                IF i = 6 AND m[4] = 'SUN' THEN
+                    b := 7;
+                END IF;
                 IF a < lo[i] OR a > hi[i] OR b < lo[i] OR b > hi[i] THEN
                     RAISE EXCEPTION 'invalid cron expression "%": % value "%" is outside %-%; %',
                         expr, names[i], part, lo[i], hi[i], hint USING ERRCODE = 'check_violation';
@@ -109,7 +120,9 @@ $$;
 CREATE FUNCTION dkl_time_zone_check(tz TEXT) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = tz) THEN
+    -- posix/ and right/ copies exist in some system tzdata trees; the
+    -- scheduler's time zone database (chrono-tz) has only the plain names.
+    IF tz ~ '^(posix|right)/' OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = tz) THEN
         RAISE EXCEPTION 'unknown time zone "%": use an IANA name such as ''Europe/Amsterdam'' or ''UTC''', tz
             USING ERRCODE = 'check_violation';
     END IF;
@@ -151,8 +164,14 @@ COMMENT ON TABLE job_schedules IS
 CREATE FUNCTION dkl_job_schedules_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM dkl_cron_check(NEW.cron);
-    PERFORM dkl_time_zone_check(NEW.time_zone);
+    -- Checked when written, not on the scheduler's bookkeeping updates (a
+    -- tzdata upgrade that drops a name must not break every later tick).
+    IF TG_OP = 'INSERT' OR NEW.cron IS DISTINCT FROM OLD.cron THEN
+        PERFORM dkl_cron_check(NEW.cron);
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.time_zone IS DISTINCT FROM OLD.time_zone THEN
+        PERFORM dkl_time_zone_check(NEW.time_zone);
+    END IF;
     IF jsonb_typeof(NEW.payload) <> 'object' THEN
         RAISE EXCEPTION 'payload of schedule "%" must be a JSON object, e.g. ''{}''; got %', NEW.name, NEW.payload
             USING ERRCODE = 'check_violation';
@@ -262,6 +281,9 @@ CREATE TRIGGER scheduled_jobs_changed
 CREATE TABLE scheduler_leader (
     only_row     BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
     scheduler_id TEXT NOT NULL,
+    -- The leader's session (pg_backend_pid), so a stale leader is deposed
+    -- only if the stale row is really that session's.
+    backend_pid  INT NOT NULL,
     since        TIMESTAMPTZ NOT NULL,
     heartbeat_at TIMESTAMPTZ NOT NULL
 );

@@ -26,7 +26,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: Cancellation
     while !shutdown.is_cancelled() {
         let pause = match take_due(&ctx).await {
             Ok(n) if n as i64 >= BATCH => Duration::ZERO,
-            Ok(_) => match store::next_scheduled_job_due_in(&ctx.pool).await {
+            Ok(taken) => match store::next_scheduled_job_due_in(&ctx.pool).await {
+                // Due rows we could not take are locked by another scheduler
+                // (or an admin's open transaction): look again after a poll,
+                // not at once, or this loop would spin until they are free.
+                Ok(Some(due_in)) if taken == 0 && due_in <= 0.0 => ctx.config.poll_interval,
                 Ok(due_in) => sleep_for(due_in, ctx.config.poll_interval),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read scheduled_jobs; retrying");

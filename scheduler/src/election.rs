@@ -67,7 +67,12 @@ async fn connect(ctx: &Ctx) -> Result<PgConnection, sqlx::Error> {
     let mut conn = opts.connect().await?;
     // Let the server notice a vanished leader host within ~25 s and free the
     // lock (ignored on Unix sockets, where the kernel tells it at once).
-    sqlx::raw_sql("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3")
+    // lock_timeout: a schedule row an admin keeps locked costs that one
+    // schedule a pass, not the leader its progress.
+    sqlx::raw_sql(
+        "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; \
+         SET lock_timeout = '5s'",
+    )
         .execute(&mut conn)
         .await?;
     Ok(conn)

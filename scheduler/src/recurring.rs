@@ -62,7 +62,14 @@ pub(crate) async fn pass(
                     tracing::warn!(schedule = %s.name, error = %msg, "schedule cannot run; fix the row (see job_schedules.last_error)");
                 }
             }
-            Err(TickError::Engine(e)) => return Err(e),
+            // One schedule's database trouble (a row an admin holds locked
+            // past the leader connection's lock_timeout, a schedule deleted
+            // mid-pass) must not starve the others: skip it until the next
+            // pass (at most a poll interval away). A lost connection fails
+            // the next heartbeat and ends leadership.
+            Err(TickError::Engine(e)) => {
+                tracing::warn!(schedule = %s.name, error = %e, "schedule skipped this pass; retrying next pass");
+            }
         }
     }
     Ok(next_wake)
@@ -88,10 +95,12 @@ async fn run_schedule(
         Some(due) => due,
     };
     let (ticks, missed) = if s.catch_up == "every" {
-        (cron.ticks_between(due, now, MAX_CATCH_UP_PER_PASS)?, 0)
+        (cron.ticks_from(due, now, MAX_CATCH_UP_PER_PASS)?, 0)
     } else {
-        let latest = cron.latest_at_or_before(now)?;
-        let skipped = cron.ticks_between(due, latest, MAX_TICKS_COUNTED)?.len().saturating_sub(1);
+        // `due` is a tick; near a daylight saving change croner's backward
+        // search can answer one before it, so never stamp earlier than `due`.
+        let latest = cron.latest_at_or_before(now)?.max(due);
+        let skipped = cron.ticks_from(due, latest, MAX_TICKS_COUNTED)?.len().saturating_sub(1);
         (vec![latest], skipped)
     };
     let Some(&last_tick) = ticks.last().filter(|t| **t >= due) else {
@@ -104,11 +113,15 @@ async fn run_schedule(
 
     let mut tx = conn.begin().await?;
     let mut last_job = None;
+    // Carries the job enqueued for an earlier tick of this pass, so
+    // `skip_if_running` sees it (catch_up = 'every').
+    let mut s = s.clone();
     for tick in ticks {
-        let result = enqueue_tick(&mut tx, spec, s, tick, RunOutcome::Enqueued, missed as i32, &ctx.id).await?;
+        let result = enqueue_tick(&mut tx, spec, &s, tick, RunOutcome::Enqueued, missed as i32, &ctx.id).await?;
         match result {
             TickResult::Enqueued(job_id) => {
                 tracing::info!(schedule = %s.name, %tick, %job_id, ticks_missed = missed, "enqueued scheduled job");
+                s.last_job_id = Some(job_id.clone());
                 last_job = Some(job_id);
             }
             TickResult::Skipped => {
@@ -119,7 +132,7 @@ async fn run_schedule(
             }
         }
     }
-    store::record_tick(&mut tx, s, last_tick, last_job.as_deref(), next).await?;
+    store::record_tick(&mut tx, &s, last_tick, last_job.as_deref(), next).await?;
     tx.commit().await?;
     Ok(next)
 }

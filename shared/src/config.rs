@@ -202,6 +202,23 @@ impl Config {
                 ),
             });
         }
+        let scheduler = SchedulerConfig {
+            poll_interval: millis(&get, "DKL_SCHEDULER_POLL_MS", SchedulerConfig::default().poll_interval, 50, 60_000)?,
+            leader_retry: millis(&get, "DKL_SCHEDULER_LEADER_RETRY_MS", SchedulerConfig::default().leader_retry, 50, 60_000)?,
+            leader_stale_after: secs(&get, "DKL_SCHEDULER_LEADER_STALE_SECS", SchedulerConfig::default().leader_stale_after, 2, 3600)?,
+        };
+        // A healthy leader updates its heartbeat once per pass and sleeps up
+        // to a poll interval between passes.
+        if scheduler.leader_stale_after < scheduler.poll_interval * 3 {
+            return Err(ConfigError {
+                var: "DKL_SCHEDULER_LEADER_STALE_SECS",
+                value: scheduler.leader_stale_after.as_secs().to_string(),
+                expected: format!(
+                    "at least three times DKL_SCHEDULER_POLL_MS ({} ms), or an idle, healthy leader would be deposed",
+                    scheduler.poll_interval.as_millis()
+                ),
+            });
+        }
         Ok(Self {
             database_url,
             db_max_connections: number(&get, "DKL_DB_MAX_CONNECTIONS", 20, 2, 500)? as u32,
@@ -217,11 +234,7 @@ impl Config {
                 }
             },
             jobs,
-            scheduler: SchedulerConfig {
-                poll_interval: millis(&get, "DKL_SCHEDULER_POLL_MS", SchedulerConfig::default().poll_interval, 50, 60_000)?,
-                leader_retry: millis(&get, "DKL_SCHEDULER_LEADER_RETRY_MS", SchedulerConfig::default().leader_retry, 50, 60_000)?,
-                leader_stale_after: secs(&get, "DKL_SCHEDULER_LEADER_STALE_SECS", SchedulerConfig::default().leader_stale_after, 2, 3600)?,
-            },
+            scheduler,
             http_addr: parse_http_addr(get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR))?,
         })
     }
@@ -433,6 +446,13 @@ mod tests {
         assert_eq!(parse_age("0h"), None);
         let e = with(&[("DKL_PRUNE_DONE_AFTER", "1 week")]).unwrap_err();
         assert_eq!(e.var, "DKL_PRUNE_DONE_AFTER");
+    }
+
+    #[test]
+    fn leader_staleness_must_outlast_polls() {
+        let e = with(&[("DKL_SCHEDULER_POLL_MS", "20000"), ("DKL_SCHEDULER_LEADER_STALE_SECS", "30")]).unwrap_err();
+        assert_eq!(e.var, "DKL_SCHEDULER_LEADER_STALE_SECS");
+        assert!(with(&[("DKL_SCHEDULER_POLL_MS", "10000"), ("DKL_SCHEDULER_LEADER_STALE_SECS", "30")]).is_ok());
     }
 
     #[test]

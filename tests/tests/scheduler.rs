@@ -64,6 +64,8 @@ async fn database_and_scheduler_accept_the_same_cron_dialect(pool: PgPool) {
         ("0 0 12-8 * * *", "hour range \"12-8\" runs backwards"),
         ("0 */0 * * * *", "minute step \"/0\" must be 1-59"),
         ("0 0 0 * * FRY", "\"FRY\" is not a valid day-of-week value"),
+        ("*,5 * * * * *", "mixes * or ? into a list"),
+        ("0 0 0 ? * ?,1", "mixes * or ? into a list"),
     ] {
         let err = sqlx::query("INSERT INTO job_schedules (name, cron, job_kind) VALUES ('bad', $1, 'ping')")
             .bind(bad)
@@ -380,4 +382,27 @@ async fn status_views_name_every_state(pool: PgPool) {
     assert_eq!((q.queue.as_str(), q.pending, q.scheduled, q.cancelled, q.running), ("default", 1, 2, 1, 0));
     assert!(q.oldest_pending_age_s > 0.0);
     assert_eq!(q.finished_last_5m, 1, "the cancelled job finished just now");
+}
+
+#[sqlx::test(migrations = false)]
+async fn skip_if_running_holds_within_a_catch_up_pass(pool: PgPool) {
+    setup(&pool).await;
+    add_schedule(&pool, "fetch-like", "* * * * * *", "ping", serde_json::json!({})).await;
+    sqlx::query(
+        "UPDATE job_schedules SET catch_up = 'every', skip_if_running = true,
+                next_run_at = date_trunc('second', now()) - interval '5 seconds'
+          WHERE name = 'fetch-like'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // No worker: the first job stays pending, so every later tick is skipped.
+    let scheduler = start_scheduler(&pool);
+    wait_for(T, "the catch-up and two more ticks", || async { (runs(&pool, "fetch-like").await.len() >= 8).then_some(()) }).await;
+    scheduler.stop().await;
+    let runs = runs(&pool, "fetch-like").await;
+    let enqueued = runs.iter().filter(|r| r.outcome == "enqueued").count();
+    assert_eq!(enqueued, 1, "one job while it is pending, the rest skipped: {runs:?}");
+    assert_eq!(job_count(&pool).await, 1);
+    assert!(runs.iter().filter(|r| r.outcome == "skipped").all(|r| r.job_id.is_none()));
 }

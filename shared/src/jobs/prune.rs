@@ -37,8 +37,9 @@ pub fn register(registry: &mut Registry, pool: PgPool, done_after: Duration, dis
             let done = job.done_after_secs.map_or(done_after, Duration::from_secs);
             let discarded = job.discarded_after_secs.map_or(discarded_after, Duration::from_secs);
             let pruned = store::prune(&pool, done, discarded).await.map_err(JobError::retryable)?;
-            // Tick records only need to outlive the jobs they point at.
-            let runs = crate::schedules::store::prune_runs(&pool, done).await.map_err(JobError::retryable)?;
+            // Tick records only need to outlive the jobs they point at:
+            // the schedule link of a discarded job stays as long as the job.
+            let runs = crate::schedules::store::prune_runs(&pool, done.max(discarded)).await.map_err(JobError::retryable)?;
             tracing::info!(done = pruned.done, discarded = pruned.discarded, workers = pruned.workers, schedule_runs = runs, "pruned finished jobs");
             // Not fatal: the rows are gone; only the space reuse waits.
             if let Err(e) = store::vacuum_jobs(&pool).await {

@@ -6,9 +6,9 @@
 //! conversions (ticks are wall-clock times in the schedule's zone, stored as
 //! UTC instants).
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, FixedOffset, Offset, SubsecRound, TimeZone, Utc};
 use chrono_tz::Tz;
-use croner::Cron;
+use croner::{Cron, JobType};
 use croner::parser::{CronParser, Seconds, Year};
 
 /// Why a schedule's timing cannot be used.
@@ -56,33 +56,95 @@ impl CronSchedule {
     }
 
     /// The first tick strictly after `t`.
+    ///
+    /// Daylight saving follows croner's rules for fixed-time expressions
+    /// (a time skipped in spring runs at the first time after the gap; a time
+    /// that occurs twice in autumn runs once). Interval expressions (a `*` or
+    /// step in the hour field, like `0 */5 * * * *`) tick by real time through
+    /// both transitions: no tick in the skipped hour, ticks in both copies of
+    /// the repeated hour. Always later than `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
-        self.cron
-            .find_next_occurrence(&whole_seconds(t).with_timezone(&self.tz), false)
-            .map(|d| d.with_timezone(&Utc))
-            .map_err(|_| CronError::NeverMatches(self.expr.clone()))
+        let t = whole_seconds(t);
+        match self.cron.determine_job_type() {
+            JobType::FixedTime => self.next_fixed_time(t),
+            JobType::IntervalWildcard => self.next_by_real_time(t),
+        }
     }
 
-    /// The latest tick at or before `t`.
+    fn never(&self) -> CronError {
+        CronError::NeverMatches(self.expr.clone())
+    }
+
+    /// croner's own search, except that it answers the earlier copy of a
+    /// repeated local time even when `t` is already past it; then look on
+    /// from the later copy (a fixed-time job runs once).
+    fn next_fixed_time(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
+        let mut from = t;
+        for _ in 0..4 {
+            let found = self.cron.find_next_occurrence(&from.with_timezone(&self.tz), false).map_err(|_| self.never())?;
+            let found_utc = found.with_timezone(&Utc);
+            if found_utc > t {
+                return Ok(found_utc);
+            }
+            let later_copy = self.tz.from_local_datetime(&found.naive_local()).latest().ok_or_else(|| self.never())?;
+            from = later_copy.with_timezone(&Utc).max(from + chrono::Duration::seconds(1));
+        }
+        Err(self.never())
+    }
+
+    /// Searches with the UTC offset in force at `from` held fixed; if the
+    /// answer lies past an offset change, searches again from the change.
+    fn next_by_real_time(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
+        let mut from = t;
+        for _ in 0..8 {
+            // The search starts one second after `from`.
+            let offset = self.offset_at(from + chrono::Duration::seconds(1));
+            let found = self
+                .cron
+                .find_next_occurrence(&from.with_timezone(&offset), false)
+                .map_err(|_| self.never())?
+                .with_timezone(&Utc);
+            if self.offset_at(found) == offset {
+                return Ok(found);
+            }
+            from = self.offset_change_after(from, found) - chrono::Duration::seconds(1);
+        }
+        Err(self.never())
+    }
+
+    fn offset_at(&self, t: DateTime<Utc>) -> FixedOffset {
+        self.tz.offset_from_utc_datetime(&t.naive_utc()).fix()
+    }
+
+    /// The first second in `(lo, hi]` whose offset differs from `lo`'s.
+    fn offset_change_after(&self, mut lo: DateTime<Utc>, mut hi: DateTime<Utc>) -> DateTime<Utc> {
+        let offset = self.offset_at(lo);
+        while hi - lo > chrono::Duration::seconds(1) {
+            let mid = lo + (hi - lo) / 2;
+            if self.offset_at(mid) == offset { lo = mid } else { hi = mid }
+        }
+        whole_seconds(hi)
+    }
+
+    /// The latest tick at or before `t` (croner's search; near a daylight
+    /// saving change it may answer an earlier tick, which callers accept:
+    /// they only use it to stamp a catch-up run).
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
         self.cron
             .find_previous_occurrence(&whole_seconds(t).with_timezone(&self.tz), true)
             .map(|d| d.with_timezone(&Utc))
-            .map_err(|_| CronError::NeverMatches(self.expr.clone()))
+            .map_err(|_| self.never())
     }
 
-    /// Ticks in `[from, to]`, at most `limit`.
-    pub fn ticks_between(
+    /// `first` (a tick) and the ticks after it up to `to`, at most `limit`.
+    pub fn ticks_from(
         &self,
-        from: DateTime<Utc>,
+        first: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<DateTime<Utc>>, CronError> {
         let mut ticks = Vec::new();
-        let mut t = self.cron
-            .find_next_occurrence(&whole_seconds(from).with_timezone(&self.tz), true)
-            .map_err(|_| CronError::NeverMatches(self.expr.clone()))?
-            .with_timezone(&Utc);
+        let mut t = first;
         while t <= to && ticks.len() < limit {
             ticks.push(t);
             t = self.next_after(t)?;
@@ -131,29 +193,72 @@ mod tests {
     }
 
     #[test]
-    fn ticks_between_is_inclusive_and_capped() {
+    fn ticks_from_is_inclusive_and_capped() {
         let c = CronSchedule::parse("*/1 * * * * *", "UTC").unwrap();
         let from = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let to = from + chrono::Duration::seconds(9);
-        assert_eq!(c.ticks_between(from, to, 100).unwrap().len(), 10);
-        assert_eq!(c.ticks_between(from, to, 3).unwrap().len(), 3);
+        assert_eq!(c.ticks_from(from, to, 100).unwrap().len(), 10);
+        assert_eq!(c.ticks_from(from, to, 3).unwrap().len(), 3);
+    }
+
+    // Amsterdam 2026: summer time ends 25 Oct at 01:00Z (03:00 CEST → 02:00
+    // CET, so 02:00–03:00 local happens twice), and starts 29 Mar at 01:00Z
+    // (02:00 CET → 03:00 CEST, so 02:00–03:00 local does not exist).
+    const AMS: &str = "Europe/Amsterdam";
+
+    #[test]
+    fn autumn_interval_ticks_run_through_both_copies_of_the_repeated_hour() {
+        let c = CronSchedule::parse("0 * * * * *", AMS).unwrap();
+        assert_eq!(c.next_after(utc("2026-10-25T00:59:30Z")).unwrap(), utc("2026-10-25T01:00:00Z"));
+        // Inside the second copy: the next minute, not a time already past.
+        assert_eq!(c.next_after(utc("2026-10-25T01:10:00Z")).unwrap(), utc("2026-10-25T01:11:00Z"));
+        let ticks = c.ticks_from(utc("2026-10-25T00:00:00Z"), utc("2026-10-25T02:59:00Z"), 1000).unwrap();
+        assert_eq!(ticks.len(), 180, "one tick per real minute for three hours");
     }
 
     #[test]
-    fn bad_input_is_named() {
-        let e = CronSchedule::parse("0 0 * * *", "UTC").unwrap_err();
-        assert!(e.to_string().contains("\"0 0 * * *\": it has 5 fields"), "{e}");
-        let e = CronSchedule::parse("0 0 0 * * *", "Mars/Base").unwrap_err();
-        assert_eq!(e, CronError::TimeZone("Mars/Base".into()));
-        assert!(CronSchedule::parse("0 70 * * * *", "UTC").is_err());
+    fn autumn_fixed_time_runs_once_and_never_goes_back() {
+        let c = CronSchedule::parse("0 30 2 * * *", AMS).unwrap();
+        // Before the first 02:30 (CEST): that one.
+        assert_eq!(c.next_after(utc("2026-10-25T00:00:00Z")).unwrap(), utc("2026-10-25T00:30:00Z"));
+        // Past the first, inside the repeated hour: tomorrow, not back in time.
+        assert_eq!(c.next_after(utc("2026-10-25T01:10:00Z")).unwrap(), utc("2026-10-26T01:30:00Z"));
+        assert_eq!(c.next_after(utc("2026-10-25T00:30:00Z")).unwrap(), utc("2026-10-26T01:30:00Z"));
+    }
+
+    #[test]
+    fn spring_fixed_time_in_the_skipped_hour_runs_after_the_gap() {
+        let c = CronSchedule::parse("0 30 2 * * *", AMS).unwrap();
+        assert_eq!(c.next_after(utc("2026-03-29T00:00:00Z")).unwrap(), utc("2026-03-29T01:00:00Z"));
+        assert_eq!(c.next_after(utc("2026-03-29T01:00:00Z")).unwrap(), utc("2026-03-30T00:30:00Z"));
+    }
+
+    #[test]
+    fn spring_interval_ticks_skip_the_missing_hour() {
+        let c = CronSchedule::parse("0 */30 * * * *", AMS).unwrap();
+        assert_eq!(c.next_after(utc("2026-03-29T00:45:00Z")).unwrap(), utc("2026-03-29T01:00:00Z"));
+        assert_eq!(c.next_after(utc("2026-03-29T01:00:00Z")).unwrap(), utc("2026-03-29T01:30:00Z"));
+    }
+
+    #[test]
+    fn next_is_always_later_around_both_changes() {
+        for expr in ["0 * * * * *", "0 30 2 * * *", "0 0 * * * *", "0 15 2 * * *", "0 */15 * * * *", "*/20 * 2 * * *"] {
+            let c = CronSchedule::parse(expr, AMS).unwrap();
+            for (from, until) in [("2026-03-28T22:00:00Z", "2026-03-29T04:00:00Z"), ("2026-10-24T22:00:00Z", "2026-10-25T04:00:00Z")] {
+                let (mut t, until) = (utc(from), utc(until));
+                while t < until {
+                    let n = c.next_after(t).unwrap();
+                    assert!(n > t, "{expr}: next after {t} was {n}");
+                    t = n;
+                }
+            }
+        }
     }
 
     #[test]
     fn an_impossible_date_is_reported_not_searched_for_ever() {
         let c = CronSchedule::parse("0 0 0 31 2 *", "UTC").unwrap();
-        let started = std::time::Instant::now();
         assert_eq!(c.next_after(utc("2026-11-23T00:00:00Z")), Err(CronError::NeverMatches("0 0 0 31 2 *".into())));
-        eprintln!("impossible date judged in {:?}", started.elapsed());
     }
 
     /// Every expression the database's `dkl_cron_check` accepts must parse

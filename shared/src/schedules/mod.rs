@@ -38,6 +38,8 @@ pub const DIALECT_EXAMPLES: &[&str] = &[
     "0 0 8-18/2 * * 1-5",
     "0 0 0 1-7 JAN-DEC/3 *",
     "0,30 * * * * *",
+    "0 0 9 * * MON-SUN",
+    "0 0 9 * * FRI-SUN",
 ];
 
 /// Why a tick could not be enqueued.

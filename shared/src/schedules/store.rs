@@ -430,7 +430,7 @@ pub async fn depose_stale_leader(conn: &mut PgConnection, stale_after: Duration)
           WHERE l.locktype = 'advisory' AND l.granted
             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2
-            AND l.pid <> pg_backend_pid()
+            AND l.pid <> pg_backend_pid() AND l.pid = s.backend_pid
             AND s.heartbeat_at < clock_timestamp() - make_interval(secs => $3)",
     )
     .bind(LEADER_LOCK.0)
@@ -443,9 +443,10 @@ pub async fn depose_stale_leader(conn: &mut PgConnection, stale_after: Duration)
 /// Writes this scheduler into `scheduler_leader`.
 pub async fn claim_leader_row(conn: &mut PgConnection, scheduler_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO scheduler_leader (only_row, scheduler_id, since, heartbeat_at)
-         VALUES (true, $1, now(), now())
-         ON CONFLICT (only_row) DO UPDATE SET scheduler_id = $1, since = now(), heartbeat_at = now()",
+        "INSERT INTO scheduler_leader (only_row, scheduler_id, backend_pid, since, heartbeat_at)
+         VALUES (true, $1, pg_backend_pid(), now(), now())
+         ON CONFLICT (only_row) DO UPDATE
+            SET scheduler_id = $1, backend_pid = pg_backend_pid(), since = now(), heartbeat_at = now()",
     )
     .bind(scheduler_id)
     .execute(conn)
