@@ -37,7 +37,6 @@ use dkl_shared::config::SchedulerConfig;
 use dkl_shared::jobs::Catalog;
 use dkl_shared::schedules::store::CHANGED_CHANNEL;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -98,43 +97,10 @@ impl Scheduler {
     }
 }
 
-/// Wakes the loops when a schedule or admin row changes. Lost notifications
-/// (while reconnecting) only delay work until the next poll.
+/// Wakes the loops when a schedule or admin row changes (and after every
+/// reconnect). Lost notifications only delay work until the next poll.
 async fn listen(pool: PgPool, wakers: Vec<Arc<Notify>>, stop: CancellationToken) {
-    let wake_all = || wakers.iter().for_each(|w| w.notify_one());
-    loop {
-        let mut listener = match connect_listener(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for schedule changes; polling meanwhile, retrying in 1s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stop.cancelled() => return,
-                }
-            }
-        };
-        loop {
-            let note = tokio::select! {
-                n = listener.try_recv() => n,
-                _ = stop.cancelled() => return,
-            };
-            match note {
-                Ok(Some(_)) => wake_all(),
-                // Reconnected: something may have changed meanwhile.
-                Ok(None) => wake_all(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN for schedule changes failed; reconnecting");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANGED_CHANNEL).await?;
-    Ok(listener)
+    dkl_shared::db::listen(&pool, &[CHANGED_CHANNEL], &stop, |_| wakers.iter().for_each(|w| w.notify_one())).await;
 }
 
 /// How long to sleep for something due in `secs` seconds, at most `cap`.

@@ -110,3 +110,62 @@ pub async fn ensure_migrated(pool: &PgPool) -> Result<(), DbError> {
     }
     Ok(())
 }
+
+/// Calls `on_note` for each notification on `channels` until `stop`, and with
+/// `None` after every (re)connect: notifications sent while no connection
+/// listened are lost, so callers then look at everything. Faults are logged
+/// and the connection retried each second; LISTEN only makes pickup fast,
+/// polling is what makes it certain.
+pub async fn listen(
+    pool: &PgPool,
+    channels: &[&str],
+    stop: &tokio_util::sync::CancellationToken,
+    mut on_note: impl FnMut(Option<&sqlx::postgres::PgNotification>),
+) {
+    let pause = async || {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = stop.cancelled() => true,
+        }
+    };
+    loop {
+        let mut listener = match connect_listener(pool, channels).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, ?channels, "cannot LISTEN; polling meanwhile, retrying in 1s");
+                if pause().await {
+                    return;
+                }
+                continue;
+            }
+        };
+        on_note(None);
+        loop {
+            let note = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = stop.cancelled() => return,
+            };
+            match note {
+                Ok(Some(n)) => on_note(Some(&n)),
+                // sqlx reconnected by itself; whatever was sent meanwhile is gone.
+                Ok(None) => {
+                    tracing::warn!(?channels, "LISTEN connection lost and re-established");
+                    on_note(None);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?channels, "LISTEN failed; reconnecting in 1s");
+                    if pause().await {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn connect_listener(pool: &PgPool, channels: &[&str]) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen_all(channels.iter().copied()).await?;
+    Ok(listener)
+}

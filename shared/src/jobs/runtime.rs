@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use apalis_core::task::Task;
 use apalis_core::worker::builder::WorkerBuilder;
-use sqlx::postgres::PgListener;
 use sqlx::{ConnectOptions, PgConnection, PgPool};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -284,60 +283,23 @@ impl tower::Service<Task<Claimed>> for AttemptService {
 }
 
 /// Wakes fetchers on new-job notifications and signals cancelled jobs.
-async fn listen(
-    shared: Arc<Shared>,
-    wakers: HashMap<String, Arc<Notify>>,
-    stop: CancellationToken,
-) {
-    let wake_all = || wakers.values().for_each(|w| w.notify_one());
-    let mut listener = loop {
-        match connect_listener(&shared.pool).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot LISTEN for new jobs; polling meanwhile, retrying in 1s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    _ = stop.cancelled() => return,
-                }
-            }
-        }
-    };
-    loop {
-        let note = tokio::select! {
-            n = listener.try_recv() => n,
-            _ = stop.cancelled() => return,
-        };
-        match note {
-            Ok(Some(n)) if n.channel() == store::CANCEL_CHANNEL => shared.cancels.signal(n.payload()),
-            // A job became pending in this queue: its idle fetcher looks again
-            // (or recomputes how long to sleep, if the job is due later).
-            Ok(Some(n)) if n.channel() == store::SCHEDULED_CHANNEL => {
-                if let Some(w) = wakers.get(n.payload()) {
-                    w.notify_one();
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                tracing::warn!("LISTEN connection lost; reconnecting (jobs inserted meanwhile are found by polling)");
-                wake_all();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "LISTEN failed; retrying in 1s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    _ = stop.cancelled() => return,
-                }
-            }
-        }
-    }
-}
-
-async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+async fn listen(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, stop: CancellationToken) {
     // Not apalis's insert channel: it names the kind, not the queue, and our
     // trigger announces every pending job with its queue.
-    listener.listen_all([store::SCHEDULED_CHANNEL, store::CANCEL_CHANNEL]).await?;
-    Ok(listener)
+    let channels = [store::SCHEDULED_CHANNEL, store::CANCEL_CHANNEL];
+    crate::db::listen(&shared.pool, &channels, &stop, |note| match note {
+        Some(n) if n.channel() == store::CANCEL_CHANNEL => shared.cancels.signal(n.payload()),
+        // A job became pending in this queue: its idle fetcher looks again
+        // (or recomputes how long to sleep, if the job is due later).
+        Some(n) => {
+            if let Some(w) = wakers.get(n.payload()) {
+                w.notify_one();
+            }
+        }
+        // (Re)connected: jobs enqueued meanwhile are found by looking.
+        None => wakers.values().for_each(|w| w.notify_one()),
+    })
+    .await;
 }
 
 /// Keeps this process's `apalis.workers` row fresh, rescues jobs of silent
