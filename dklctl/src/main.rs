@@ -111,6 +111,16 @@ enum Command {
     },
     /// List the recurring schedules and who leads the schedulers.
     Schedules,
+    /// Stop a schedule from ticking (job_schedules.enabled = false).
+    Pause {
+        /// job_schedules.name.
+        schedule: String,
+    },
+    /// Let a paused schedule tick again, from its next tick after now.
+    Resume {
+        /// job_schedules.name.
+        schedule: String,
+    },
     /// Enqueue a schedule's job now, outside its timing (works when disabled too).
     RunNow {
         /// job_schedules.name, e.g. prune-jobs.
@@ -205,6 +215,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{job:#?}");
         }
         Command::Schedules => status::print_schedules(&pool).await?,
+        Command::Pause { schedule } => set_enabled(&pool, &schedule, false).await?,
+        Command::Resume { schedule } => set_enabled(&pool, &schedule, true).await?,
         Command::RunNow { schedule } => {
             let job_id = schedules::run_now(&pool, &catalog::standard(), &schedule, &whoami()).await?;
             println!("{job_id}");
@@ -237,6 +249,15 @@ fn known_queue(kind: &str) -> &'static str {
 /// Who runs this command, for `created_by`.
 fn whoami() -> String {
     std::env::var("USER").ok().filter(|u| !u.is_empty()).map_or_else(|| "dklctl".into(), |u| format!("{u} (dklctl)"))
+}
+
+/// Pauses or resumes a schedule.
+async fn set_enabled(pool: &sqlx::PgPool, name: &str, enabled: bool) -> anyhow::Result<()> {
+    if !schedules::store::set_enabled(pool, name, enabled).await? {
+        anyhow::bail!("no schedule named `{name}`; `dklctl schedules` lists them");
+    }
+    println!("{name}: {}", if enabled { "resumed; it ticks from its next time after now" } else { "paused" });
+    Ok(())
 }
 
 /// Cancels a job by id, or an admin row by UUID.

@@ -89,6 +89,14 @@ async fn scheduling_commands_do_what_they_say(pool: PgPool) {
     let job = stdout(&dklctl(&url, &["run-now", "prune-jobs"]));
     let listed = stdout(&dklctl(&url, &["jobs", "--schedule", "prune-jobs"]));
     assert!(listed.contains(&job) && listed.contains("schedule prune-jobs"), "{listed}");
+    assert!(stdout(&dklctl(&url, &["pause", "fetch-mail"])).contains("paused"));
+    let enabled: bool = sqlx::query_scalar("SELECT enabled FROM job_schedules WHERE name = 'fetch-mail'").fetch_one(&pool).await.unwrap();
+    assert!(!enabled);
+    assert!(stdout(&dklctl(&url, &["resume", "fetch-mail"])).contains("resumed"));
+    let (enabled, next): (bool, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT enabled, next_run_at FROM job_schedules WHERE name = 'fetch-mail'").fetch_one(&pool).await.unwrap();
+    assert!(enabled && next.is_none(), "resuming starts from the next tick after now");
+    assert!(String::from_utf8_lossy(&dklctl(&url, &["pause", "nope"]).stderr).contains("no schedule named `nope`"));
     let unknown = dklctl(&url, &["run-now", "prune-job"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no schedule named `prune-job`"));
 

@@ -406,3 +406,42 @@ async fn skip_if_running_holds_within_a_catch_up_pass(pool: PgPool) {
     assert_eq!(job_count(&pool).await, 1);
     assert!(runs.iter().filter(|r| r.outcome == "skipped").all(|r| r.job_id.is_none()));
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_leader_that_loses_its_connection_is_replaced_without_doubling_a_tick(pool: PgPool) {
+    setup(&pool).await;
+    add_schedule(&pool, "every-second", "* * * * * *", "ping", serde_json::json!({})).await;
+    let s1 = start_scheduler(&pool);
+    let s2 = start_scheduler(&pool);
+    wait_for(T, "three ticks", || async { (runs(&pool, "every-second").await.len() >= 3).then_some(()) }).await;
+
+    let old_pid: i32 = sqlx::query_scalar("SELECT backend_pid FROM scheduler_leader").fetch_one(&pool).await.unwrap();
+    let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(old_pid).fetch_one(&pool).await.unwrap();
+    assert!(cut);
+    let cut_at = Utc::now();
+    wait_for(Duration::from_secs(5), "a leader on a new connection", || async {
+        let pid: Option<i32> = sqlx::query_scalar("SELECT backend_pid FROM scheduler_leader").fetch_optional(&pool).await.unwrap();
+        pid.filter(|p| *p != old_pid)
+    })
+    .await;
+    let before = runs(&pool, "every-second").await.len();
+    wait_for(T, "ticks under the new leader", || async {
+        (runs(&pool, "every-second").await.len() >= before + 2).then_some(())
+    })
+    .await;
+    s1.stop().await;
+    s2.stop().await;
+
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM apalis.jobs GROUP BY metadata -> 'tick' HAVING count(*) > 1) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(doubled, 0);
+    // Every second from the first tick to the last is accounted for.
+    let r = runs(&pool, "every-second").await;
+    let span = (r.last().unwrap().tick_at - r[0].tick_at).num_seconds() + 1;
+    let missed: i64 = r.iter().map(|x| i64::from(x.ticks_missed)).sum();
+    assert_eq!(r.len() as i64 + missed, span, "cut at {cut_at}: {r:?}");
+}

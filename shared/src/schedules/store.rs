@@ -74,6 +74,18 @@ pub async fn all_schedules(executor: impl PgExecutor<'_>) -> Result<Vec<Schedule
     sqlx::query_as(concat!("SELECT ", schedule_columns!(), " FROM job_schedules ORDER BY name")).fetch_all(executor).await
 }
 
+/// Enables or disables a schedule by name; false if there is none. (Enabling
+/// makes the scheduler compute the next tick from now: see the trigger.)
+pub async fn set_enabled(executor: impl PgExecutor<'_>, name: &str, enabled: bool) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("UPDATE job_schedules SET enabled = $2 WHERE name = $1")
+        .bind(name)
+        .bind(enabled)
+        .execute(executor)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
 /// One schedule by name, locked for the rest of the transaction.
 pub async fn schedule_for_update(conn: &mut PgConnection, name: &str) -> Result<Option<Schedule>, sqlx::Error> {
     sqlx::query_as(concat!("SELECT ", schedule_columns!(), " FROM job_schedules WHERE name = $1 FOR UPDATE"))
