@@ -247,6 +247,7 @@ CREATE TABLE scheduled_jobs (
     rejected_reason TEXT,
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT scheduled_jobs_run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT scheduled_jobs_enqueued_has_job CHECK ((status = 'enqueued') = (job_id IS NOT NULL)),
     CONSTRAINT scheduled_jobs_rejected_has_reason CHECK ((status = 'rejected') = (rejected_reason IS NOT NULL))
 );

@@ -16,7 +16,7 @@ use sqlx::PgConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Ctx, sleep_for};
+use crate::{Ctx, bounded, sleep_for};
 
 /// Rows taken per transaction.
 pub const BATCH: i64 = 100;
@@ -24,9 +24,9 @@ pub const BATCH: i64 = 100;
 /// Takes due rows until shutdown.
 pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
-        let pause = match take_due(&ctx).await {
+        let pause = match bounded(ctx.step_limit(), take_due(&ctx)).await {
             Ok(n) if n as i64 >= BATCH => Duration::ZERO,
-            Ok(taken) => match store::next_scheduled_job_due_in(&ctx.pool).await {
+            Ok(taken) => match bounded(ctx.step_limit(), store::next_scheduled_job_due_in(&ctx.pool)).await {
                 // Due rows we could not take are locked by another scheduler
                 // (or an admin's open transaction): look again after a poll,
                 // not at once, or this loop would spin until they are free.

@@ -19,7 +19,7 @@ use sqlx::{ConnectOptions, PgConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Ctx, recurring, sleep_for};
+use crate::{Ctx, StepError, bounded, recurring, sleep_for};
 
 /// Competes for leadership until shutdown; leads whenever it wins.
 pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: CancellationToken) {
@@ -36,18 +36,25 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: Cancellation
                 }
             },
         };
-        match store::try_leader_lock(&mut conn).await {
+        match bounded(ctx.step_limit(), store::try_leader_lock(&mut conn)).await {
             Ok(true) => lead(&ctx, conn, &wake, &shutdown).await,
             Ok(false) => {
-                match store::depose_stale_leader(&mut conn, ctx.config.leader_stale_after).await {
-                    Ok(true) => tracing::warn!(
-                        stale_after_s = ctx.config.leader_stale_after.as_secs(),
-                        "the leading scheduler stopped making progress; disconnected it to take over"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot check the leader's heartbeat"),
+                match bounded(ctx.step_limit(), store::depose_stale_leader(&mut conn, ctx.config.leader_stale_after)).await {
+                    Ok(true) => {
+                        tracing::warn!(
+                            stale_after_s = ctx.config.leader_stale_after.as_secs(),
+                            "the leading scheduler stopped making progress; disconnected it to take over"
+                        );
+                        candidate = Some(conn);
+                    }
+                    Ok(false) => candidate = Some(conn),
+                    // A connection that does not answer is dropped, not kept.
+                    Err(StepError::Stalled(_)) => tracing::warn!("candidate connection does not answer; reconnecting"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check the leader's heartbeat");
+                        candidate = Some(conn);
+                    }
                 }
-                candidate = Some(conn);
             }
             Err(e) => tracing::warn!(error = %e, "cannot try the leader lock; reconnecting"),
         }
@@ -81,7 +88,8 @@ async fn connect(ctx: &Ctx) -> Result<PgConnection, sqlx::Error> {
 /// Leads on `conn` (which holds the lock) until the connection fails or
 /// shutdown; dropping `conn` gives the lock up.
 async fn lead(ctx: &Ctx, mut conn: PgConnection, wake: &Notify, shutdown: &CancellationToken) {
-    if let Err(e) = store::claim_leader_row(&mut conn, &ctx.id).await {
+    let limit = ctx.step_limit();
+    if let Err(e) = bounded(limit, store::claim_leader_row(&mut conn, &ctx.id)).await {
         tracing::warn!(error = %e, "won the leader lock but cannot record it; giving it up");
         return;
     }
@@ -89,11 +97,11 @@ async fn lead(ctx: &Ctx, mut conn: PgConnection, wake: &Notify, shutdown: &Cance
     let mut bad = recurring::BadSchedules::default();
     tracing::info!(scheduler_id = %ctx.id, "this scheduler now leads: it enqueues recurring jobs");
     loop {
-        let now = match store::leader_heartbeat(&mut conn, &ctx.id).await {
+        let now = match bounded(limit, store::leader_heartbeat(&mut conn, &ctx.id)).await {
             Ok(Some(now)) => now,
             // Someone overwrote the row (an admin, or a leader whose session
             // the server had not yet ended): we hold the lock, so claim it.
-            Ok(None) => match store::claim_leader_row(&mut conn, &ctx.id).await {
+            Ok(None) => match bounded(limit, store::claim_leader_row(&mut conn, &ctx.id)).await {
                 Ok(()) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "lost the database connection; no longer leading");
@@ -118,8 +126,8 @@ async fn lead(ctx: &Ctx, mut conn: PgConnection, wake: &Notify, shutdown: &Cance
             _ = wake.notified() => {},
             _ = shutdown.cancelled() => {
                 // Hand over at once instead of after the session ends.
-                let _ = store::clear_leader_row(&mut conn, &ctx.id).await;
-                let _ = store::release_leader_lock(&mut conn).await;
+                let _ = bounded(limit, store::clear_leader_row(&mut conn, &ctx.id)).await;
+                let _ = bounded(limit, store::release_leader_lock(&mut conn)).await;
                 break;
             }
         }

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dkl_shared::config::SchedulerConfig;
-use dkl_shared::jobs::Catalog;
+use dkl_shared::jobs::{Catalog, EngineError};
 use dkl_shared::schedules::store::CHANGED_CHANNEL;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -47,6 +47,44 @@ pub(crate) struct Ctx {
     pub config: SchedulerConfig,
     pub id: String,
     pub leading: Arc<AtomicBool>,
+}
+
+impl Ctx {
+    /// The longest one database step may take before the scheduler treats
+    /// the connection as dead. Half the staleness limit, so a leader stuck
+    /// on a lost reply gives up before the others depose it.
+    pub(crate) fn step_limit(&self) -> Duration {
+        self.config.leader_stale_after / 2
+    }
+}
+
+/// Why a database step of the scheduler gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The database or the job engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// No reply in time: a reply lost to a network partition would otherwise
+    /// block the scheduler for good (sqlx has no client-side timeout).
+    #[error("no answer from the database within {0:?}; dropping the connection")]
+    Stalled(Duration),
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Engine(EngineError::Sql(e))
+    }
+}
+
+/// Runs one database step with a deadline.
+pub(crate) async fn bounded<T, E: Into<StepError>>(
+    limit: Duration,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, StepError> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(StepError::Stalled(limit)),
+    }
 }
 
 /// A scheduler process's work: leader election with recurring ticks, and
@@ -108,6 +146,7 @@ pub(crate) fn sleep_for(secs: Option<f64>, cap: Duration) -> Duration {
     match secs {
         // A millisecond late rather than a microsecond early: waking before
         // the due time would find nothing and sleep again.
+        Some(s) if !s.is_finite() => cap,
         Some(s) if s <= 0.0 => Duration::ZERO,
         Some(s) => Duration::from_secs_f64(s).saturating_add(Duration::from_millis(1)).min(cap),
         None => cap,

@@ -11,20 +11,20 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use dkl_shared::jobs::EngineError;
 use dkl_shared::schedules::store::{self, RunOutcome, Schedule};
 use dkl_shared::schedules::{CronSchedule, TickError, TickResult, enqueue_tick, resolve_schedule};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::Ctx;
+use crate::{Ctx, StepError, bounded};
 
 /// Missed ticks a `catch_up = 'every'` schedule enqueues per pass; the next
 /// pass follows at once, so a long backlog drains without one huge transaction.
 pub const MAX_CATCH_UP_PER_PASS: usize = 100;
 
-/// Missed ticks counted for `ticks_missed` (counting is all it is for).
-const MAX_TICKS_COUNTED: usize = 100_000;
+/// Missed ticks walked through for a `once` catch-up; past this many (a
+/// 1-second schedule down for ~3 hours) `ticks_missed` says "at least".
+const MAX_TICKS_COUNTED: usize = 10_000;
 
 /// How long a schedule found unusable is left alone before it is judged
 /// again (an admin's edit clears `last_error` and ends the wait at once).
@@ -44,35 +44,50 @@ pub(crate) async fn pass(
     ctx: &Ctx,
     now: DateTime<Utc>,
     bad: &mut BadSchedules,
-) -> Result<Option<DateTime<Utc>>, EngineError> {
+) -> Result<Option<DateTime<Utc>>, StepError> {
+    let limit = ctx.step_limit();
     let mut next_wake: Option<DateTime<Utc>> = None;
-    for s in store::enabled_schedules(conn).await? {
+    let mut beat = Instant::now();
+    for s in bounded(limit, store::enabled_schedules(conn)).await? {
+        // A long pass (rows an admin holds locked cost lock_timeout each)
+        // must not look like a frozen leader to the others.
+        if beat.elapsed() > ctx.config.leader_stale_after / 3 {
+            bounded(limit, store::leader_heartbeat(conn, &ctx.id)).await?;
+            beat = Instant::now();
+        }
         let recently_bad = bad.0.get(&s.id).is_some_and(|at| at.elapsed() < RECHECK_BAD_AFTER);
         if s.last_error.is_some() && recently_bad {
             continue;
         }
-        match run_schedule(conn, ctx, &s, now).await {
+        let Ok(result) = tokio::time::timeout(limit, run_schedule(conn, ctx, &s, now)).await else {
+            return Err(StepError::Stalled(limit));
+        };
+        match result {
             Ok(next) => {
                 bad.0.remove(&s.id);
                 next_wake = next_wake.min(Some(next)).or(Some(next));
             }
+            Err(TickError::Engine(e)) => skip_this_pass(&s, &e),
             Err(TickError::BadSchedule(msg)) => {
                 bad.0.insert(s.id, Instant::now());
-                if store::set_schedule_error(conn, s.id, &msg).await? {
-                    tracing::warn!(schedule = %s.name, error = %msg, "schedule cannot run; fix the row (see job_schedules.last_error)");
+                match bounded(limit, store::set_schedule_error(conn, s.id, &msg)).await {
+                    Ok(true) => tracing::warn!(schedule = %s.name, error = %msg, "schedule cannot run; fix the row (see job_schedules.last_error)"),
+                    Ok(false) => {}
+                    Err(StepError::Stalled(d)) => return Err(StepError::Stalled(d)),
+                    Err(e) => tracing::warn!(schedule = %s.name, error = %e, "cannot record why the schedule cannot run"),
                 }
-            }
-            // One schedule's database trouble (a row an admin holds locked
-            // past the leader connection's lock_timeout, a schedule deleted
-            // mid-pass) must not starve the others: skip it until the next
-            // pass (at most a poll interval away). A lost connection fails
-            // the next heartbeat and ends leadership.
-            Err(TickError::Engine(e)) => {
-                tracing::warn!(schedule = %s.name, error = %e, "schedule skipped this pass; retrying next pass");
             }
         }
     }
     Ok(next_wake)
+}
+
+/// One schedule's database trouble (a row an admin holds locked past the
+/// leader connection's lock_timeout, a schedule deleted mid-pass) must not
+/// starve the others: skip it until the next pass, at most a poll interval
+/// away. A lost connection fails the next heartbeat and ends leadership.
+fn skip_this_pass(s: &Schedule, e: &dyn std::fmt::Display) {
+    tracing::warn!(schedule = %s.name, error = %e, "schedule skipped this pass; retrying next pass");
 }
 
 /// Handles one schedule; returns its next due time.
@@ -97,11 +112,15 @@ async fn run_schedule(
     let (ticks, missed) = if s.catch_up == "every" {
         (cron.ticks_from(due, now, MAX_CATCH_UP_PER_PASS)?, 0)
     } else {
-        // `due` is a tick; near a daylight saving change croner's backward
-        // search can answer one before it, so never stamp earlier than `due`.
-        let latest = cron.latest_at_or_before(now)?.max(due);
-        let skipped = cron.ticks_from(due, latest, MAX_TICKS_COUNTED)?.len().saturating_sub(1);
-        (vec![latest], skipped)
+        // Walk forward from `due` (a tick) so the stamp is a real tick even
+        // next to a daylight saving change; after a very long downtime of a
+        // frequent schedule, ask croner for the latest tick instead.
+        let walked = cron.ticks_from(due, now, MAX_TICKS_COUNTED)?;
+        let latest = match walked.last() {
+            Some(last) if walked.len() < MAX_TICKS_COUNTED => *last,
+            _ => cron.latest_at_or_before(now)?.max(due),
+        };
+        (vec![latest], walked.len().saturating_sub(1))
     };
     let Some(&last_tick) = ticks.last().filter(|t| **t >= due) else {
         // `due` is not a tick of this expression any more; start afresh.

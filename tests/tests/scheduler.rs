@@ -175,6 +175,12 @@ async fn unknown_kind_and_bad_payload_are_rejected_visibly(pool: PgPool) {
     let reason = rows[1].rejected_reason.as_deref().unwrap();
     assert!(reason.contains("does not decode as job kind `ping`") && reason.contains("sleep_ms"), "{reason}");
     assert_eq!(rows[2].status, "enqueued", "a bad row must not block the good one");
+    let err = sqlx::query("INSERT INTO scheduled_jobs (job_kind, run_at) VALUES ('ping', 'infinity')")
+        .execute(&pool)
+        .await
+        .expect_err("a row that can never be due is refused")
+        .to_string();
+    assert!(err.contains("scheduled_jobs_run_at_finite"), "{err}");
     assert_eq!(job_count(&pool).await, 1);
     scheduler.stop().await;
 }

@@ -96,9 +96,12 @@ impl CronSchedule {
     /// answer lies past an offset change, searches again from the change.
     fn next_by_real_time(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
         let mut from = t;
-        for _ in 0..8 {
-            // The search starts one second after `from`.
-            let offset = self.offset_at(from + chrono::Duration::seconds(1));
+        // Each round crosses one offset change; rare expressions (29 February)
+        // can lie several changes ahead.
+        for _ in 0..MAX_OFFSET_CHANGES {
+            // The search covers the seconds from `start` on.
+            let start = from + chrono::Duration::seconds(1);
+            let offset = self.offset_at(start);
             let found = self
                 .cron
                 .find_next_occurrence(&from.with_timezone(&offset), false)
@@ -107,7 +110,7 @@ impl CronSchedule {
             if self.offset_at(found) == offset {
                 return Ok(found);
             }
-            from = self.offset_change_after(from, found) - chrono::Duration::seconds(1);
+            from = self.offset_change_after(start, found, offset) - chrono::Duration::seconds(1);
         }
         Err(self.never())
     }
@@ -116,11 +119,11 @@ impl CronSchedule {
         self.tz.offset_from_utc_datetime(&t.naive_utc()).fix()
     }
 
-    /// The first second in `(lo, hi]` whose offset differs from `lo`'s.
-    fn offset_change_after(&self, mut lo: DateTime<Utc>, mut hi: DateTime<Utc>) -> DateTime<Utc> {
-        let offset = self.offset_at(lo);
+    /// The first second in `(lo, hi]` whose offset is not `offset`, given
+    /// that `lo` has it and `hi` does not.
+    fn offset_change_after(&self, mut lo: DateTime<Utc>, mut hi: DateTime<Utc>, offset: FixedOffset) -> DateTime<Utc> {
         while hi - lo > chrono::Duration::seconds(1) {
-            let mid = lo + (hi - lo) / 2;
+            let mid = whole_seconds(lo + (hi - lo) / 2);
             if self.offset_at(mid) == offset { lo = mid } else { hi = mid }
         }
         whole_seconds(hi)
@@ -152,6 +155,10 @@ impl CronSchedule {
         Ok(ticks)
     }
 }
+
+/// Offset changes `next_after` crosses looking for a tick (eight years of
+/// twice-yearly daylight saving changes).
+const MAX_OFFSET_CHANGES: usize = 16;
 
 /// Ticks are whole seconds; croner keeps a start time's fraction, which
 /// would make every tick of `* * * * * *` "now" to the microsecond.
@@ -253,6 +260,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_second_before_an_offset_change_is_no_trap() {
+        // A list in the hour field makes this an interval expression.
+        let c = CronSchedule::parse("0 0 0,12 1 1 *", AMS).unwrap();
+        assert_eq!(c.next_after(utc("2026-03-29T00:59:59Z")).unwrap(), utc("2026-12-31T23:00:00Z"));
+        // Its only times fall in the skipped hour next spring: found the year after.
+        let c = CronSchedule::parse("0 0,30 2 29 3 *", AMS).unwrap();
+        let n = c.next_after(utc("2025-07-01T00:00:00Z")).unwrap();
+        assert!(n > utc("2025-07-01T00:00:00Z"), "{n}");
+        // 29 February, several changes ahead.
+        let c = CronSchedule::parse("0 0 0,12 29 2 *", AMS).unwrap();
+        assert_eq!(c.next_after(utc("2026-03-01T00:00:00Z")).unwrap(), utc("2028-02-28T23:00:00Z"));
     }
 
     #[test]

@@ -403,7 +403,8 @@ pub async fn delete_scheduled_jobs(executor: impl PgExecutor<'_>, ids: &[Uuid]) 
 /// the database clock.
 pub async fn next_scheduled_job_due_in(executor: impl PgExecutor<'_>) -> Result<Option<f64>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT extract(epoch FROM min(run_at) - clock_timestamp())::float8 FROM scheduled_jobs WHERE status = 'pending'",
+        "SELECT extract(epoch FROM min(run_at) - clock_timestamp())::float8 FROM scheduled_jobs
+          WHERE status = 'pending' AND isfinite(run_at)",
     )
     .fetch_one(executor)
     .await
