@@ -164,14 +164,7 @@ async fn a_frozen_leader_is_deposed_and_cannot_double_a_tick_when_it_wakes(pool:
         signal(&p.0, libc::SIGTERM);
         assert!(wait_exit(&mut p.0, Duration::from_secs(10)).success());
     }
-    let doubled: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM apalis.jobs WHERE metadata -> 'schedule' = 'every-second'
-                                GROUP BY metadata -> 'tick' HAVING count(*) > 1) d",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(doubled, 0, "a woken leader enqueued a tick again");
+    assert_eq!(dkl_tests::doubled_ticks(&pool, "every-second").await, 0, "a woken leader enqueued a tick again");
     let runs = store::runs_of(&pool, "every-second").await.unwrap();
     let leaders: std::collections::BTreeSet<_> = runs.iter().map(|r| r.scheduler_id.as_str()).collect();
     assert_eq!(leaders.len(), 2, "{leaders:?}");

@@ -163,3 +163,16 @@ pub fn start_scheduler(pool: &PgPool) -> RunningScheduler {
 pub async fn disable_default_schedules(pool: &PgPool) {
     sqlx::query("UPDATE job_schedules SET enabled = false").execute(pool).await.expect("disable schedules");
 }
+
+/// How many ticks of `schedule` have more than one job, counted from the job
+/// table's metadata (independent of the scheduler's own tick records).
+pub async fn doubled_ticks(pool: &PgPool, schedule: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM apalis.jobs WHERE metadata -> 'schedule' = $1
+                                GROUP BY metadata -> 'tick' HAVING count(*) > 1) d",
+    )
+    .bind(schedule)
+    .fetch_one(pool)
+    .await
+    .expect("count doubled ticks")
+}

@@ -438,13 +438,7 @@ async fn a_leader_that_loses_its_connection_is_replaced_without_doubling_a_tick(
     s1.stop().await;
     s2.stop().await;
 
-    let doubled: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM apalis.jobs GROUP BY metadata -> 'tick' HAVING count(*) > 1) d",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(doubled, 0);
+    assert_eq!(dkl_tests::doubled_ticks(&pool, "every-second").await, 0);
     // Every second from the first tick to the last is accounted for.
     let r = runs(&pool, "every-second").await;
     let span = (r.last().unwrap().tick_at - r[0].tick_at).num_seconds() + 1;

@@ -41,7 +41,7 @@
 //! |---|---|
 //! | failed jobs retried at once, back to back | backoff with jitter written to `run_at` ([`backoff`]) |
 //! | every error retried | [`JobError::Permanent`] discards at once; attempts used up discard too, keeping `last_error` |
-//! | new jobs seen at the 30 s heartbeat (or pubsub but then scheduled jobs wait) | NOTIFY wakes the queue's fetcher; an idle fetcher sleeps until the next job's due time or the poll interval, whichever is first |
+//! | new jobs seen at the 30 s heartbeat (or pubsub but then scheduled jobs wait) | our trigger NOTIFYs each job's queue as it becomes pending and wakes that queue's fetcher; an idle fetcher sleeps until the next job's due time or the poll interval, whichever is first |
 //! | a dead worker's jobs wait 300 s and lose an attempt | heartbeats every `DKL_HEARTBEAT_SECS`; jobs of a worker silent for `DKL_RESCUE_AFTER_SECS` go back to pending with the attempt refunded |
 //! | graceful shutdown burns an attempt | a job that did not run to its end is released with its attempt refunded |
 //! | one idempotency collision fails the whole batch; a key is taken for ever | dedup keys are unique among live jobs only; enqueue returns the live job's id |

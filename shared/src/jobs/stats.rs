@@ -65,10 +65,17 @@ impl Histogram {
     }
 }
 
+/// One kind's counters. Kept per kind so counting an attempt (on every
+/// job's path) allocates nothing once the kind has been seen.
+#[derive(Debug, Default)]
+struct KindCounts {
+    outcomes: BTreeMap<AttemptOutcome, u64>,
+    durations: Histogram,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    outcomes: BTreeMap<(String, AttemptOutcome), u64>,
-    durations: BTreeMap<String, Histogram>,
+    kinds: BTreeMap<String, KindCounts>,
     queues: BTreeMap<String, bool>,
     last_heartbeat: Option<Instant>,
 }
@@ -101,8 +108,13 @@ impl RuntimeStats {
     /// Counts one attempt.
     pub fn record_attempt(&self, kind: &str, outcome: AttemptOutcome, took: Duration) {
         let mut s = self.lock();
-        *s.outcomes.entry((kind.to_string(), outcome)).or_default() += 1;
-        s.durations.entry(kind.to_string()).or_default().observe(took.as_secs_f64());
+        if !s.kinds.contains_key(kind) {
+            s.kinds.insert(kind.to_string(), KindCounts::default());
+        }
+        if let Some(k) = s.kinds.get_mut(kind) {
+            *k.outcomes.entry(outcome).or_default() += 1;
+            k.durations.observe(took.as_secs_f64());
+        }
     }
 
     /// Marks a queue's worker as running or stopped.
@@ -119,8 +131,12 @@ impl RuntimeStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let s = self.lock();
         StatsSnapshot {
-            outcomes: s.outcomes.clone(),
-            durations: s.durations.clone(),
+            outcomes: s
+                .kinds
+                .iter()
+                .flat_map(|(kind, k)| k.outcomes.iter().map(|(o, n)| ((kind.clone(), *o), *n)))
+                .collect(),
+            durations: s.kinds.iter().map(|(kind, k)| (kind.clone(), k.durations.clone())).collect(),
             queues: s.queues.clone(),
             since_heartbeat: s.last_heartbeat.map(|t| t.elapsed()),
         }

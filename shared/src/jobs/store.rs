@@ -12,13 +12,10 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use super::kind::JobId;
 
-/// The channel apalis-postgres's insert trigger notifies (we do not LISTEN to it:
-/// it names the kind, not the queue; see [`SCHEDULED_CHANNEL`]), with a JSON payload
-/// naming `job_type`, `id` and `run_at`, for jobs due at insert time.
-pub const INSERT_CHANNEL: &str = "apalis::job::insert";
 /// The channel our trigger notifies when a job becomes pending, due now or
-/// later (payload: its queue). Unlike apalis's insert channel it names the
-/// queue, so jobs enqueued on a queue other than their kind's are seen at once.
+/// later (payload: its queue). Workers listen here, not on apalis's own
+/// `apalis::job::insert`, which names the kind but not the queue, so a job
+/// enqueued on a queue other than its kind's would wait for a poll.
 pub const SCHEDULED_CHANNEL: &str = "dkl::job::scheduled";
 /// The channel on which cancel requests for running jobs are announced (payload: job id).
 pub const CANCEL_CHANNEL: &str = "dkl::job::cancel";
