@@ -14,7 +14,7 @@ log "building (debug)"
 cargo build --workspace --locked --bins -q
 BIN="$REPO_ROOT/target/debug"
 
-log "migrating $DATABASE_URL"
+log "migrating database dkl at ${PG_SERVER_URL##*@}"
 "$BIN/dklctl" migrate
 log "seeding demo data"
 psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -f scripts/demo-seed.sql

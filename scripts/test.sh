@@ -7,5 +7,5 @@ ensure_postgres
 # #[sqlx::test] makes a fresh database per test on this server and drops it after.
 export DATABASE_URL="$PG_SERVER_URL/postgres"
 cd "$REPO_ROOT"
-log "cargo test --workspace (PostgreSQL at ${PG_SERVER_URL#*@})"
+log "cargo test --workspace (PostgreSQL at ${PG_SERVER_URL##*@})"
 cargo test --workspace --locked "$@"

@@ -64,9 +64,10 @@ enum Command {
         /// Dedup key: returns the live job holding it instead of adding one.
         #[arg(long)]
         dedup: Option<String>,
-        /// Attempts before the job is discarded.
-        #[arg(long, default_value_t = 5)]
-        max_attempts: i32,
+        /// Attempts before the job is discarded; defaults to the kind's own
+        /// (5 for kinds this build does not know).
+        #[arg(long)]
+        max_attempts: Option<i32>,
     },
     /// Cancel a job (by job id: pending ones never start, running ones are
     /// signalled) or an admin row (by its scheduled_jobs UUID, before it runs).
@@ -188,6 +189,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let payload: serde_json::Value = serde_json::from_str(&payload)
                 .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
             let queue = queue.unwrap_or_else(|| known_queue(&kind).to_string());
+            let max_attempts = max_attempts.unwrap_or_else(|| known_max_attempts(&kind));
             let opts = EnqueueOptions { run_at: at, dedup_key: dedup, ..Default::default() };
             let job = client.enqueue_raw(&kind, &queue, &payload, max_attempts, opts).await?;
             if job.created {
@@ -244,6 +246,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 /// The queue of a known kind; `default` for others.
 fn known_queue(kind: &str) -> &'static str {
     catalog::standard().get(kind).map_or("default", |spec| spec.queue)
+}
+
+fn known_max_attempts(kind: &str) -> i32 {
+    catalog::standard().get(kind).map_or(5, |spec| spec.max_attempts)
 }
 
 /// Who runs this command, for `created_by`.

@@ -108,3 +108,48 @@ async fn scheduling_commands_do_what_they_say(pool: PgPool) {
     let bad_state = dklctl(&url, &["jobs", "--state", "failed"]);
     assert!(String::from_utf8_lossy(&bad_state.stderr).contains("use one of: scheduled, pending"));
 }
+
+/// `dklctl enqueue` without `--max-attempts` gives a job its kind's attempts
+/// (it gave every kind 5).
+#[sqlx::test(migrations = false)]
+async fn enqueue_uses_the_kinds_own_attempts(pool: PgPool) {
+    let url = url_of(&pool).await;
+    stdout(&dklctl(&url, &["migrate"]));
+    let max_attempts = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>("SELECT max_attempts FROM apalis.jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let prune = stdout(&dklctl(&url, &["enqueue", "prune_jobs", "--at", "2099-01-01T00:00:00Z"]));
+    assert_eq!(max_attempts(prune).await, 3, "prune_jobs allows 3 attempts");
+    let ping = stdout(&dklctl(&url, &["enqueue", "ping", "--at", "2099-01-01T00:00:00Z"]));
+    assert_eq!(max_attempts(ping).await, 5);
+    let chosen = stdout(&dklctl(&url, &["enqueue", "prune_jobs", "--max-attempts", "7", "--at", "2099-01-01T00:00:00Z"]));
+    assert_eq!(max_attempts(chosen).await, 7);
+}
+
+/// No script prints a database URL as it is (it may hold a password); they
+/// print the part after the last `@` at most.
+#[test]
+fn scripts_never_print_a_database_url() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().map(str::trim_start) {
+            let prints = line.starts_with("log ") || line.starts_with("echo ") || line.starts_with("printf ");
+            for var in ["DATABASE_URL", "PG_SERVER_URL", "url"] {
+                let plain = format!("${var}");
+                let braced = format!("${{{var}}}");
+                let redacted = format!("${{{var}##*@}}");
+                let shown = line.contains(&plain) || (line.contains(&braced) && !line.contains(&redacted));
+                assert!(!(prints && shown), "{} prints ${var}: {line}", path.display());
+            }
+        }
+    }
+}

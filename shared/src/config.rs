@@ -45,6 +45,28 @@ pub struct Config {
     /// `DKL_HTTP_ADDR`: where dkl-worker serves `/healthz` and `/metrics`
     /// (`off` = nowhere; port 0 = any free port, logged at start).
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Settings of `/healthz` and `/metrics`.
+    pub monitor: MonitorConfig,
+}
+
+/// Settings of dkl-worker's `/healthz` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// `DKL_MONITOR_CACHE_MS`: database figures are read at most once per
+    /// this period, however many clients scrape.
+    pub cache_for: Duration,
+    /// `DKL_HEALTH_MAX_DUE_AGE_SECS`: `/healthz` fails when a job on a queue
+    /// this worker serves has been due for longer (`0` = never).
+    pub max_due_age: Option<Duration>,
+    /// `DKL_MONITOR_DB_CONNECTIONS`: the monitoring pool's size, apart from
+    /// the job runtime's pool so scrapes cannot starve jobs.
+    pub db_connections: u32,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self { cache_for: Duration::from_millis(5000), max_due_age: Some(Duration::from_secs(600)), db_connections: 2 }
+    }
 }
 
 /// Settings of dkl-scheduler.
@@ -104,6 +126,11 @@ pub struct JobsConfig {
     pub prune_done_after: Duration,
     /// `DKL_PRUNE_DISCARDED_AFTER`: discarded and cancelled jobs are kept this long (for post-mortems).
     pub prune_discarded_after: Duration,
+    /// `DKL_MAX_RESCUES`: a job whose worker died while running it this many
+    /// times is not put back once more but discarded (it crashes workers).
+    pub max_rescues: i32,
+    /// `DKL_JOB_TIMEOUTS`: execution timeouts by kind, overriding each kind's own.
+    pub kind_timeouts: BTreeMap<String, Duration>,
 }
 
 impl Default for JobsConfig {
@@ -121,6 +148,8 @@ impl Default for JobsConfig {
             retry_max: Duration::from_secs(3600),
             prune_done_after: Duration::from_secs(7 * 86_400),
             prune_discarded_after: Duration::from_secs(30 * 86_400),
+            max_rescues: 3,
+            kind_timeouts: BTreeMap::new(),
         }
     }
 }
@@ -149,6 +178,11 @@ pub const VARIABLES: &[&str] = &[
     "DKL_RETRY_MAX_SECS",
     "DKL_PRUNE_DONE_AFTER",
     "DKL_PRUNE_DISCARDED_AFTER",
+    "DKL_MAX_RESCUES",
+    "DKL_JOB_TIMEOUTS",
+    "DKL_MONITOR_CACHE_MS",
+    "DKL_HEALTH_MAX_DUE_AGE_SECS",
+    "DKL_MONITOR_DB_CONNECTIONS",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
     "DKL_SCHEDULER_LEADER_STALE_SECS",
@@ -191,6 +225,11 @@ impl Config {
             retry_max: secs(&get, "DKL_RETRY_MAX_SECS", d.retry_max, 1, 7 * 86_400)?,
             prune_done_after: age(&get, "DKL_PRUNE_DONE_AFTER", d.prune_done_after)?,
             prune_discarded_after: age(&get, "DKL_PRUNE_DISCARDED_AFTER", d.prune_discarded_after)?,
+            max_rescues: number(&get, "DKL_MAX_RESCUES", d.max_rescues as u64, 1, 100)? as i32,
+            kind_timeouts: match get("DKL_JOB_TIMEOUTS") {
+                Some(v) => parse_kind_timeouts(&v)?,
+                None => d.kind_timeouts,
+            },
         };
         if jobs.rescue_after < jobs.heartbeat_interval * 2 {
             return Err(ConfigError {
@@ -236,6 +275,18 @@ impl Config {
             jobs,
             scheduler,
             http_addr: parse_http_addr(get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR))?,
+            monitor: {
+                let d = MonitorConfig::default();
+                let max_due_secs = d.max_due_age.map_or(0, |a| a.as_secs());
+                MonitorConfig {
+                    cache_for: millis(&get, "DKL_MONITOR_CACHE_MS", d.cache_for, 0, 300_000)?,
+                    max_due_age: match number(&get, "DKL_HEALTH_MAX_DUE_AGE_SECS", max_due_secs, 0, 30 * 86_400)? {
+                        0 => None,
+                        n => Some(Duration::from_secs(n)),
+                    },
+                    db_connections: number(&get, "DKL_MONITOR_DB_CONNECTIONS", d.db_connections as u64, 1, 20)? as u32,
+                }
+            },
         })
     }
 }
@@ -253,21 +304,27 @@ fn parse_http_addr(raw: &str) -> Result<Option<std::net::SocketAddr>, ConfigErro
 
 /// Hides the password of a database URL (in the user part and in a
 /// `password=` parameter), so it can go into logs and errors.
+///
+/// Everything between `://` and the *last* `@` is the user part: a password
+/// may itself contain `@`, `?`, `/` or `#` when the writer did not encode
+/// them, so no other character can be trusted to end it.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<not a URL>".to_string();
     };
-    let (main, query) = match rest.split_once('?') {
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            // A user name with `/` or `?` means the '@' was not the user part's.
+            let user = if user.contains(['/', '?', '#']) { "***" } else { user };
+            let masked = if userinfo.contains(':') || user == "***" { format!("{user}:***@") } else { format!("{user}@") };
+            (masked, after)
+        }
+        None => (String::new(), rest),
+    };
+    let (host_path, query) = match rest.split_once('?') {
         Some((m, q)) => (m, Some(q)),
         None => (rest, None),
-    };
-    // The host follows the *last* '@': a password may itself contain '@'.
-    let main = match main.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => main.to_string(),
     };
     let query = query.map(|q| {
         q.split('&')
@@ -279,8 +336,8 @@ pub fn redact_url(url: &str) -> String {
             .join("&")
     });
     match query {
-        Some(q) => format!("{scheme}://{main}?{q}"),
-        None => format!("{scheme}://{main}"),
+        Some(q) => format!("{scheme}://{user}{host_path}?{q}"),
+        None => format!("{scheme}://{user}{host_path}"),
     }
 }
 
@@ -331,24 +388,60 @@ fn age(
     parse_age(&raw).ok_or(ConfigError {
         var,
         value: raw,
-        expected: "a duration such as 90s, 30m, 12h or 7d (a number with unit s, m, h or d, at least 1s)".into(),
+        expected: format!(
+            "a duration such as 90s, 30m, 12h or 7d (a whole number with unit s, m, h or d, from 1s to {}d)",
+            MAX_AGE.as_secs() / 86_400
+        ),
     })
 }
 
-/// Parses `90s`, `30m`, `12h`, `7d`.
+/// The longest age [`parse_age`] accepts (ten years): retention ages past it
+/// would put timestamps out of PostgreSQL's range.
+pub const MAX_AGE: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses `90s`, `30m`, `12h`, `7d` (at least 1s, at most [`MAX_AGE`]).
 pub fn parse_age(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
-    let split = raw.len().checked_sub(1)?;
-    let (num, unit) = raw.split_at(split);
+    let unit = raw.chars().last()?;
+    let num = &raw[..raw.len() - unit.len_utf8()];
+    if !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = num.parse().ok()?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let unit_secs: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => return None,
     };
-    (n > 0).then(|| Duration::from_secs(n * unit_secs))
+    let secs = n.checked_mul(unit_secs)?;
+    (n > 0 && secs <= MAX_AGE.as_secs()).then(|| Duration::from_secs(secs))
+}
+
+/// Parses `ping=30,fetch_mail=120`: execution timeouts in seconds by kind.
+fn parse_kind_timeouts(raw: &str) -> Result<BTreeMap<String, Duration>, ConfigError> {
+    let bad = |why: String| ConfigError {
+        var: "DKL_JOB_TIMEOUTS",
+        value: raw.to_string(),
+        expected: format!("comma-separated kind=seconds pairs with seconds 1..=86400, e.g. fetch_mail=120,send_email=60 ({why})"),
+    };
+    let mut map = BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kind, secs) = pair.split_once('=').ok_or_else(|| bad(format!("`{pair}` has no `=`")))?;
+        let kind = kind.trim();
+        if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(bad(format!("`{kind}` is not a job kind name")));
+        }
+        let secs: u64 = secs
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=86_400).contains(n))
+            .ok_or_else(|| bad(format!("`{}` is not a number of seconds from 1 to 86400", secs.trim())))?;
+        map.insert(kind.to_string(), Duration::from_secs(secs));
+    }
+    Ok(map)
 }
 
 fn parse_concurrency(raw: &str) -> Result<BTreeMap<String, usize>, ConfigError> {
@@ -469,5 +562,38 @@ mod tests {
         assert_eq!(redact_url("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
         assert_eq!(redact_url("postgres://u@h/d?sslmode=require&password=x"), "postgres://u@h/d?sslmode=require&password=***");
         assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+        // Unencoded `?`, `/`, `#` in a password: still hidden.
+        assert_eq!(redact_url("postgres://dkl:s3cr?tPW@db:5432/dkl"), "postgres://dkl:***@db:5432/dkl");
+        assert_eq!(redact_url("postgres://dkl:a/b#c?d@db/dkl?sslmode=require"), "postgres://dkl:***@db/dkl?sslmode=require");
+        assert_eq!(redact_url("postgres://dkl:x?password=y@db/dkl"), "postgres://dkl:***@db/dkl");
+        for url in ["postgres://u:s3cr?tPW@h/d", "postgres://u:p@ss?w/rd@h/d?password=also&x=1"] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("s3cr") && !shown.contains("tPW") && !shown.contains("rd@") && !shown.contains("also"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn bad_ages_are_refused_not_panicked_on_or_wrapped() {
+        for bad in ["7é", "é", "", "d", "-1d", "+1d", "3650000d", "213503982334602d", "18446744073709551615s", "1.5h", "0s"] {
+            assert_eq!(parse_age(bad), None, "{bad:?}");
+            let e = with(&[("DKL_PRUNE_DONE_AFTER", bad)]).unwrap_err();
+            assert_eq!(e.var, "DKL_PRUNE_DONE_AFTER");
+            assert!(e.to_string().contains("from 1s to 3650d"), "{e}");
+        }
+        assert_eq!(parse_age("3650d"), Some(MAX_AGE));
+        assert_eq!(parse_age(" 12h "), Some(Duration::from_secs(43_200)));
+    }
+
+    #[test]
+    fn job_timeouts_parse_and_bad_ones_are_refused() {
+        let c = with(&[("DKL_JOB_TIMEOUTS", "ping=30, fetch_mail=120")]).unwrap();
+        assert_eq!(c.jobs.kind_timeouts["ping"], Duration::from_secs(30));
+        assert_eq!(c.jobs.kind_timeouts["fetch_mail"], Duration::from_secs(120));
+        for bad in ["ping", "ping=0", "ping=lots", "p ng=3"] {
+            let e = with(&[("DKL_JOB_TIMEOUTS", bad)]).unwrap_err();
+            assert_eq!(e.var, "DKL_JOB_TIMEOUTS", "{bad}");
+        }
+        assert_eq!(with(&[("DKL_MAX_RESCUES", "0")]).unwrap_err().var, "DKL_MAX_RESCUES");
+        assert_eq!(with(&[("DKL_HEALTH_MAX_DUE_AGE_SECS", "0")]).unwrap().monitor.max_due_age, None);
     }
 }

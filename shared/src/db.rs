@@ -34,6 +34,14 @@ pub enum DbError {
         #[source]
         cause: sqlx::Error,
     },
+    /// The URL does not parse.
+    #[error("DATABASE_URL {url} does not parse ({cause}); percent-encode special characters in the user name and password (`?` as %3F, `/` as %2F, `#` as %23, `@` as %40, `:` as %3A)")]
+    BadUrl {
+        /// The URL without its password.
+        url: String,
+        /// What sqlx said.
+        cause: sqlx::Error,
+    },
     /// Migrations are missing.
     #[error("the database is not migrated ({missing}); run `dklctl migrate` first")]
     NotMigrated {
@@ -62,13 +70,27 @@ pub async fn connect(config: &Config) -> Result<PgPool, DbError> {
 /// fails at once with the server's own words instead of a pool timeout.
 pub async fn connect_url(url: &str, max: u32) -> Result<PgPool, DbError> {
     let fail = |cause| DbError::Connect { url: redact_url(url), cause };
-    let options = PgConnectOptions::from_str(url).map_err(fail)?;
+    let options =
+        PgConnectOptions::from_str(url).map_err(|cause| DbError::BadUrl { url: redact_url(url), cause })?;
     let probe = options.connect().await.map_err(fail)?;
     probe.close().await.map_err(fail)?;
     Ok(PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with(options))
+}
+
+/// A small pool for monitoring reads (`/healthz`, `/metrics`), apart from
+/// the job runtime's, so any number of scrapes cannot take a connection that
+/// a job needs. Connects lazily; a down database shows as failed reads.
+pub fn monitoring_pool(config: &Config) -> PgPool {
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .unwrap_or_else(|_| PgConnectOptions::new())
+        .application_name("dkl-monitor");
+    PgPoolOptions::new()
+        .max_connections(config.monitor.db_connections)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options)
 }
 
 /// Opens the pool and checks the schema: what every long-running binary does first.

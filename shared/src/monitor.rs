@@ -50,7 +50,8 @@ pub struct JobFilter {
     pub queue: Option<String>,
     /// Only jobs of this schedule.
     pub schedule: Option<String>,
-    /// At most this many, newest `run_at` first.
+    /// At most this many, newest first (by id: ids are ULIDs, in creation
+    /// order, so the primary key serves the query on any table size).
     pub limit: i64,
 }
 
@@ -65,7 +66,7 @@ pub async fn jobs(executor: impl PgExecutor<'_>, filter: &JobFilter) -> Result<V
            FROM job_status
           WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR kind = $2)
             AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR schedule = $4)
-          ORDER BY run_at DESC, job_id DESC
+          ORDER BY job_id DESC
           LIMIT $5",
     )
     .bind(&filter.state)

@@ -50,6 +50,8 @@ pub struct RunningRuntime {
     pub handle: JoinHandle<Result<(), dkl_shared::jobs::EngineError>>,
     /// Its worker id (`lock_by` of its jobs).
     pub worker_id: String,
+    /// Its counters.
+    pub stats: std::sync::Arc<dkl_shared::jobs::RuntimeStats>,
 }
 
 impl RunningRuntime {
@@ -64,9 +66,10 @@ impl RunningRuntime {
 pub fn start(pool: &PgPool, registry: Registry, config: JobsConfig) -> RunningRuntime {
     let runtime = WorkerRuntime::new(pool.clone(), registry, config);
     let worker_id = runtime.worker_id().to_string();
+    let stats = runtime.stats();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(runtime.run(shutdown.clone()));
-    RunningRuntime { shutdown, handle, worker_id }
+    RunningRuntime { shutdown, handle, worker_id, stats }
 }
 
 /// Reads a job row.
@@ -175,4 +178,41 @@ pub async fn doubled_ticks(pool: &PgPool, schedule: &str) -> i64 {
     .fetch_one(pool)
     .await
     .expect("count doubled ticks")
+}
+
+/// Makes the test's database unreachable (no new connections, existing ones
+/// cut) until [`Outage::end`]: a database outage as every process sees it.
+/// Done from the server's maintenance database, since this one refuses
+/// connections meanwhile.
+pub struct Outage {
+    admin: sqlx::PgConnection,
+    db: String,
+}
+
+impl Outage {
+    /// Starts the outage of `pool`'s database.
+    pub async fn begin(pool: &PgPool) -> Self {
+        use sqlx::Connection;
+        let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await.expect("db name");
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
+        let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect to the maintenance database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")))
+            .execute(&mut admin)
+            .await
+            .expect("refuse connections");
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&db)
+            .execute(&mut admin)
+            .await
+            .expect("cut connections");
+        Self { admin, db }
+    }
+
+    /// Lets connections in again.
+    pub async fn end(mut self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", self.db)))
+            .execute(&mut self.admin)
+            .await
+            .expect("allow connections");
+    }
 }

@@ -466,14 +466,14 @@ async fn a_stale_outcome_cannot_finish_a_newer_claim(pool: PgPool) {
     let first = store::claim(&pool, "default", 1, "w1").await.unwrap().remove(0);
     // Rescued from under w1 (say it stalled), then claimed by w1 again.
     sqlx::query("UPDATE apalis.workers SET last_seen = now() - interval '1 hour' WHERE id = 'w1'").execute(&pool).await.unwrap();
-    assert_eq!(store::rescue_orphans(&pool, Duration::from_secs(30)).await.unwrap(), vec![id.0.clone()]);
+    assert_eq!(store::rescue_orphans(&pool, Duration::from_secs(30), 3).await.unwrap(), vec![(id.0.clone(), false)]);
     store::register_worker(&pool, "w1", "default=1").await.unwrap();
     let second = store::claim(&pool, "default", 1, "w1").await.unwrap().remove(0);
     assert_ne!(first.lock_at, second.lock_at);
-    let stale = OutcomeRow { id: id.0.clone(), lock_at: first.lock_at, status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
+    let stale = OutcomeRow { claim: first.claim(), status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
     assert_eq!(store::record_outcomes(&pool, "w1", &[stale]).await.unwrap(), 0, "the old claim's outcome is ignored");
     assert_eq!(job(&pool, &id).await.status, "Running");
-    let fresh = OutcomeRow { id: id.0.clone(), lock_at: second.lock_at, status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
+    let fresh = OutcomeRow { claim: second.claim(), status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
     assert_eq!(store::record_outcomes(&pool, "w1", &[fresh]).await.unwrap(), 1);
     assert_eq!(job(&pool, &id).await.status, "Done");
 }

@@ -4,14 +4,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use dkl_shared::config::MonitorConfig;
 use dkl_shared::jobs::RuntimeStats;
+use dkl_shared::jobs::stats::StatsSnapshot;
 use dkl_shared::monitor;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -22,27 +24,102 @@ use crate::metrics::{self, DatabaseFigures};
 /// How long a scrape or health check waits for the database.
 const DB_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Outcomes that cannot be written for this long make the worker unhealthy:
+/// its jobs look running for ever and nothing finishes.
+const OUTCOME_WRITER_STUCK_AFTER: Duration = Duration::from_secs(15);
+
+/// What `/healthz` and `/metrics` read and how.
+pub struct Monitoring {
+    /// A pool of its own, so scrapes never take a connection from jobs.
+    pub pool: PgPool,
+    /// The runtime's counters and liveness.
+    pub stats: Arc<RuntimeStats>,
+    /// A heartbeat older than this means the runtime is stuck.
+    pub heartbeat_stale_after: Duration,
+    /// Cache period and health limits.
+    pub config: MonitorConfig,
+}
+
 #[derive(Clone)]
 struct AppState {
-    pool: PgPool,
-    stats: Arc<RuntimeStats>,
-    /// A heartbeat older than this means the runtime is stuck.
-    heartbeat_stale_after: Duration,
+    monitoring: Arc<Monitoring>,
+    /// The last database reading; one refresh at a time, however many clients ask.
+    cache: Arc<tokio::sync::Mutex<Option<Reading>>>,
+    /// The last `SELECT 1` of `/healthz`, kept for [`DB_PING_CACHE`].
+    ping: Arc<tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
+}
+
+/// How long `/healthz` trusts its last answer from the database: short, so
+/// an outage shows within a second or two; a cache all the same, so a storm
+/// of health checks costs one query a second.
+const DB_PING_CACHE: Duration = Duration::from_secs(1);
+
+/// Database figures as read at `at`, or why they could not be.
+#[derive(Clone)]
+struct Reading {
+    at: Instant,
+    figures: Result<Arc<DatabaseFigures>, String>,
+}
+
+impl AppState {
+    /// The database figures, at most `cache_for` old. Concurrent callers
+    /// wait for the one refresh in progress instead of starting their own.
+    async fn figures(&self) -> Result<Arc<DatabaseFigures>, String> {
+        let mut cache = self.cache.lock().await;
+        if let Some(r) = cache.as_ref()
+            && r.at.elapsed() <= self.monitoring.config.cache_for
+        {
+            return r.figures.clone();
+        }
+        let figures = read_figures(&self.monitoring.pool).await;
+        *cache = Some(Reading { at: Instant::now(), figures: figures.clone() });
+        figures
+    }
+}
+
+impl AppState {
+    /// Whether the database answers, asked at most once per [`DB_PING_CACHE`].
+    async fn database_answers(&self) -> Result<(), String> {
+        let mut ping = self.ping.lock().await;
+        if let Some((at, result)) = ping.as_ref()
+            && at.elapsed() <= DB_PING_CACHE
+        {
+            return result.clone();
+        }
+        let result = match tokio::time::timeout(DB_TIMEOUT, sqlx::query("SELECT 1").execute(&self.monitoring.pool)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("error: {e}")),
+            Err(_) => Err(format!("error: no answer within {}s", DB_TIMEOUT.as_secs())),
+        };
+        *ping = Some((Instant::now(), result.clone()));
+        result
+    }
+}
+
+async fn read_figures(pool: &PgPool) -> Result<Arc<DatabaseFigures>, String> {
+    let read = async {
+        let queues = monitor::queue_summary(pool).await?;
+        let leadership = monitor::leadership(pool).await?;
+        Ok::<_, sqlx::Error>(DatabaseFigures { queues, leadership })
+    };
+    match tokio::time::timeout(DB_TIMEOUT, read).await {
+        Ok(Ok(f)) => Ok(Arc::new(f)),
+        Ok(Err(e)) => Err(format!("error: {e}")),
+        Err(_) => Err(format!("error: no answer within {}s", DB_TIMEOUT.as_secs())),
+    }
 }
 
 /// Binds `addr` (failing fast if it is taken) and serves until `shutdown`.
 pub async fn bind(
     addr: SocketAddr,
-    pool: PgPool,
-    stats: Arc<RuntimeStats>,
-    heartbeat_stale_after: Duration,
+    monitoring: Monitoring,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
-        .with_state(AppState { pool, stats, heartbeat_stale_after });
+        .with_state(AppState { monitoring: Arc::new(monitoring), cache: Arc::default(), ping: Arc::default() });
     Ok((local, async move { axum::serve(listener, app).await }))
 }
 
@@ -57,15 +134,32 @@ pub async fn serve_until(
     }
 }
 
-/// 200 when the database answers, every queue's worker runs and the
-/// heartbeat is recent; 503 otherwise. The JSON body says which part failed.
+/// 200 when the database answers, every queue's worker runs, the heartbeat
+/// is recent, outcomes are being written and no served queue has a job due
+/// for longer than `DKL_HEALTH_MAX_DUE_AGE_SECS`; 503 otherwise. The JSON
+/// body says which part failed.
 async fn healthz(State(app): State<AppState>) -> Response {
-    let database = match tokio::time::timeout(DB_TIMEOUT, sqlx::query("SELECT 1").execute(&app.pool)).await {
-        Ok(Ok(_)) => "ok".to_string(),
-        Ok(Err(e)) => format!("error: {e}"),
-        Err(_) => format!("error: no answer within {}s", DB_TIMEOUT.as_secs()),
+    let database = app.database_answers().await;
+    let figures = match database {
+        Ok(()) => app.figures().await,
+        Err(e) => Err(e),
     };
-    let snap = app.stats.snapshot();
+    let snap = app.monitoring.stats.snapshot();
+    let (healthy, body) = judge_health(&snap, &figures, &app.monitoring);
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Whether the worker is healthy, and the JSON that says which part is not.
+fn judge_health(
+    snap: &StatsSnapshot,
+    figures: &Result<Arc<DatabaseFigures>, String>,
+    m: &Monitoring,
+) -> (bool, serde_json::Value) {
+    let database = match &figures {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
     let stopped: Vec<&String> = snap.queues.iter().filter(|(_, up)| !**up).map(|(q, _)| q).collect();
     let workers = if snap.queues.is_empty() {
         "error: not started".to_string()
@@ -75,40 +169,96 @@ async fn healthz(State(app): State<AppState>) -> Response {
         format!("error: stopped queues {stopped:?}")
     };
     let heartbeat = match snap.since_heartbeat {
-        Some(age) if age <= app.heartbeat_stale_after => "ok".to_string(),
+        Some(age) if age <= m.heartbeat_stale_after => "ok".to_string(),
         Some(age) => format!("error: last heartbeat {}s ago", age.as_secs()),
         None => "error: no heartbeat yet".to_string(),
     };
-    let healthy = [&database, &workers, &heartbeat].iter().all(|s| *s == "ok");
+    let outcomes = match snap.outcome_writer_failing_for {
+        Some(d) if d > OUTCOME_WRITER_STUCK_AFTER => {
+            format!("error: job outcomes cannot be written for {}s (see the log)", d.as_secs())
+        }
+        _ => "ok".to_string(),
+    };
+    let waiting = match (&figures, m.config.max_due_age) {
+        (Ok(f), Some(limit)) => {
+            let late: Vec<String> = f
+                .queues
+                .iter()
+                .filter(|q| snap.queues.get(&q.queue) == Some(&true) && q.oldest_pending_age_s > limit.as_secs_f64())
+                .map(|q| format!("{} ({:.0}s)", q.queue, q.oldest_pending_age_s))
+                .collect();
+            if late.is_empty() {
+                "ok".to_string()
+            } else {
+                format!(
+                    "error: due jobs waiting longer than DKL_HEALTH_MAX_DUE_AGE_SECS={} on {}",
+                    limit.as_secs(),
+                    late.join(", ")
+                )
+            }
+        }
+        _ => "ok".to_string(),
+    };
+    let healthy = [&database, &workers, &heartbeat, &outcomes, &waiting].iter().all(|s| *s == "ok");
     let body = serde_json::json!({
         "status": if healthy { "ok" } else { "unhealthy" },
         "database": database,
         "workers": workers,
         "heartbeat": heartbeat,
+        "outcomes": outcomes,
+        "waiting": waiting,
         "queues": snap.queues,
     });
-    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (healthy, body)
 }
 
 async fn metrics_page(State(app): State<AppState>) -> Response {
-    let figures = tokio::time::timeout(DB_TIMEOUT, async {
-        let queues = monitor::queue_summary(&app.pool).await?;
-        let leadership = monitor::leadership(&app.pool).await?;
-        Ok::<_, sqlx::Error>(DatabaseFigures { queues, leadership })
-    })
-    .await;
-    let figures = match figures {
-        Ok(Ok(f)) => Some(f),
-        Ok(Err(e)) => {
+    let figures = match app.figures().await {
+        Ok(f) => Some(f),
+        Err(e) => {
             tracing::warn!(error = %e, "/metrics: cannot read queue figures");
             None
         }
-        Err(_) => {
-            tracing::warn!("/metrics: database did not answer in time");
-            None
-        }
     };
-    let body = metrics::render(&app.stats.snapshot(), figures.as_ref());
+    let body = metrics::render(&app.monitoring.stats.snapshot(), figures.as_deref());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitoring() -> Monitoring {
+        Monitoring {
+            pool: sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap(),
+            stats: Arc::default(),
+            heartbeat_stale_after: Duration::from_secs(30),
+            config: MonitorConfig::default(),
+        }
+    }
+
+    fn figures() -> Result<Arc<DatabaseFigures>, String> {
+        Ok(Arc::new(DatabaseFigures { queues: Vec::new(), leadership: Default::default() }))
+    }
+
+    fn running_snapshot() -> StatsSnapshot {
+        StatsSnapshot {
+            queues: [("default".to_string(), true)].into(),
+            since_heartbeat: Some(Duration::from_secs(1)),
+            ..StatsSnapshot::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_outcome_writer_makes_the_worker_unhealthy() {
+        let m = monitoring();
+        let mut snap = running_snapshot();
+        assert!(judge_health(&snap, &figures(), &m).0);
+        snap.outcome_writer_failing_for = Some(Duration::from_secs(5));
+        assert!(judge_health(&snap, &figures(), &m).0, "a short hiccup is not a failure");
+        snap.outcome_writer_failing_for = Some(Duration::from_secs(20));
+        let (healthy, body) = judge_health(&snap, &figures(), &m);
+        assert!(!healthy);
+        assert!(body["outcomes"].as_str().unwrap().contains("cannot be written for 20s"), "{body}");
+    }
 }

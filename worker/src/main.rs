@@ -27,7 +27,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let http_stop = tokio_util::sync::CancellationToken::new();
     let server = match config.http_addr {
         Some(addr) => {
-            let (bound, server) = http::bind(addr, pool, runtime.stats(), config.jobs.rescue_after)
+            let monitoring = http::Monitoring {
+                pool: db::monitoring_pool(&config),
+                stats: runtime.stats(),
+                heartbeat_stale_after: config.jobs.rescue_after,
+                config: config.monitor.clone(),
+            };
+            let (bound, server) = http::bind(addr, monitoring)
                 .await
                 .with_context(|| format!("cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"))?;
             tracing::info!(addr = %bound, "serving /healthz and /metrics");

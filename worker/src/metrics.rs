@@ -45,7 +45,12 @@ pub fn render(stats: &StatsSnapshot, db: Option<&DatabaseFigures>) -> String {
         let _ = writeln!(out, "dkl_worker_queue_running{{queue=\"{}\"}} {}", esc(queue), u8::from(*running));
     }
 
-    header(&mut out, "dkl_database_up", "gauge", "1 if the database answered this scrape.");
+    header(&mut out, "dkl_claim_queries_total", "counter", "Claim queries run by this process's fetchers.");
+    let _ = writeln!(out, "dkl_claim_queries_total {}", stats.claim_queries);
+    header(&mut out, "dkl_outcome_writer_failing_seconds", "gauge", "How long job outcomes have failed to be written (0 = writing fine).");
+    let _ = writeln!(out, "dkl_outcome_writer_failing_seconds {}", stats.outcome_writer_failing_for.map_or(0.0, |d| d.as_secs_f64()));
+
+    header(&mut out, "dkl_database_up", "gauge", "1 if the database answered (figures are cached for DKL_MONITOR_CACHE_MS).");
     let _ = writeln!(out, "dkl_database_up {}", u8::from(db.is_some()));
     let Some(db) = db else { return out };
 

@@ -90,6 +90,176 @@ fn bad_config_stops_with_a_message_naming_the_variable() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DATABASE_URL") && !stderr.contains("secret"), "{stderr}");
+
+    // Durations: a multi-byte unit panicked (exit 101); huge ones were
+    // accepted or wrapped around.
+    for bad in ["7é", "3650000d", "213503982334602d"] {
+        let out = worker("postgres://postgres@127.0.0.1:5432/postgres")
+            .env("DKL_PRUNE_DONE_AFTER", bad)
+            .output()
+            .expect("run dkl-worker");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("DKL_PRUNE_DONE_AFTER") && stderr.contains("from 1s to 3650d"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// Defect 4: a password with an unencoded `?` was printed in full.
+#[test]
+fn a_password_with_unencoded_characters_never_reaches_the_output() {
+    let port = process::free_port();
+    for password in ["s3cr?tPW", "s3cr/tPW", "s3cr#tPW", "s3cr@tPW"] {
+        let out = worker(&format!("postgres://dkl:{password}@127.0.0.1:{port}/dkl"))
+            .env("LOG_FORMAT", "json")
+            .output()
+            .expect("run dkl-worker");
+        assert_eq!(out.status.code(), Some(1));
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!all.contains("s3cr") && !all.contains("tPW"), "password leaked: {all}");
+        assert!(all.contains("dkl:***@"), "{all}");
+    }
+}
+
+/// Defect 8: rescue always refunded the attempt, so a job that crashes its
+/// worker looped for ever. Rescues are counted; past DKL_MAX_RESCUES the job
+/// is discarded, and each kill before that still costs no attempt.
+#[sqlx::test(migrations = false)]
+async fn a_job_that_keeps_killing_its_worker_is_discarded_after_max_rescues(pool: PgPool) {
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let id = client
+        .enqueue(&Ping { message: "crashes its worker".into(), sleep_ms: 600_000, ..Default::default() }, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let spawn = |round: u32| {
+        let mut cmd = worker(&url);
+        cmd.env("DKL_MAX_RESCUES", "2");
+        process::spawn_logged(cmd, &log_path(&format!("crash-loop-{round}")))
+    };
+    // Three workers in turn each take the job and are killed running it.
+    for round in 0..3 {
+        let mut w = spawn(round);
+        let row = dkl_tests::wait_for(Duration::from_secs(30), "the job to run on this worker", || async {
+            let j = dkl_tests::job(&pool, &id).await;
+            (j.status == "Running" && j.rescues == round as i32).then_some(j)
+        })
+        .await;
+        assert_eq!(row.attempts, 1, "round {round}: a kill -9 never costs an attempt");
+        signal(&w.0, libc::SIGKILL);
+        wait_exit(&mut w.0, Duration::from_secs(5));
+    }
+    // The next worker finds it rescued twice already: the third rescue discards it.
+    let _last = spawn(3);
+    let row = wait_status(&pool, &id, "Killed", Duration::from_secs(30)).await;
+    assert_eq!(row.rescues, 3);
+    assert_eq!(row.attempts, 1);
+    assert!(row.cancelled_at.is_none());
+    let error = row.last_error.unwrap_or_default();
+    assert!(error.contains("died 3 times") && error.contains("DKL_MAX_RESCUES=2") && error.contains("dklctl retry"), "{error}");
+}
+
+/// Defect 9: `/metrics` read the slow views on the workers' own pool; 40
+/// scrapers starved jobs and `/healthz`. Now the figures come from a pool of
+/// their own, at most once per cache period, through indexes.
+#[sqlx::test(migrations = false)]
+async fn scrapers_cannot_starve_jobs_or_health(pool: PgPool) {
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    // A long-running system: 500k finished jobs kept for post-mortems.
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, queue, job, status, attempts, max_attempts, run_at, done_at, lock_at, lock_by)
+         SELECT apalis.generate_ulid(), 'ping', 'default', '\\x7b7d', 'Done', 1, 5, now() - g * interval '1 ms',
+                now() - g * interval '1 ms', now() - g * interval '1 ms', 'old-worker'
+           FROM generate_series(1, 500000) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE apalis.jobs").execute(&pool).await.unwrap();
+
+    let port = process::free_port();
+    let mut cmd = worker(&url);
+    cmd.env("DKL_HTTP_ADDR", format!("127.0.0.1:{port}"));
+    let _w = process::spawn_logged(cmd, &log_path("scrapers"));
+    dkl_tests::wait_for(Duration::from_secs(20), "a healthy /healthz", || async {
+        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
+    })
+    .await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let scrapers: Vec<_> = (0..40)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut ok = 0u32;
+                while !stop.is_cancelled() {
+                    if let Ok((200, _, body)) = process::http_get(port, "/metrics").await {
+                        ok += u32::from(body.contains("dkl_queue_jobs{queue=\"default\",state=\"done\"} 500000"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                ok
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let client = JobClient::new(pool.clone());
+    let mut worst_start_ms = 0.0f64;
+    let mut health = Vec::new();
+    for i in 0..10 {
+        let id = client.enqueue(&Ping { message: format!("during scrapes {i}"), ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+        wait_status(&pool, &id, "Done", Duration::from_secs(20)).await;
+        let start_ms: f64 = sqlx::query_scalar("SELECT extract(epoch FROM lock_at - run_at)::float8 * 1000 FROM apalis.jobs WHERE id = $1")
+            .bind(&id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        worst_start_ms = worst_start_ms.max(start_ms);
+        health.push(process::http_get(port, "/healthz").await.map(|(code, _, _)| code).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    let mut answered = 0;
+    for s in scrapers {
+        answered += s.await.unwrap();
+    }
+    assert!(answered > 200, "scrapes with the right figures: {answered}");
+    assert!(health.iter().all(|c| *c == 200), "/healthz during the scrapes: {health:?}");
+    assert!(worst_start_ms < 250.0, "a ping started {worst_start_ms:.0} ms after it was due while 40 clients scraped");
+}
+
+/// Defect 10: `/healthz` said ok while work was stuck. It fails while a due
+/// job on a served queue waits past DKL_HEALTH_MAX_DUE_AGE_SECS, and
+/// recovers when the queue moves.
+#[sqlx::test(migrations = false)]
+async fn healthz_fails_while_a_due_job_waits_too_long(pool: PgPool) {
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    let port = process::free_port();
+    let mut cmd = worker(&url);
+    cmd.env("DKL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DKL_QUEUE_CONCURRENCY", "default=1")
+        .env("DKL_HEALTH_MAX_DUE_AGE_SECS", "2")
+        .env("DKL_MONITOR_CACHE_MS", "200");
+    let _w = process::spawn_logged(cmd, &log_path("health-waiting"));
+    let client = JobClient::new(pool.clone());
+    let blocker = client.enqueue(&Ping { sleep_ms: 8_000, ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &blocker, "Running", Duration::from_secs(20)).await;
+    let waiting = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    let (_, _, body) = dkl_tests::wait_for(Duration::from_secs(10), "/healthz to report the waiting job", || async {
+        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 503)
+    })
+    .await;
+    assert!(body.contains("DKL_HEALTH_MAX_DUE_AGE_SECS=2 on default"), "{body}");
+    wait_status(&pool, &waiting, "Done", Duration::from_secs(20)).await;
+    dkl_tests::wait_for(Duration::from_secs(10), "/healthz to recover", || async {
+        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
+    })
+    .await;
 }
 
 #[sqlx::test(migrations = false)]

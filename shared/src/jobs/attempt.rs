@@ -12,7 +12,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use tracing::Instrument;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -24,7 +23,7 @@ use super::kind::JobId;
 use super::registry::{JobContext, Registry};
 use super::runtime::Shared;
 use super::stats::AttemptOutcome;
-use super::store::{self, ClaimedJob, OutcomeRow};
+use super::store::{self, ClaimRef, ClaimedJob, OutcomeRow};
 
 /// A claimed job on its way to a handler, with the queue slot it holds.
 pub struct Claimed {
@@ -41,38 +40,29 @@ impl std::fmt::Debug for Claimed {
 
 /// Sends exactly one outcome for a job: the one given, or "released" on drop.
 pub(crate) struct OutcomeSlot {
-    id: String,
-    lock_at: DateTime<Utc>,
-    tx: Option<mpsc::UnboundedSender<OutcomeRow>>,
+    claim: Option<ClaimRef>,
+    tx: mpsc::UnboundedSender<OutcomeRow>,
 }
 
 impl OutcomeSlot {
     pub(crate) fn new(job: &ClaimedJob, tx: mpsc::UnboundedSender<OutcomeRow>) -> Self {
-        Self { id: job.id.clone(), lock_at: job.lock_at, tx: Some(tx) }
+        Self { claim: Some(job.claim()), tx }
     }
 
     fn finish(mut self, status: &'static str, error: Option<String>, delay: Duration, refund: i32) {
-        if let Some(tx) = self.tx.take() {
-            let id = std::mem::take(&mut self.id);
+        if let Some(claim) = self.claim.take() {
             // The writer only stops after every sender is gone, so this cannot fail
             // while the runtime runs; if it does, rescue recovers the job.
-            let _ = tx.send(OutcomeRow { id, lock_at: self.lock_at, status, error, delay, refund });
+            let _ = self.tx.send(OutcomeRow { claim, status, error, delay, refund });
         }
     }
 }
 
 impl Drop for OutcomeSlot {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            tracing::debug!(job_id = %self.id, "attempt released without running to the end");
-            let _ = tx.send(OutcomeRow {
-                id: std::mem::take(&mut self.id),
-                lock_at: self.lock_at,
-                status: "Pending",
-                error: None,
-                delay: Duration::ZERO,
-                refund: 1,
-            });
+        if let Some(claim) = self.claim.take() {
+            tracing::debug!(job_id = %claim.id, "attempt released without running to the end");
+            let _ = self.tx.send(OutcomeRow::released(claim));
         }
     }
 }
@@ -85,10 +75,19 @@ enum Ending {
     Released,
 }
 
+/// The message of an attempt stopped by its kind's timeout.
+fn timed_out(timeout: Duration) -> JobError {
+    JobError::retryable(format!(
+        "timed out after {}s (the kind's execution timeout; raise it with DKL_JOB_TIMEOUTS=kind=seconds if the work is legitimately this long)",
+        timeout.as_secs_f64()
+    ))
+}
+
 /// Runs one claimed job to its end and records the outcome.
 pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, claimed: Claimed) {
     let Claimed { job, outcome, _permit } = claimed;
-    let cancel = shared.cancels.register(&job.id);
+    let claim = job.claim();
+    let cancel = shared.cancels.register(&claim);
     let ctx = JobContext {
         id: JobId(job.id.clone()),
         attempt: job.attempts,
@@ -106,14 +105,15 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         // Cancelled between claim and start: do not run it at all.
         Some(_) if cancel.is_cancelled() => Ending::Cancelled,
         Some(reg) => {
+            let timeout = shared.config.kind_timeouts.get(&job.job_type).copied().unwrap_or(reg.timeout);
             // A handler may panic before it returns its future, too.
             match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.handler)(&job.job, ctx))) {
-                Ok(fut) => drive(fut, &cancel, &shared).instrument(span.clone()).await,
+                Ok(fut) => drive(fut, &cancel, timeout, &shared).instrument(span.clone()).await,
                 Err(panic) => Ending::Failed(JobError::retryable(format!("handler panicked: {}", panic_message(&panic)))),
             }
         }
     };
-    shared.cancels.remove(&job.id);
+    shared.cancels.remove(&claim);
     let took = started.elapsed();
     let elapsed_ms = took.as_millis() as u64;
     let counted = match &ending {
@@ -155,11 +155,17 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
     }
 }
 
-/// Runs the handler future until it ends, is cancelled, or the worker's
-/// shutdown grace runs out.
+/// Runs the handler future until it ends, is cancelled, runs past its kind's
+/// timeout, or the worker's shutdown grace runs out.
+///
+/// A cancel and a timeout both fire the handler's [`JobContext::cancelled`]
+/// and give it `DKL_CANCEL_GRACE_SECS` to stop before it is dropped; a
+/// timeout counts as a failed attempt (retried with backoff), a cancel ends
+/// the job.
 async fn drive(
     fut: futures::future::BoxFuture<'static, Result<(), JobError>>,
     cancel: &CancellationToken,
+    timeout: Duration,
     shared: &Shared,
 ) -> Ending {
     let mut fut = AssertUnwindSafe(fut).catch_unwind();
@@ -171,15 +177,29 @@ async fn drive(
         shared.shutdown.cancelled().await;
         tokio::time::sleep(shared.config.shutdown_grace).await;
     };
+    tokio::pin!(shutdown_deadline);
+    let ended = |res: Result<Result<(), JobError>, Box<dyn Any + Send>>| match res {
+        Ok(Ok(())) => Ending::Done,
+        Ok(Err(_)) if cancel.is_cancelled() && !shared.shutdown.is_cancelled() => Ending::Cancelled,
+        Ok(Err(e)) => Ending::Failed(e),
+        Err(panic) => Ending::Failed(JobError::retryable(format!("handler panicked: {}", panic_message(&panic)))),
+    };
+    tokio::select! {
+        res = &mut fut => return ended(res),
+        _ = cancel_deadline => return Ending::Cancelled,
+        _ = &mut shutdown_deadline => return Ending::Released,
+        _ = tokio::time::sleep(timeout) => {}
+    }
+    // Past the timeout: ask the handler to stop, then drop it after the grace.
+    tracing::warn!(timeout_s = timeout.as_secs_f64(), "job ran past its kind's timeout; stopping it");
+    cancel.cancel();
     tokio::select! {
         res = &mut fut => match res {
             Ok(Ok(())) => Ending::Done,
-            Ok(Err(_)) if cancel.is_cancelled() && !shared.shutdown.is_cancelled() => Ending::Cancelled,
-            Ok(Err(e)) => Ending::Failed(e),
-            Err(panic) => Ending::Failed(JobError::retryable(format!("handler panicked: {}", panic_message(&panic)))),
+            _ => Ending::Failed(timed_out(timeout)),
         },
-        _ = cancel_deadline => Ending::Cancelled,
-        _ = shutdown_deadline => Ending::Released,
+        _ = tokio::time::sleep(shared.config.cancel_grace) => Ending::Failed(timed_out(timeout)),
+        _ = &mut shutdown_deadline => Ending::Released,
     }
 }
 
@@ -191,11 +211,17 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic payload".into())
 }
 
-/// Writes outcomes in batches until every sender is gone. A failed write is
-/// retried: losing it would leave the job running until rescue. Once the
-/// runtime is shutting down, a write that keeps failing for
-/// [`GIVE_UP_AFTER_SHUTDOWN`] is abandoned so the process can exit; rescue
-/// then returns those jobs (without charging an attempt).
+/// Writes outcomes in batches until every sender is gone.
+///
+/// A batch the server refuses for its content (a value out of range that got
+/// past [`store::storable_text`], say) is written row by row, so one bad row
+/// cannot hold back the others: a row that still fails is discarded with an
+/// error saying why. A batch that fails for any other reason (connection
+/// lost, server restarting) is retried with backoff: losing it would leave
+/// the jobs running until rescue. Once the runtime is shutting down, a write
+/// that keeps failing for [`GIVE_UP_AFTER_SHUTDOWN`] is abandoned so the
+/// process can exit; rescue then returns those jobs. While a write keeps
+/// failing, `/healthz` reports the writer stuck.
 pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<OutcomeRow>) {
     const MAX_BATCH: usize = 2000;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -203,9 +229,17 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
         let mut backoff = Duration::from_millis(100);
         let mut failing_since_shutdown: Option<std::time::Instant> = None;
         loop {
-            match store::record_outcomes(&shared.pool, &shared.worker_id, &batch).await {
+            let result = match store::record_outcomes(&shared.pool, &shared.worker_id, &batch).await {
+                Err(e) if is_content_error(&e) => {
+                    tracing::error!(error = %e, batch = batch.len(), "a batch of job outcomes was refused; writing them one by one");
+                    write_one_by_one(&shared, &batch).await
+                }
+                other => other.map(|n| n as usize),
+            };
+            match result {
                 Ok(n) => {
-                    if (n as usize) < batch.len() {
+                    shared.stats.outcome_writer_ok();
+                    if n < batch.len() {
                         tracing::warn!(
                             written = n,
                             batch = batch.len(),
@@ -215,6 +249,7 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
                     break;
                 }
                 Err(e) => {
+                    shared.stats.outcome_writer_failed();
                     if shared.shutdown.is_cancelled() {
                         let since = *failing_since_shutdown.get_or_insert_with(std::time::Instant::now);
                         if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
@@ -228,8 +263,47 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
                 }
             }
         }
-        shared.in_flight.finish(batch.iter().map(|r| r.id.as_str()));
+        shared.in_flight.finish(batch.iter().map(|r| &r.claim));
         batch.clear();
+    }
+}
+
+/// Writes each outcome on its own. A row the server refuses is replaced by a
+/// discard that names the refusal. Fails only for errors that are not the
+/// row's fault (then the caller retries the batch).
+async fn write_one_by_one(shared: &Shared, batch: &[OutcomeRow]) -> Result<usize, sqlx::Error> {
+    let mut written = 0;
+    for row in batch {
+        let result = match store::record_outcomes(&shared.pool, &shared.worker_id, std::slice::from_ref(row)).await {
+            Err(e) if is_content_error(&e) => {
+                tracing::error!(job_id = %row.claim.id, error = %e, "job outcome refused by the database; discarding the job");
+                let why = format!(
+                    "the outcome of this attempt ({}) could not be stored: {e}; the job was discarded so it cannot stall the others; fix the cause, then `dklctl retry {}`",
+                    row.status, row.claim.id
+                );
+                store::record_outcomes(&shared.pool, &shared.worker_id, &[OutcomeRow::discarded(row.claim.clone(), why)]).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(n) => written += n as usize,
+            Err(e) if is_content_error(&e) => {
+                tracing::error!(job_id = %row.claim.id, error = %e, "cannot even discard the job; rescue will return it");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// True when the server refused the statement for the data in it (SQLSTATE
+/// class 22, data exception; 23, integrity; 54, a limit), which retrying
+/// cannot mend; false for lost connections, restarts, timeouts.
+fn is_content_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
     }
 }
 

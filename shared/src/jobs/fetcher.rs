@@ -67,6 +67,10 @@ impl BackendConfig for QueueBackend {
     }
 }
 
+/// The first wait of a fetcher that finds its only due jobs locked by someone
+/// else; it doubles up to the poll interval while they stay locked.
+const LOCKED_BACKOFF_START: Duration = Duration::from_millis(5);
+
 /// One queue's fetch loop and the channel it fills.
 pub(crate) struct Fetcher {
     pub queue: String,
@@ -93,6 +97,7 @@ impl Fetcher {
         let shutdown = self.shared.shutdown.clone();
         let batch = self.shared.config.fetch_batch;
         let mut error_backoff = Duration::from_millis(100);
+        let mut locked_backoff = LOCKED_BACKOFF_START;
         loop {
             let first = tokio::select! {
                 biased;
@@ -110,6 +115,7 @@ impl Fetcher {
                 }
             }
             let want = permits.len();
+            self.shared.stats.claim_query();
             let claimed = store::claim(&self.shared.pool, &self.queue, want as i64, &self.shared.worker_id).await;
             let jobs = match claimed {
                 Ok(jobs) => jobs,
@@ -126,7 +132,7 @@ impl Fetcher {
             };
             error_backoff = Duration::from_millis(100);
             let got = jobs.len();
-            self.shared.in_flight.start(jobs.iter().map(|j| j.id.clone()));
+            self.shared.in_flight.start(jobs.iter().map(|j| j.claim()));
             // Every claimed job gets its outcome slot before any is sent, so a
             // failed send drops (and so releases) the rest of the batch too.
             let claimed: Vec<Claimed> = jobs
@@ -144,10 +150,23 @@ impl Fetcher {
             if got == want {
                 continue;
             }
+            let poll = self.shared.config.poll_interval;
             let wait = match store::next_due_in(&self.shared.pool, &self.queue).await {
-                Ok(Some(due)) => due.min(self.shared.config.poll_interval),
-                _ => self.shared.config.poll_interval,
+                // A job is due but the claim got none: someone else holds its
+                // row lock (an admin's open transaction, another fetcher's
+                // claim in flight). Looking again at once would spin until
+                // the lock goes; back off instead, up to the poll interval.
+                Ok(Some(due)) if got == 0 && due.is_zero() => {
+                    let wait = locked_backoff.min(poll);
+                    locked_backoff = (locked_backoff * 2).min(poll);
+                    wait
+                }
+                Ok(Some(due)) => due.min(poll),
+                _ => poll,
             };
+            if got > 0 {
+                locked_backoff = LOCKED_BACKOFF_START;
+            }
             tokio::select! {
                 _ = self.wake.notified() => {},
                 _ = tokio::time::sleep(wait) => {},

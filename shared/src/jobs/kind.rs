@@ -23,6 +23,12 @@ pub trait JobKind: Serialize + DeserializeOwned + Send + 'static {
     const QUEUE: &'static str = "default";
     /// Attempts before the job is discarded (1 = never retried).
     const MAX_ATTEMPTS: i32 = 5;
+    /// The longest one attempt may run. Past it the handler is asked to stop
+    /// ([`super::JobContext::cancelled`]), dropped after `DKL_CANCEL_GRACE_SECS`,
+    /// and the attempt counts as failed (retried with backoff). A hung
+    /// handler would otherwise hold its queue slot for ever. Operators
+    /// override it per kind with `DKL_JOB_TIMEOUTS`.
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 }
 
 /// The id of a job row (a ULID, as apalis writes them).

@@ -42,13 +42,14 @@
 //! | failed jobs retried at once, back to back | backoff with jitter written to `run_at` ([`backoff`]) |
 //! | every error retried | [`JobError::Permanent`] discards at once; attempts used up discard too, keeping `last_error` |
 //! | new jobs seen at the 30 s heartbeat (or pubsub but then scheduled jobs wait) | our trigger NOTIFYs each job's queue as it becomes pending and wakes that queue's fetcher; an idle fetcher sleeps until the next job's due time or the poll interval, whichever is first |
-//! | a dead worker's jobs wait 300 s and lose an attempt | heartbeats every `DKL_HEARTBEAT_SECS`; jobs of a worker silent for `DKL_RESCUE_AFTER_SECS` go back to pending with the attempt refunded |
+//! | a dead worker's jobs wait 300 s and lose an attempt | heartbeats every `DKL_HEARTBEAT_SECS`; jobs of a worker silent for `DKL_RESCUE_AFTER_SECS` go back to pending with the attempt refunded; a rescuer must itself have heartbeated without a gap that long (so an outage it just came back from does not make live workers look dead); rescues are counted and past `DKL_MAX_RESCUES` the job is discarded (it crashes its workers) |
+//! | a hung handler holds its slot for ever | each kind has an execution timeout ([`JobKind::TIMEOUT`], `DKL_JOB_TIMEOUTS`): the handler is cancelled, dropped after the cancel grace, and the attempt counts |
 //! | graceful shutdown burns an attempt | a job that did not run to its end is released with its attempt refunded |
 //! | one idempotency collision fails the whole batch; a key is taken for ever | dedup keys are unique among live jobs only; enqueue returns the live job's id |
 //! | `push()` returns no id | [`JobClient::enqueue`] returns [`Enqueued`] with the id |
 //! | no cancel | [`JobClient::cancel`]: pending jobs never start, running ones see [`JobContext::cancelled`] |
 //! | finished jobs kept for ever | the `prune_jobs` kind ([`prune`]), which also vacuums the table |
-//! | one ack query per small batch | outcomes of many jobs written in one UPDATE ([`attempt`]), matched to the claim (`lock_by` + `lock_at`) so a stale worker cannot overwrite a newer claim |
+//! | one ack query per small batch | outcomes of many jobs written in one UPDATE ([`attempt`]), matched to the claim (`lock_by` + `lock_at`) so a stale worker cannot overwrite a newer claim; error texts made storable (NUL, length) and delays capped; a batch refused for its content is written row by row so one bad row is discarded with the reason and the rest written |
 //! | fetch query planned from table statistics | the claim is an SQL function with a pinned plan (`apalis.dkl_claim`), fast with stale statistics too |
 //! | scheduled jobs seen only by polling | a trigger announces jobs due later; idle fetchers sleep until the next due time |
 //! | handlers share one task per worker | each attempt runs on its own tokio task; a queue whose worker dies stops the runtime (the process exits, its supervisor restarts it) |

@@ -48,6 +48,8 @@ pub(crate) type BoxHandler =
 #[derive(Clone)]
 pub(crate) struct Registered {
     pub queue: &'static str,
+    /// The kind's own execution timeout (`DKL_JOB_TIMEOUTS` may override it).
+    pub timeout: std::time::Duration,
     pub handler: BoxHandler,
 }
 
@@ -90,7 +92,7 @@ impl Registry {
                 }
             }
         });
-        self.handlers.insert(J::KIND, Registered { queue: J::QUEUE, handler: boxed });
+        self.handlers.insert(J::KIND, Registered { queue: J::QUEUE, timeout: J::TIMEOUT, handler: boxed });
         self
     }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_core::task::Task;
 use apalis_core::worker::builder::WorkerBuilder;
@@ -19,7 +19,7 @@ use super::error::EngineError;
 use super::fetcher::Fetcher;
 use super::registry::Registry;
 use super::stats::RuntimeStats;
-use super::store::{self, OutcomeRow};
+use super::store::{self, ClaimRef, OutcomeRow};
 use crate::config::JobsConfig;
 
 /// State every part of one runtime shares.
@@ -34,7 +34,11 @@ pub(crate) struct Shared {
     pub stats: Arc<RuntimeStats>,
 }
 
-/// Cancellation tokens of the jobs running in this process.
+/// Cancellation tokens of the jobs running in this process, by claim.
+///
+/// A cancel names the claim it was meant for (job id and `lock_at`), so a
+/// cancel of one attempt can never stop a later claim of the same job (after
+/// `dklctl retry`, a rescue or a release).
 #[derive(Default)]
 pub(crate) struct Cancels {
     inner: Mutex<CancelState>,
@@ -42,61 +46,65 @@ pub(crate) struct Cancels {
 
 #[derive(Default)]
 struct CancelState {
-    running: HashMap<String, CancellationToken>,
+    running: HashMap<ClaimRef, CancellationToken>,
     // A cancel can arrive between claim and start; remember it until start.
-    early: HashSet<String>,
+    early: HashSet<ClaimRef>,
 }
 
 impl Cancels {
-    pub fn register(&self, id: &str) -> CancellationToken {
+    pub fn register(&self, claim: &ClaimRef) -> CancellationToken {
         let token = CancellationToken::new();
         let mut state = lock(&self.inner);
-        if state.early.remove(id) {
+        if state.early.remove(claim) {
             token.cancel();
         }
-        state.running.insert(id.to_string(), token.clone());
+        state.running.insert(claim.clone(), token.clone());
         token
     }
 
-    pub fn remove(&self, id: &str) {
-        lock(&self.inner).running.remove(id);
+    pub fn remove(&self, claim: &ClaimRef) {
+        lock(&self.inner).running.remove(claim);
     }
 
-    fn signal(&self, id: &str) {
+    fn signal(&self, claim: ClaimRef) {
         let mut state = lock(&self.inner);
-        if let Some(token) = state.running.get(id) {
+        if let Some(token) = state.running.get(&claim) {
             token.cancel();
             return;
         }
         if state.early.len() > 10_000 {
-            state.early.clear(); // ids of other processes' jobs; bounded, not precious
+            // Only claims of this worker get here, each at most once per
+            // cancel; a full set means they were never started. Not precious.
+            state.early.clear();
         }
-        state.early.insert(id.to_string());
+        state.early.insert(claim);
     }
 }
 
-/// Ids of jobs this process claimed and has not yet written an outcome for.
-/// The heartbeat compares it with the database to find claims whose reply was
-/// lost (a connection reset after the claim committed).
+/// Claims this process made and has not yet written an outcome for. The
+/// heartbeat compares them with the database to find claims whose reply was
+/// lost (a connection reset after the claim committed). Keyed by claim, not
+/// job id: a late outcome of an old claim must not hide a newer claim of the
+/// same job.
 #[derive(Default)]
 pub(crate) struct InFlight {
-    ids: Mutex<HashSet<String>>,
+    claims: Mutex<HashSet<ClaimRef>>,
 }
 
 impl InFlight {
-    pub fn start(&self, ids: impl Iterator<Item = String>) {
-        lock(&self.ids).extend(ids);
+    pub fn start(&self, claims: impl Iterator<Item = ClaimRef>) {
+        lock(&self.claims).extend(claims);
     }
 
-    pub fn finish<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        let mut set = lock(&self.ids);
-        for id in ids {
-            set.remove(id);
+    pub fn finish<'a>(&self, claims: impl Iterator<Item = &'a ClaimRef>) {
+        let mut set = lock(&self.claims);
+        for claim in claims {
+            set.remove(claim);
         }
     }
 
-    fn contains(&self, id: &str) -> bool {
-        lock(&self.ids).contains(id)
+    fn contains(&self, claim: &ClaimRef) -> bool {
+        lock(&self.claims).contains(claim)
     }
 }
 
@@ -288,7 +296,11 @@ async fn listen(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, stop:
     // trigger announces every pending job with its queue.
     let channels = [store::SCHEDULED_CHANNEL, store::CANCEL_CHANNEL];
     crate::db::listen(&shared.pool, &channels, &stop, |note| match note {
-        Some(n) if n.channel() == store::CANCEL_CHANNEL => shared.cancels.signal(n.payload()),
+        Some(n) if n.channel() == store::CANCEL_CHANNEL => match ClaimRef::parse_cancel_payload(n.payload()) {
+            Some((worker, claim)) if worker == shared.worker_id => shared.cancels.signal(claim),
+            Some(_) => {} // another worker's claim
+            None => tracing::warn!(payload = n.payload(), "ignoring a malformed cancel notification"),
+        },
         // A job became pending in this queue: its idle fetcher looks again
         // (or recomputes how long to sleep, if the job is due later).
         Some(n) => {
@@ -310,6 +322,7 @@ async fn listen(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, stop:
 /// not delay the heartbeat, or live workers' jobs would be rescued.
 async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, queues: String, stop: CancellationToken) {
     let mut conn: Option<PgConnection> = None;
+    let mut streak = Streak::default();
     loop {
         if conn.is_none() {
             match shared.pool.connect_options().connect().await {
@@ -317,11 +330,19 @@ async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, qu
                 Err(e) => tracing::error!(error = %e, "heartbeat cannot connect"),
             }
         }
-        if let Some(c) = conn.as_mut()
-            && let Err(e) = beat(c, &shared, &wakers, &queues).await
-        {
-            tracing::error!(error = %e, "heartbeat failed; reconnecting");
-            conn = None;
+        let beat_ok = match conn.as_mut() {
+            Some(c) => match beat(c, &shared, &wakers, &queues, &mut streak).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "heartbeat failed; reconnecting");
+                    conn = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        if !beat_ok {
+            streak.broken();
         }
         tokio::select! {
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {},
@@ -330,31 +351,86 @@ async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, qu
     }
 }
 
+/// How long this process has heartbeated without a gap.
+///
+/// Rescue judges other workers dead by the age of their last heartbeat. When
+/// this process itself could not reach the database (an outage, a partition,
+/// a frozen process), every other worker's heartbeat looks just as old the
+/// moment it is back, though they are alive and still running their jobs.
+/// So a worker rescues only after it has itself heartbeated without a gap for
+/// a whole rescue period: by then every live worker has had the same time to
+/// heartbeat again.
+#[derive(Default)]
+struct Streak {
+    since: Option<Instant>,
+    last_ok: Option<Instant>,
+}
+
+impl Streak {
+    /// Notes a successful heartbeat; a gap longer than `max_gap` since the
+    /// previous one starts a new streak.
+    fn ok(&mut self, now: Instant, max_gap: Duration) {
+        let unbroken = self.last_ok.is_some_and(|t| now.duration_since(t) <= max_gap);
+        if !unbroken {
+            self.since = Some(now);
+        }
+        self.last_ok = Some(now);
+    }
+
+    fn broken(&mut self) {
+        self.since = None;
+        self.last_ok = None;
+    }
+
+    /// True once the streak has lasted `period`.
+    fn lasted(&self, now: Instant, period: Duration) -> bool {
+        self.since.is_some_and(|t| now.duration_since(t) >= period)
+    }
+}
+
 async fn beat(
     conn: &mut PgConnection,
     shared: &Shared,
     wakers: &HashMap<String, Arc<Notify>>,
     queues: &str,
+    streak: &mut Streak,
 ) -> Result<(), sqlx::Error> {
     if !store::heartbeat(&mut *conn, &shared.worker_id).await? {
         tracing::warn!(worker_id = %shared.worker_id, "worker row was pruned; registering again");
         store::register_worker(&mut *conn, &shared.worker_id, queues).await?;
     }
     shared.stats.heartbeat_ok();
+    let config = &shared.config;
+    // A beat may be late by a whole interval (a slow query) before the streak breaks.
+    streak.ok(Instant::now(), config.heartbeat_interval * 2 + Duration::from_secs(1));
     // All on the heartbeat's own connection: a busy pool must not delay it.
-    let rescued = store::rescue_orphans(&mut *conn, shared.config.rescue_after).await?;
-    if !rescued.is_empty() {
-        tracing::warn!(count = rescued.len(), job_ids = ?rescued, "rescued jobs of a worker that stopped heartbeating");
-        wakers.values().for_each(|w| w.notify_one());
+    if streak.lasted(Instant::now(), config.rescue_after) {
+        let rescued = store::rescue_orphans(&mut *conn, config.rescue_after, config.max_rescues).await?;
+        if !rescued.is_empty() {
+            let (discarded, back): (Vec<_>, Vec<_>) = rescued.into_iter().partition(|(_, crash_loop)| *crash_loop);
+            if !back.is_empty() {
+                let ids: Vec<&str> = back.iter().map(|(id, _)| id.as_str()).collect();
+                tracing::warn!(count = ids.len(), job_ids = ?ids, "rescued jobs of a worker that stopped heartbeating");
+            }
+            if !discarded.is_empty() {
+                let ids: Vec<&str> = discarded.iter().map(|(id, _)| id.as_str()).collect();
+                tracing::error!(
+                    count = ids.len(), job_ids = ?ids, max_rescues = config.max_rescues,
+                    "discarded jobs whose workers kept dying while running them"
+                );
+            }
+            wakers.values().for_each(|w| w.notify_one());
+        }
     }
-    for id in store::cancelled_running(&mut *conn, &shared.worker_id).await? {
-        shared.cancels.signal(&id);
+    for claim in store::cancelled_running(&mut *conn, &shared.worker_id).await? {
+        shared.cancels.signal(claim);
     }
     let lost: Vec<OutcomeRow> = store::running_claims(&mut *conn, &shared.worker_id, LOST_CLAIM_AGE)
         .await?
         .into_iter()
-        .filter(|(id, _)| !shared.in_flight.contains(id))
-        .map(|(id, lock_at)| OutcomeRow { id, lock_at, status: "Pending", error: None, delay: Duration::ZERO, refund: 1 })
+        .map(|(id, lock_at)| ClaimRef { id, lock_at })
+        .filter(|claim| !shared.in_flight.contains(claim))
+        .map(|claim| OutcomeRow::released(claim))
         .collect();
     if !lost.is_empty() {
         tracing::warn!(count = lost.len(), "releasing jobs this worker claimed but lost track of");
@@ -367,3 +443,56 @@ async fn beat(
 /// A claim older than this that is not in flight was lost (its reply never
 /// arrived); younger ones may still be on their way into the in-flight set.
 const LOST_CLAIM_AGE: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(id: &str, micros: i64) -> ClaimRef {
+        ClaimRef { id: id.into(), lock_at: chrono::DateTime::from_timestamp_micros(micros).unwrap() }
+    }
+
+    #[test]
+    fn a_late_finish_of_an_old_claim_keeps_the_new_claim_in_flight() {
+        let in_flight = InFlight::default();
+        let (old, new) = (claim("01J", 1_000), claim("01J", 2_000));
+        in_flight.start([old.clone()].into_iter());
+        in_flight.start([new.clone()].into_iter());
+        in_flight.finish([&old].into_iter());
+        assert!(in_flight.contains(&new), "the newer claim of the same job is still running here");
+        assert!(!in_flight.contains(&old));
+    }
+
+    #[test]
+    fn a_cancel_stops_only_the_claim_it_names() {
+        let cancels = Cancels::default();
+        let (old, new) = (claim("01J", 1_000), claim("01J", 2_000));
+        // The cancel of an earlier claim arrives while no claim runs here ...
+        cancels.signal(old.clone());
+        // ... and a later claim of the same job must not inherit it.
+        assert!(!cancels.register(&new).is_cancelled());
+        // A cancel that arrives between claim and start still applies.
+        let third = claim("01J", 3_000);
+        cancels.signal(third.clone());
+        assert!(cancels.register(&third).is_cancelled());
+    }
+
+    #[test]
+    fn rescue_waits_for_an_unbroken_streak_of_heartbeats() {
+        let mut streak = Streak::default();
+        let t0 = Instant::now();
+        let gap = Duration::from_secs(3);
+        let period = Duration::from_secs(30);
+        streak.ok(t0, gap);
+        assert!(!streak.lasted(t0 + Duration::from_secs(29), period));
+        for s in (1..=30).step_by(1) {
+            streak.ok(t0 + Duration::from_secs(s), gap);
+        }
+        assert!(streak.lasted(t0 + Duration::from_secs(30), period));
+        // A gap (this process could not reach the database) starts over.
+        streak.ok(t0 + Duration::from_secs(60), gap);
+        assert!(!streak.lasted(t0 + Duration::from_secs(61), period));
+        streak.broken();
+        assert!(!streak.lasted(t0 + Duration::from_secs(1000), period));
+    }
+}

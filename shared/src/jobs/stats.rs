@@ -78,6 +78,8 @@ struct Inner {
     kinds: BTreeMap<String, KindCounts>,
     queues: BTreeMap<String, bool>,
     last_heartbeat: Option<Instant>,
+    claim_queries: u64,
+    outcome_writer_failing_since: Option<Instant>,
 }
 
 /// Counters and liveness of one worker runtime. Cheap to share (`Arc`).
@@ -97,6 +99,10 @@ pub struct StatsSnapshot {
     pub queues: BTreeMap<String, bool>,
     /// Time since the last successful heartbeat.
     pub since_heartbeat: Option<Duration>,
+    /// Claim queries run by the fetchers (each looks for due jobs once).
+    pub claim_queries: u64,
+    /// How long the outcome writer has been failing to write, if it is.
+    pub outcome_writer_failing_for: Option<Duration>,
 }
 
 impl RuntimeStats {
@@ -127,6 +133,21 @@ impl RuntimeStats {
         self.lock().last_heartbeat = Some(Instant::now());
     }
 
+    /// Counts one claim query.
+    pub fn claim_query(&self) {
+        self.lock().claim_queries += 1;
+    }
+
+    /// Notes that the outcome writer wrote a batch.
+    pub fn outcome_writer_ok(&self) {
+        self.lock().outcome_writer_failing_since = None;
+    }
+
+    /// Notes that a write of the outcome writer failed (it will retry).
+    pub fn outcome_writer_failed(&self) {
+        self.lock().outcome_writer_failing_since.get_or_insert_with(Instant::now);
+    }
+
     /// A copy of everything.
     pub fn snapshot(&self) -> StatsSnapshot {
         let s = self.lock();
@@ -139,6 +160,8 @@ impl RuntimeStats {
             durations: s.kinds.iter().map(|(kind, k)| (kind.clone(), k.durations.clone())).collect(),
             queues: s.queues.clone(),
             since_heartbeat: s.last_heartbeat.map(|t| t.elapsed()),
+            claim_queries: s.claim_queries,
+            outcome_writer_failing_for: s.outcome_writer_failing_since.map(|t| t.elapsed()),
         }
     }
 }

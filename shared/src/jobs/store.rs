@@ -20,6 +20,33 @@ pub const SCHEDULED_CHANNEL: &str = "dkl::job::scheduled";
 /// The channel on which cancel requests for running jobs are announced (payload: job id).
 pub const CANCEL_CHANNEL: &str = "dkl::job::cancel";
 
+/// One claim of one job: the job id and the claim's `lock_at`. A job claimed
+/// again (after a rescue, a release or a retry) is a different claim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClaimRef {
+    /// Row id.
+    pub id: String,
+    /// When the claim was made.
+    pub lock_at: DateTime<Utc>,
+}
+
+impl ClaimRef {
+    /// The NOTIFY payload of a cancel request for this claim held by `worker`:
+    /// `lock_at_micros job_id worker_id`, space-separated (the worker id last,
+    /// so nothing in it can shift the other fields).
+    pub fn cancel_payload(&self, worker: &str) -> String {
+        format!("{} {} {worker}", self.lock_at.timestamp_micros(), self.id)
+    }
+
+    /// Reads a cancel payload: the worker it is meant for and the claim.
+    pub fn parse_cancel_payload(payload: &str) -> Option<(&str, ClaimRef)> {
+        let mut parts = payload.splitn(3, ' ');
+        let (micros, id, worker) = (parts.next()?, parts.next()?, parts.next()?);
+        let lock_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        Some((worker, ClaimRef { id: id.to_string(), lock_at }))
+    }
+}
+
 /// A job row as one attempt sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -35,6 +62,13 @@ pub struct ClaimedJob {
     pub max_attempts: i32,
     /// When this claim was made; identifies the claim in outcome writes.
     pub lock_at: DateTime<Utc>,
+}
+
+impl ClaimedJob {
+    /// This claim's identity.
+    pub fn claim(&self) -> ClaimRef {
+        ClaimRef { id: self.id.clone(), lock_at: self.lock_at }
+    }
 }
 
 /// Everything about one job, for status queries and tests.
@@ -68,6 +102,8 @@ pub struct JobRecord {
     pub idempotency_key: Option<String>,
     /// Labels (apalis's `metadata` hstore) as a JSON object.
     pub metadata: Option<serde_json::Value>,
+    /// Times it was taken back from a worker that died running it.
+    pub rescues: i32,
 }
 
 /// A new row for [`insert_job`].
@@ -203,7 +239,7 @@ pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx
             // unique violation; the caller reports it.
             sqlx::query(
                 "UPDATE apalis.jobs
-                    SET status = 'Pending', run_at = now(), attempts = 0, done_at = NULL,
+                    SET status = 'Pending', run_at = now(), attempts = 0, rescues = 0, done_at = NULL,
                         cancelled_at = NULL, lock_by = NULL, lock_at = NULL
                   WHERE id = $1",
             )
@@ -220,14 +256,14 @@ pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx
 /// Cancels a job: a pending one at once, a running one by a NOTIFY to its worker.
 pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<String> =
-        sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+    let before: Option<(String, Option<String>, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT status, lock_by, lock_at FROM apalis.jobs WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-    let outcome = match before.as_deref() {
-        None => return Ok(None),
-        Some("Pending") => {
+    let Some((status, lock_by, lock_at)) = before else { return Ok(None) };
+    let outcome = match status.as_str() {
+        "Pending" => {
             sqlx::query(
                 "UPDATE apalis.jobs SET status = 'Killed', cancelled_at = now(), done_at = now(),
                         last_error = COALESCE(last_error || E'\n', '') || 'cancelled before it started'
@@ -238,19 +274,24 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
             .await?;
             CancelOutcome::CancelledBeforeStart
         }
-        Some("Running") => {
+        "Running" => {
             sqlx::query("UPDATE apalis.jobs SET cancelled_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CANCEL_CHANNEL)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            // The payload names the claim, so the cancel stops this attempt
+            // only: not a later claim of the same job after a retry.
+            if let (Some(by), Some(at)) = (lock_by, lock_at) {
+                let claim = ClaimRef { id: id.to_string(), lock_at: at };
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CANCEL_CHANNEL)
+                    .bind(claim.cancel_payload(&by))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             CancelOutcome::Signalled
         }
-        Some(_) => CancelOutcome::AlreadyFinished,
+        _ => CancelOutcome::AlreadyFinished,
     };
     tx.commit().await?;
     Ok(Some(outcome))
@@ -260,7 +301,7 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
 pub async fn job(executor: impl PgExecutor<'_>, id: &str) -> Result<Option<JobRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, job_type, queue, status, attempts, max_attempts, run_at, lock_at, lock_by,
-                done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata
+                done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata, rescues
            FROM apalis.jobs WHERE id = $1",
     )
     .bind(id)
@@ -292,23 +333,45 @@ pub async fn heartbeat(executor: impl PgExecutor<'_>, worker_id: &str) -> Result
 }
 
 /// Puts running jobs of silent workers back to pending without charging the
-/// attempt the dead worker had claimed. Returns the rescued ids.
-pub async fn rescue_orphans(executor: impl PgExecutor<'_>, silent_for: Duration) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE apalis.jobs j
-            SET status   = CASE WHEN j.cancelled_at IS NULL THEN 'Pending' ELSE 'Killed' END,
-                done_at  = CASE WHEN j.cancelled_at IS NULL THEN NULL ELSE now() END,
-                attempts = GREATEST(j.attempts - 1, 0),
-                run_at   = CASE WHEN j.cancelled_at IS NULL THEN now() ELSE j.run_at END,
-                lock_by  = NULL,
-                lock_at  = NULL
-          WHERE j.status = 'Running'
-            AND NOT EXISTS (
-                 SELECT 1 FROM apalis.workers w
-                  WHERE w.id = j.lock_by AND w.last_seen >= now() - make_interval(secs => $1))
-          RETURNING j.id",
+/// attempt the dead worker had claimed, and counts the rescue. A job rescued
+/// more than `max_rescues` times keeps crashing its workers: it is discarded
+/// with a `last_error` that says so. Returns the rescued and the discarded ids.
+pub async fn rescue_orphans(
+    executor: impl PgExecutor<'_>,
+    silent_for: Duration,
+    max_rescues: i32,
+) -> Result<Vec<(String, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH orphan AS (
+            SELECT j.id, j.cancelled_at IS NULL AND j.rescues + 1 <= $2 AS back,
+                   j.cancelled_at IS NULL AND j.rescues + 1 > $2 AS crash_loop
+              FROM apalis.jobs j
+             WHERE j.status = 'Running'
+               AND NOT EXISTS (
+                    SELECT 1 FROM apalis.workers w
+                     WHERE w.id = j.lock_by AND w.last_seen >= now() - make_interval(secs => $1))
+               FOR UPDATE OF j SKIP LOCKED
+         )
+         UPDATE apalis.jobs j
+            SET status     = CASE WHEN o.back THEN 'Pending' ELSE 'Killed' END,
+                done_at    = CASE WHEN o.back THEN NULL ELSE now() END,
+                attempts   = CASE WHEN o.crash_loop THEN j.attempts ELSE GREATEST(j.attempts - 1, 0) END,
+                rescues    = j.rescues + 1,
+                run_at     = CASE WHEN o.back THEN now() ELSE j.run_at END,
+                last_error = CASE WHEN o.crash_loop THEN concat_ws(E'\n', j.last_error, format(
+                                 'its worker died %s times while running it (killed, out of memory or crashed); '
+                                 'discarded after DKL_MAX_RESCUES=%s rescues so it cannot crash every worker in turn: '
+                                 'find the cause in the workers'' logs, then `dklctl retry %s`',
+                                 j.rescues + 1, $2, j.id))
+                                 ELSE j.last_error END,
+                lock_by    = CASE WHEN o.back THEN NULL ELSE j.lock_by END,
+                lock_at    = CASE WHEN o.back THEN NULL ELSE j.lock_at END
+           FROM orphan o
+          WHERE j.id = o.id
+          RETURNING j.id, o.crash_loop",
     )
     .bind(silent_for.as_secs_f64())
+    .bind(max_rescues)
     .fetch_all(executor)
     .await
 }
@@ -348,10 +411,8 @@ pub async fn next_due_in(pool: &PgPool, queue: &str) -> Result<Option<Duration>,
 /// The end state of one attempt, as written by [`record_outcomes`].
 #[derive(Debug, Clone)]
 pub struct OutcomeRow {
-    /// Row id.
-    pub id: String,
-    /// The claim this outcome belongs to (`lock_at` as claimed).
-    pub lock_at: DateTime<Utc>,
+    /// The claim this outcome belongs to.
+    pub claim: ClaimRef,
     /// New apalis status: `Done`, `Pending` (retry or release) or `Killed`.
     pub status: &'static str,
     /// Error to keep, if any.
@@ -360,6 +421,18 @@ pub struct OutcomeRow {
     pub delay: Duration,
     /// 1 when the attempt does not count (released on shutdown), else 0.
     pub refund: i32,
+}
+
+impl OutcomeRow {
+    /// Back to pending at once, the attempt refunded.
+    pub fn released(claim: ClaimRef) -> Self {
+        Self { claim, status: "Pending", error: None, delay: Duration::ZERO, refund: 1 }
+    }
+
+    /// Discarded with `error`.
+    pub fn discarded(claim: ClaimRef, error: String) -> Self {
+        Self { claim, status: "Killed", error: Some(error), delay: Duration::ZERO, refund: 0 }
+    }
 }
 
 /// Writes many attempt outcomes in one statement.
@@ -373,11 +446,14 @@ pub async fn record_outcomes(
     worker_id: &str,
     rows: &[OutcomeRow],
 ) -> Result<u64, sqlx::Error> {
-    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let lock_ats: Vec<DateTime<Utc>> = rows.iter().map(|r| r.lock_at).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.claim.id.as_str()).collect();
+    let lock_ats: Vec<DateTime<Utc>> = rows.iter().map(|r| r.claim.lock_at).collect();
     let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
-    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
-    let delays: Vec<f64> = rows.iter().map(|r| r.delay.as_secs_f64()).collect();
+    // Handlers' error texts and delays are bound as they come; PostgreSQL
+    // refuses a NUL in text and a delay past its interval range, and one
+    // refused row fails the whole statement. Make every row storable.
+    let errors: Vec<Option<String>> = rows.iter().map(|r| r.error.as_deref().map(storable_text)).collect();
+    let delays: Vec<f64> = rows.iter().map(|r| r.delay.min(MAX_RETRY_DELAY).as_secs_f64()).collect();
     let refunds: Vec<i32> = rows.iter().map(|r| r.refund).collect();
     let res = sqlx::query(
         // "back" = (u.status = 'Pending' AND j.cancelled_at IS NULL): the job
@@ -420,15 +496,39 @@ pub async fn record_outcomes(
     Ok(res.rows_affected())
 }
 
+/// The longest a retry is put off (a handler's `retry_after` hint is capped
+/// to this; PostgreSQL's intervals and timestamps have a range).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 86_400);
+
+/// The most bytes of an error text kept in `last_error`.
+pub const MAX_ERROR_BYTES: usize = 8 * 1024;
+
+/// `text` as PostgreSQL can store it: NUL bytes shown as `\0` and at most
+/// [`MAX_ERROR_BYTES`] bytes, cut at a character boundary.
+pub fn storable_text(text: &str) -> String {
+    let mut out = if text.contains('\0') { text.replace('\0', "\\0") } else { text.to_string() };
+    if out.len() > MAX_ERROR_BYTES {
+        let mut cut = MAX_ERROR_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str(" … (truncated)");
+    }
+    out
+}
+
 /// Running jobs of `worker_id` whose cancel was requested (to re-signal any
 /// whose NOTIFY was missed).
-pub async fn cancelled_running(executor: impl PgExecutor<'_>, worker_id: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM apalis.jobs WHERE status = 'Running' AND lock_by = $1 AND cancelled_at IS NOT NULL",
+pub async fn cancelled_running(executor: impl PgExecutor<'_>, worker_id: &str) -> Result<Vec<ClaimRef>, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, lock_at FROM apalis.jobs
+          WHERE status = 'Running' AND lock_by = $1 AND cancelled_at IS NOT NULL AND lock_at IS NOT NULL",
     )
     .bind(worker_id)
     .fetch_all(executor)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|(id, lock_at)| ClaimRef { id, lock_at }).collect())
 }
 
 /// Running jobs of `worker_id` claimed more than `older_than` ago, with their

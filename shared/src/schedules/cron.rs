@@ -6,9 +6,9 @@
 //! conversions (ticks are wall-clock times in the schedule's zone, stored as
 //! UTC instants).
 
-use chrono::{DateTime, FixedOffset, Offset, SubsecRound, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, LocalResult, NaiveDateTime, Offset, SubsecRound, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-use croner::{Cron, JobType};
+use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
 /// Why a schedule's timing cannot be used.
@@ -36,6 +36,32 @@ pub struct CronSchedule {
     cron: Cron,
     tz: Tz,
     expr: String,
+    timing: Timing,
+}
+
+/// How a schedule meets daylight saving changes (README, "Scheduling").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// The hour field is `*` or has a step: ticks follow real time, so none
+    /// fall in the hour skipped in spring and both copies of the hour
+    /// repeated in autumn get theirs.
+    Interval,
+    /// The hour field names hours (`3`, `2,14`, `1-5`): wall-clock times.
+    /// A time skipped in spring runs once, right after the gap; a time that
+    /// happens twice in autumn runs once, the first time.
+    FixedTime,
+}
+
+impl Timing {
+    /// Reads the timing from a six-field expression's hour field. (croner
+    /// has its own rule, which calls any list or range in the second, minute
+    /// or hour field an interval; ours is the documented one.)
+    fn of(expr: &str) -> Self {
+        match expr.split_whitespace().nth(2) {
+            Some(hour) if hour.contains('*') || hour.contains('/') => Self::Interval,
+            _ => Self::FixedTime,
+        }
+    }
 }
 
 impl CronSchedule {
@@ -52,22 +78,26 @@ impl CronSchedule {
             .parse(expr)
             .map_err(|e| CronError::Expression { expr: expr.into(), reason: e.to_string() })?;
         let tz: Tz = tz.parse().map_err(|_| CronError::TimeZone(tz.into()))?;
-        Ok(Self { cron, tz, expr: expr.into() })
+        Ok(Self { cron, tz, expr: expr.into(), timing: Timing::of(expr) })
+    }
+
+    /// How this schedule meets daylight saving changes.
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     /// The first tick strictly after `t`.
     ///
-    /// Daylight saving follows croner's rules for fixed-time expressions
-    /// (a time skipped in spring runs at the first time after the gap; a time
-    /// that occurs twice in autumn runs once). Interval expressions (a `*` or
-    /// step in the hour field, like `0 */5 * * * *`) tick by real time through
-    /// both transitions: no tick in the skipped hour, ticks in both copies of
-    /// the repeated hour. Always later than `t`.
+    /// Daylight saving as [`Timing`] says: fixed times (hours named in the
+    /// hour field, lists and ranges too) run once a day each, a skipped one
+    /// right after the gap; interval expressions (a `*` or step in the hour
+    /// field, like `0 */5 * * * *`) tick by real time through both
+    /// transitions. Always later than `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
         let t = whole_seconds(t);
-        match self.cron.determine_job_type() {
-            JobType::FixedTime => self.next_fixed_time(t),
-            JobType::IntervalWildcard => self.next_by_real_time(t),
+        match self.timing {
+            Timing::FixedTime => self.next_fixed_time(t),
+            Timing::Interval => self.next_by_real_time(t),
         }
     }
 
@@ -75,21 +105,41 @@ impl CronSchedule {
         CronError::NeverMatches(self.expr.clone())
     }
 
-    /// croner's own search, except that it answers the earlier copy of a
-    /// repeated local time even when `t` is already past it; then look on
-    /// from the later copy (a fixed-time job runs once).
+    /// The next wall-clock time that matches, searched on the local calendar
+    /// (croner run on naive local times, so its own daylight saving rules do
+    /// not apply) and then placed on the time line: a time that happens
+    /// twice counts at its first instant only; a time in a spring gap runs at
+    /// the first instant after the gap.
     fn next_fixed_time(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, CronError> {
-        let mut from = t;
-        for _ in 0..4 {
-            let found = self.cron.find_next_occurrence(&from.with_timezone(&self.tz), false).map_err(|_| self.never())?;
-            let found_utc = found.with_timezone(&Utc);
-            if found_utc > t {
-                return Ok(found_utc);
+        let mut local = t.with_timezone(&self.tz).naive_local();
+        // Each round skips one candidate whose first instant is already past
+        // (the second copy of an autumn hour); a day has few of them.
+        for _ in 0..MAX_FIXED_TIME_ROUNDS {
+            let next = self
+                .cron
+                .find_next_occurrence(&Utc.from_utc_datetime(&local), false)
+                .map_err(|_| self.never())?
+                .naive_utc();
+            let instant = match self.tz.from_local_datetime(&next) {
+                LocalResult::Single(d) => Some(d),
+                LocalResult::Ambiguous(first, _) => Some(first),
+                LocalResult::None => self.first_instant_after_gap(next),
             }
-            let later_copy = self.tz.from_local_datetime(&found.naive_local()).latest().ok_or_else(|| self.never())?;
-            from = later_copy.with_timezone(&Utc).max(from + chrono::Duration::seconds(1));
+            .ok_or_else(|| self.never())?
+            .with_timezone(&Utc);
+            if instant > t {
+                return Ok(instant);
+            }
+            local = next;
         }
         Err(self.never())
+    }
+
+    /// The first instant after the spring gap that swallowed local time
+    /// `in_gap` (gaps end on a whole minute).
+    fn first_instant_after_gap(&self, in_gap: NaiveDateTime) -> Option<DateTime<Tz>> {
+        let minute = in_gap.with_second(0)?;
+        (1..=24 * 60).find_map(|m| self.tz.from_local_datetime(&(minute + chrono::Duration::minutes(m))).earliest())
     }
 
     /// Searches with the UTC offset in force at `from` held fixed; if the
@@ -155,6 +205,9 @@ impl CronSchedule {
         Ok(ticks)
     }
 }
+
+/// Candidates `next_fixed_time` may skip (second copies of autumn times).
+const MAX_FIXED_TIME_ROUNDS: usize = 2 * 60 * 60 + 2;
 
 /// Offset changes `next_after` crosses looking for a tick (eight years of
 /// twice-yearly daylight saving changes).
@@ -249,7 +302,7 @@ mod tests {
 
     #[test]
     fn next_is_always_later_around_both_changes() {
-        for expr in ["0 * * * * *", "0 30 2 * * *", "0 0 * * * *", "0 15 2 * * *", "0 */15 * * * *", "*/20 * 2 * * *"] {
+        for expr in ["0 * * * * *", "0 30 2 * * *", "0 0 * * * *", "0 15 2 * * *", "0 */15 * * * *", "*/20 * 2 * * *", "0 15,45 2 * * *", "0 0 1-3 * * *"] {
             let c = CronSchedule::parse(expr, AMS).unwrap();
             for (from, until) in [("2026-03-28T22:00:00Z", "2026-03-29T04:00:00Z"), ("2026-10-24T22:00:00Z", "2026-10-25T04:00:00Z")] {
                 let (mut t, until) = (utc(from), utc(until));
@@ -262,17 +315,82 @@ mod tests {
         }
     }
 
+    /// All ticks of `expr` from `from` to `until` (UTC).
+    fn ticks(expr: &str, from: &str, until: &str) -> Vec<DateTime<Utc>> {
+        let c = CronSchedule::parse(expr, AMS).unwrap();
+        let mut out = Vec::new();
+        let (mut t, until) = (utc(from), utc(until));
+        loop {
+            t = c.next_after(t).unwrap();
+            if t > until {
+                return out;
+            }
+            out.push(t);
+        }
+    }
+
+    #[test]
+    fn timing_is_read_from_the_hour_field_as_documented() {
+        for (expr, timing) in [
+            ("0 15,45 2 * * *", Timing::FixedTime),
+            ("0 0 1-3 * * *", Timing::FixedTime),
+            ("*/20 * 2 * * *", Timing::FixedTime),
+            ("0 30 3 * * *", Timing::FixedTime),
+            ("0 * * * * *", Timing::Interval),
+            ("0 0 */2 * * *", Timing::Interval),
+            ("0 0 1-23/2 * * *", Timing::Interval),
+        ] {
+            assert_eq!(CronSchedule::parse(expr, AMS).unwrap().timing(), timing, "{expr}");
+        }
+    }
+
+    #[test]
+    fn fixed_times_written_as_lists_run_once_each_in_autumn() {
+        // 25 Oct 2026: 02:00-03:00 happens twice. 02:15 and 02:45 run once
+        // each, in the first copy (CEST, UTC+2).
+        let got = ticks("0 15,45 2 * * *", "2026-10-24T23:00:00Z", "2026-10-25T23:00:00Z");
+        assert_eq!(got, vec![utc("2026-10-25T00:15:00Z"), utc("2026-10-25T00:45:00Z")]);
+        // Same as the single time.
+        let got = ticks("0 15 2 * * *", "2026-10-24T23:00:00Z", "2026-10-25T23:00:00Z");
+        assert_eq!(got, vec![utc("2026-10-25T00:15:00Z")]);
+        // A range over the repeated hour: 01:00, 02:00 (first copy), 03:00.
+        let got = ticks("0 0 1-3 * * *", "2026-10-24T22:00:00Z", "2026-10-25T22:00:00Z");
+        assert_eq!(got, vec![utc("2026-10-24T23:00:00Z"), utc("2026-10-25T00:00:00Z"), utc("2026-10-25T02:00:00Z")]);
+    }
+
+    #[test]
+    fn fixed_times_written_as_lists_run_after_the_spring_gap() {
+        // 29 Mar 2026: 02:00-03:00 does not exist; 02:15 and 02:45 run right
+        // after the gap (03:00 CEST = 01:00Z), once, not zero times.
+        let got = ticks("0 15,45 2 * * *", "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z");
+        assert_eq!(got, vec![utc("2026-03-29T01:00:00Z")]);
+        let got = ticks("0 15 2 * * *", "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z");
+        assert_eq!(got, vec![utc("2026-03-29T01:00:00Z")]);
+        // The day after, both again at their times (CEST).
+        let got = ticks("0 15,45 2 * * *", "2026-03-29T22:00:00Z", "2026-03-30T22:00:00Z");
+        assert_eq!(got, vec![utc("2026-03-30T00:15:00Z"), utc("2026-03-30T00:45:00Z")]);
+    }
+
+    #[test]
+    fn interval_expressions_with_lists_in_minutes_still_follow_real_time() {
+        // Hour field `*`: ticks by real time, 4 per hour through both copies.
+        let got = ticks("0 0,15,30,45 * * * *", "2026-10-24T23:59:59Z", "2026-10-25T01:59:59Z");
+        assert_eq!(got.len(), 8);
+        let got = ticks("0 0,30 * * * *", "2026-03-29T00:00:00Z", "2026-03-29T01:59:59Z");
+        assert_eq!(got, vec![utc("2026-03-29T00:30:00Z"), utc("2026-03-29T01:00:00Z"), utc("2026-03-29T01:30:00Z")]);
+    }
+
     #[test]
     fn the_second_before_an_offset_change_is_no_trap() {
-        // A list in the hour field makes this an interval expression.
-        let c = CronSchedule::parse("0 0 0,12 1 1 *", AMS).unwrap();
+        // A step in the hour field makes this an interval expression.
+        let c = CronSchedule::parse("0 0 */12 1 1 *", AMS).unwrap();
         assert_eq!(c.next_after(utc("2026-03-29T00:59:59Z")).unwrap(), utc("2026-12-31T23:00:00Z"));
-        // Its only times fall in the skipped hour next spring: found the year after.
-        let c = CronSchedule::parse("0 0,30 2 29 3 *", AMS).unwrap();
+        // Its only times fall in the skipped hour next spring.
+        let c = CronSchedule::parse("0 0,30 */2 29 3 *", AMS).unwrap();
         let n = c.next_after(utc("2025-07-01T00:00:00Z")).unwrap();
         assert!(n > utc("2025-07-01T00:00:00Z"), "{n}");
         // 29 February, several changes ahead.
-        let c = CronSchedule::parse("0 0 0,12 29 2 *", AMS).unwrap();
+        let c = CronSchedule::parse("0 0 */12 29 2 *", AMS).unwrap();
         assert_eq!(c.next_after(utc("2026-03-01T00:00:00Z")).unwrap(), utc("2028-02-28T23:00:00Z"));
     }
 

@@ -485,7 +485,7 @@ pub async fn clear_leader_row(conn: &mut PgConnection, scheduler_id: &str) -> Re
 }
 
 /// Who leads, as far as the database knows.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct Leadership {
     /// True if some session holds the leader lock right now.
     pub lock_held: bool,

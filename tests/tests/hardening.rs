@@ -1,0 +1,342 @@
+//! The engine's defects found by trying to break it (issue "Harden the
+//! engine"), each reproduced against a real PostgreSQL: NUL bytes really
+//! sent, connections really cut, rows really locked. Tests that need real
+//! processes killed are in `worker/tests/process.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dkl_shared::jobs::ping::{self, Ping};
+use dkl_shared::jobs::{EnqueueOptions, JobClient, JobError, JobId, JobKind, Registry, store};
+use dkl_tests::{Outage, fast_config, job, migrate, start, wait_for, wait_status};
+use serde_json::json;
+use sqlx::PgPool;
+
+const T: Duration = Duration::from_secs(20);
+
+fn pings() -> Registry {
+    let mut r = Registry::new();
+    ping::register(&mut r);
+    r
+}
+
+async fn enqueue_json(client: &JobClient, payload: serde_json::Value) -> JobId {
+    client.enqueue_raw("ping", "default", &payload, 5, EnqueueOptions::default()).await.unwrap().id
+}
+
+/// Defect 1: an error text with a NUL byte made PostgreSQL refuse the whole
+/// outcome batch, retried for ever: later jobs stayed Running.
+#[sqlx::test(migrations = false)]
+async fn nul_bytes_in_error_texts_never_stall_outcome_writes(pool: PgPool) {
+    migrate(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let rt = start(&pool, pings(), fast_config());
+    // A permanent error with a NUL, and an unknown key with one (serde
+    // repeats the key in its decode error), among ordinary jobs.
+    let nul_error = enqueue_json(&client, json!({"permanent_error": "bad\u{0}x"})).await;
+    let nul_key = enqueue_json(&client, json!({"bad\u{0}key": 1})).await;
+    let mut good = Vec::new();
+    for i in 0..40 {
+        good.push(enqueue_json(&client, json!({"message": format!("ok {i}")})).await);
+    }
+    for id in &good {
+        wait_status(&pool, id, "Done", T).await;
+    }
+    let row = wait_status(&pool, &nul_error, "Killed", T).await;
+    assert_eq!(row.last_error.as_deref(), Some("bad\\0x"), "the NUL is shown, the rest kept");
+    let row = wait_status(&pool, &nul_key, "Killed", T).await;
+    let error = row.last_error.unwrap();
+    assert!(error.contains("bad\\0key") && error.contains("does not decode"), "{error}");
+    // Nothing is left for the writer: a stop is prompt.
+    let stopping = Instant::now();
+    rt.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stop took {:?}", stopping.elapsed());
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AskForever;
+impl JobKind for AskForever {
+    const KIND: &'static str = "ask_forever";
+}
+
+/// Defect 1: a huge `retry_after` overflowed `make_interval` the same way.
+#[sqlx::test(migrations = false)]
+async fn a_huge_retry_delay_is_capped_not_refused(pool: PgPool) {
+    migrate(&pool).await;
+    let mut registry = pings();
+    registry.register::<AskForever, _, _>(|_, _| async { Err(JobError::retry_after("come back never", Duration::MAX)) });
+    let client = JobClient::new(pool.clone());
+    let rt = start(&pool, registry, fast_config());
+    let forever = client.enqueue(&AskForever, EnqueueOptions::default()).await.unwrap().id;
+    let ping = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &ping, "Done", T).await;
+    let row = wait_for(T, "the retry to be written", || async {
+        let j = job(&pool, &forever).await;
+        (j.status == "Pending" && j.attempts == 1).then_some(j)
+    })
+    .await;
+    let days = (row.run_at - chrono::Utc::now()).num_days();
+    assert!((29..=30).contains(&days), "retry put off by the cap (30 days), got {days} days");
+    assert_eq!(row.last_error.as_deref(), Some("come back never"));
+    rt.stop().await;
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FailWith {
+    message: String,
+}
+impl JobKind for FailWith {
+    const KIND: &'static str = "fail_with";
+}
+
+/// Defect 1, at the right depth: a batch the server refuses for one row's
+/// content is written row by row; that row is discarded with a clear error,
+/// the others are written as they ended.
+#[sqlx::test(migrations = false)]
+async fn a_refused_outcome_row_is_discarded_and_the_rest_of_its_batch_written(pool: PgPool) {
+    migrate(&pool).await;
+    // A constraint only this test has: refuses any last_error with "poison"
+    // (its name must not contain the word, or the discard is refused too).
+    sqlx::query("ALTER TABLE apalis.jobs ADD CONSTRAINT test_refusal CHECK (last_error NOT LIKE '%poison%')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut registry = Registry::new();
+    registry.register::<FailWith, _, _>(|job, _| async move { Err(JobError::permanent(job.message)) });
+    let client = JobClient::new(pool.clone());
+    let jobs: Vec<FailWith> =
+        (0..300).map(|i| FailWith { message: if i % 30 == 0 { format!("poison {i}") } else { format!("fine {i}") } }).collect();
+    let ids = client.enqueue_many(&jobs).await.unwrap();
+    let rt = start(&pool, registry, fast_config());
+    wait_for(T, "every job to be discarded", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Killed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    rt.stop().await;
+    for (job_spec, id) in jobs.iter().zip(&ids) {
+        let error = job(&pool, id).await.last_error.unwrap();
+        if job_spec.message.starts_with("poison") {
+            assert!(error.contains("could not be stored") && error.contains("test_refusal"), "{error}");
+        } else {
+            assert_eq!(error, job_spec.message);
+        }
+    }
+}
+
+/// Defect 2: a cancel NOTIFY for a job running elsewhere was remembered by
+/// job id for ever, and killed the next claim of that job after a retry.
+#[sqlx::test(migrations = false)]
+async fn an_old_cancel_does_not_kill_a_retried_job(pool: PgPool) {
+    migrate(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let id = client.enqueue(&Ping { sleep_ms: 300, ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    // Another worker ("elsewhere", alive) claims it first ...
+    store::register_worker(&pool, "elsewhere", "default=1").await.unwrap();
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.dkl_claim('default', 1, 'elsewhere')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 1);
+    // ... while this runtime listens.
+    let rt = start(&pool, pings(), fast_config());
+    wait_for(T, "the runtime's first heartbeat", || async { rt.stats.snapshot().since_heartbeat }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.cancel(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The other worker ends the attempt as cancelled.
+    sqlx::query("UPDATE apalis.jobs SET status = 'Killed', done_at = now() WHERE id = $1")
+        .bind(&id.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // An admin retries it; this runtime takes it and must run it.
+    client.retry(&id).await.unwrap();
+    let row = wait_for(T, "the retried job to finish", || async {
+        let j = job(&pool, &id).await;
+        (j.status != "Pending" && j.status != "Running").then_some(j)
+    })
+    .await;
+    assert_eq!(row.status, "Done", "last_error: {:?}", row.last_error);
+    assert_eq!(row.lock_by.as_deref(), Some(rt.worker_id.as_str()));
+    assert!(row.cancelled_at.is_none());
+    rt.stop().await;
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Long {
+    n: u32,
+}
+impl JobKind for Long {
+    const KIND: &'static str = "long";
+}
+
+/// Defect 3: after a database outage, the first worker back saw every other
+/// worker's heartbeat as stale and rescued their running jobs while they
+/// still ran them.
+#[sqlx::test(migrations = false)]
+async fn a_database_outage_does_not_make_live_workers_jobs_run_twice(pool: PgPool) {
+    migrate(&pool).await;
+    let starts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let registry = || {
+        let mut r = Registry::new();
+        let starts = starts.clone();
+        r.register::<Long, _, _>(move |job, _| {
+            *starts.lock().unwrap().entry(job.n).or_default() += 1;
+            async move {
+                tokio::time::sleep(Duration::from_secs(12)).await;
+                Ok(())
+            }
+        });
+        r
+    };
+    let mut config = fast_config();
+    config.queue_concurrency.insert("default".into(), 2);
+    let client = JobClient::new(pool.clone());
+    client.enqueue_many(&(0..4).map(|n| Long { n }).collect::<Vec<_>>()).await.unwrap();
+    let a = start(&pool, registry(), config.clone());
+    let b = start(&pool, registry(), config);
+    let per_worker: Vec<(String, i64)> = wait_for(T, "both workers to run two jobs each", || async {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT lock_by, count(*) FROM apalis.jobs WHERE status = 'Running' GROUP BY 1 ORDER BY 1")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        (rows.len() == 2 && rows.iter().all(|(_, n)| *n == 2)).then_some(rows)
+    })
+    .await;
+    assert_eq!(per_worker.len(), 2);
+
+    // 5 s without the database: longer than DKL_RESCUE_AFTER_SECS (3 s).
+    let outage = Outage::begin(&pool).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    outage.end().await;
+
+    dkl_tests::wait_all_done(&pool, Duration::from_secs(40)).await;
+    a.stop().await;
+    b.stop().await;
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 4);
+    assert!(starts.values().all(|n| *n == 1), "a live worker's job ran again: starts per job {starts:?}");
+    let (attempts, rescues): (i64, i64) = sqlx::query_as("SELECT sum(attempts), sum(rescues) FROM apalis.jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((attempts, rescues), (4, 0));
+}
+
+/// Defect 5: with its only due job row-locked by someone else, an idle
+/// fetcher claimed nothing, heard "next due in 0" and looked again at once.
+#[sqlx::test(migrations = false)]
+async fn an_idle_fetcher_backs_off_from_a_locked_due_row(pool: PgPool) {
+    migrate(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let id = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM apalis.jobs WHERE id = $1 FOR UPDATE").bind(&id.0).execute(&mut *tx).await.unwrap();
+
+    let rt = start(&pool, pings(), fast_config());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rt.stats.snapshot().claim_queries;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let claims = rt.stats.snapshot().claim_queries - before;
+    // Two fetch loops per queue, each backing off to the 200 ms poll: ~20.
+    // Spinning made thousands.
+    assert!(claims < 100, "{claims} claim queries in 2 s while the only due row was locked");
+    assert_eq!(job(&pool, &id).await.status, "Pending");
+
+    tx.commit().await.unwrap();
+    wait_status(&pool, &id, "Done", Duration::from_secs(5)).await;
+    rt.stop().await;
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Hang;
+impl JobKind for Hang {
+    const KIND: &'static str = "hang";
+    const QUEUE: &'static str = "stuck";
+    const MAX_ATTEMPTS: i32 = 2;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Quick;
+impl JobKind for Quick {
+    const KIND: &'static str = "quick";
+    const QUEUE: &'static str = "stuck";
+}
+
+/// Defect 10: two hung jobs on a queue of concurrency 2 blocked a third for
+/// ever. A handler past its kind's timeout is cancelled, then dropped, and
+/// the attempt counts.
+#[sqlx::test(migrations = false)]
+async fn hung_jobs_time_out_and_free_their_slots(pool: PgPool) {
+    migrate(&pool).await;
+    let mut registry = Registry::new();
+    // Ignores its cancel signal: only dropping it ends it.
+    registry.register::<Hang, _, _>(|_, _| std::future::pending());
+    registry.register::<Quick, _, _>(|_, _| async { Ok(()) });
+    let mut config = fast_config();
+    config.queue_concurrency.insert("stuck".into(), 2);
+    let client = JobClient::new(pool.clone());
+    let hung = [
+        client.enqueue(&Hang, EnqueueOptions::default()).await.unwrap().id,
+        client.enqueue(&Hang, EnqueueOptions::default()).await.unwrap().id,
+    ];
+    let rt = start(&pool, registry, config);
+    for id in &hung {
+        wait_status(&pool, id, "Running", T).await;
+    }
+    let queued_at = Instant::now();
+    let quick = client.enqueue(&Quick, EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &quick, "Done", T).await;
+    // Timeout 1 s + cancel grace 1 s, then the slot is free.
+    assert!(queued_at.elapsed() < Duration::from_secs(5), "the third job waited {:?}", queued_at.elapsed());
+    for id in &hung {
+        let row = wait_status(&pool, id, "Killed", T).await;
+        assert_eq!(row.attempts, 2, "each timeout counts as an attempt");
+        let error = row.last_error.unwrap();
+        assert!(error.contains("timed out after 1s") && error.contains("DKL_JOB_TIMEOUTS"), "{error}");
+    }
+    rt.stop().await;
+}
+
+/// Defect 10: `DKL_JOB_TIMEOUTS` overrides a kind's own timeout.
+#[sqlx::test(migrations = false)]
+async fn a_configured_timeout_overrides_the_kinds_own(pool: PgPool) {
+    migrate(&pool).await;
+    let mut config = fast_config();
+    config.kind_timeouts.insert("ping".into(), Duration::from_secs(1));
+    let client = JobClient::new(pool.clone());
+    let id = client
+        .enqueue(&Ping { sleep_ms: 60_000, ..Default::default() }, EnqueueOptions { max_attempts: Some(1), ..Default::default() })
+        .await
+        .unwrap()
+        .id;
+    let rt = start(&pool, pings(), config);
+    let row = wait_status(&pool, &id, "Killed", Duration::from_secs(10)).await;
+    assert!(row.last_error.unwrap().contains("timed out after 1s"));
+    rt.stop().await;
+}
+
+/// Defect 11: apalis's insert trigger NOTIFYd a channel nobody listens to.
+#[sqlx::test(migrations = false)]
+async fn apalis_insert_trigger_is_gone(pool: PgPool) {
+    migrate(&pool).await;
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'apalis.jobs'::regclass AND NOT tgisinternal ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(triggers, vec!["jobs_notify_pending".to_string()]);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("apalis::job::insert").await.unwrap();
+    JobClient::new(pool.clone()).enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "apalis's channel still hears inserts: {heard:?}");
+}
