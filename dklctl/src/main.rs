@@ -4,20 +4,18 @@
 //! talks to the same database through `dkl-shared` and needs clap, which the
 //! long-running binaries do not.
 
-mod bench;
-mod bench_schedule;
-mod status;
+mod commands;
 mod table;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+use commands::{bench, bench_schedule, database, jobs, schedules, status};
 use dkl_shared::config::Config;
-use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId, RetryOutcome, catalog, ping::Ping, prune::PruneJobs};
+use dkl_shared::jobs::JobClient;
+use dkl_shared::kinds::Ping;
 use dkl_shared::monitor::JobFilter;
-use dkl_shared::schedules::{self, store::NewScheduledJob};
 use dkl_shared::{db, startup};
 
 #[derive(Parser)]
@@ -175,114 +173,36 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     }
     let client = JobClient::new(pool.clone());
     match command {
-        Command::Migrate => {
-            db::migrate(&pool).await?;
-            println!("database migrated");
-        }
-        Command::Check => println!("configuration valid; database reachable and migrated"),
+        Command::Migrate => database::migrate(&pool).await?,
+        Command::Check => database::check(),
         Command::Ping { message, fail_attempts, sleep_ms, at } => {
-            let ping = Ping { message, sleep_ms, fail_attempts, permanent_error: None };
-            let job = client.enqueue(&ping, EnqueueOptions { run_at: at, ..Default::default() }).await?;
-            println!("{}", job.id);
+            jobs::ping(&client, Ping { message, sleep_ms, fail_attempts, permanent_error: None }, at).await?
         }
         Command::Enqueue { kind, payload, queue, at, dedup, max_attempts } => {
-            let payload: serde_json::Value = serde_json::from_str(&payload)
-                .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
-            let queue = queue.unwrap_or_else(|| known_queue(&kind).to_string());
-            let max_attempts = max_attempts.unwrap_or_else(|| known_max_attempts(&kind));
-            let opts = EnqueueOptions { run_at: at, dedup_key: dedup, ..Default::default() };
-            let job = client.enqueue_raw(&kind, &queue, &payload, max_attempts, opts).await?;
-            if job.created {
-                println!("{}", job.id);
-            } else {
-                println!("{} (existing live job with this dedup key)", job.id);
-            }
+            let payload = commands::parse_payload(&payload)?;
+            jobs::enqueue(&client, jobs::EnqueueRequest { kind, payload, queue, at, dedup, max_attempts }).await?
         }
-        Command::Cancel { id } => cancel(&pool, &client, &id).await?,
-        Command::Retry { id } => {
-            let outcome = client.retry(&JobId(id.clone())).await?;
-            let text = match outcome {
-                RetryOutcome::Requeued => "pending again, due now, attempts reset",
-                RetryOutcome::MadeDue => "was waiting; now due",
-                RetryOutcome::Running => "is running; nothing changed (cancel it first to stop it)",
-            };
-            println!("{id}: {text}");
-        }
+        Command::Cancel { id } => match id.parse::<uuid::Uuid>() {
+            Ok(row_id) => schedules::cancel_row(&pool, row_id).await?,
+            Err(_) => jobs::cancel(&client, &id).await?,
+        },
+        Command::Retry { id } => jobs::retry(&client, &id).await?,
         Command::Status { recent } => status::print_status(&pool, recent).await?,
         Command::Jobs { state, kind, queue, schedule, limit } => {
             status::print_jobs(&pool, &JobFilter { state, kind, queue, schedule, limit }).await?
         }
-        Command::Show { id } => {
-            let job = client.job(&JobId(id)).await?;
-            println!("{job:#?}");
-        }
+        Command::Show { id } => jobs::show(&client, &id).await?,
         Command::Schedules => status::print_schedules(&pool).await?,
-        Command::Pause { schedule } => set_enabled(&pool, &schedule, false).await?,
-        Command::Resume { schedule } => set_enabled(&pool, &schedule, true).await?,
-        Command::RunNow { schedule } => {
-            let job_id = schedules::run_now(&pool, &catalog::standard(), &schedule, &whoami()).await?;
-            println!("{job_id}");
-        }
+        Command::Pause { schedule } => schedules::set_enabled(&pool, &schedule, false).await?,
+        Command::Resume { schedule } => schedules::set_enabled(&pool, &schedule, true).await?,
+        Command::RunNow { schedule } => schedules::run_now(&pool, &schedule).await?,
         Command::Schedule { kind, at, payload, note, created_by } => {
-            let payload: serde_json::Value = serde_json::from_str(&payload)
-                .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
-            // Refuse now what the scheduler would reject later.
-            catalog::standard().resolve(&kind, &payload).map_err(anyhow::Error::msg)?;
-            let created_by = created_by.unwrap_or_else(whoami);
-            let row = NewScheduledJob { job_kind: &kind, payload: &payload, run_at: at, created_by: &created_by, note: note.as_deref(), queue: None };
-            let row = schedules::store::insert_scheduled_job(&pool, &row).await?;
-            println!("{} (scheduled_jobs row; runs at {})", row.id, row.run_at.to_rfc3339());
+            let payload = commands::parse_payload(&payload)?;
+            schedules::schedule(&pool, schedules::ScheduleRequest { kind, at, payload, note, created_by }).await?
         }
-        Command::Prune => {
-            let job = client.enqueue(&PruneJobs::default(), EnqueueOptions::dedup("prune_jobs")).await?;
-            println!("{}", job.id);
-        }
+        Command::Prune => jobs::prune(&client).await?,
         Command::Bench { what: BenchCommand::Queue(args) } => bench::queue(&pool, &config, args).await?,
         Command::Bench { what: BenchCommand::Schedule(args) } => bench_schedule::run(&pool, &config, args).await?,
-    }
-    Ok(())
-}
-
-/// The queue of a known kind; `default` for others.
-fn known_queue(kind: &str) -> &'static str {
-    catalog::standard().get(kind).map_or("default", |spec| spec.queue)
-}
-
-fn known_max_attempts(kind: &str) -> i32 {
-    catalog::standard().get(kind).map_or(5, |spec| spec.max_attempts)
-}
-
-/// Who runs this command, for `created_by`.
-fn whoami() -> String {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).map_or_else(|| "dklctl".into(), |u| format!("{u} (dklctl)"))
-}
-
-/// Pauses or resumes a schedule.
-async fn set_enabled(pool: &sqlx::PgPool, name: &str, enabled: bool) -> anyhow::Result<()> {
-    if !schedules::store::set_enabled(pool, name, enabled).await? {
-        anyhow::bail!("no schedule named `{name}`; `dklctl schedules` lists them");
-    }
-    println!("{name}: {}", if enabled { "resumed; it ticks from its next time after now" } else { "paused" });
-    Ok(())
-}
-
-/// Cancels a job by id, or an admin row by UUID.
-async fn cancel(pool: &sqlx::PgPool, client: &JobClient, id: &str) -> anyhow::Result<()> {
-    let Ok(row_id) = id.parse::<uuid::Uuid>() else {
-        let outcome = client.cancel(&JobId(id.to_string())).await?;
-        println!("{id}: {outcome:?}");
-        return Ok(());
-    };
-    let mut conn = pool.acquire().await?;
-    match schedules::store::cancel_scheduled_job(&mut conn, row_id).await? {
-        None => anyhow::bail!("no scheduled_jobs row with id {id}"),
-        Some(row) if row.status == "cancelled" => println!("{id}: scheduled job cancelled; it will not run"),
-        Some(row) => match row.job_id {
-            Some(job_id) => anyhow::bail!(
-                "{id} was already enqueued as job {job_id}; cancel the job instead: dklctl cancel {job_id}"
-            ),
-            None => anyhow::bail!("{id} is {}; only pending rows can be cancelled", row.status),
-        },
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! # async fn demo(pool: sqlx::PgPool) {
 //! use dkl_scheduler::Scheduler;
 //! let shutdown = tokio_util::sync::CancellationToken::new();
-//! let scheduler = Scheduler::new(pool, dkl_shared::jobs::catalog::standard(), Default::default());
+//! let scheduler = Scheduler::new(pool, dkl_shared::kinds::catalog(), Default::default());
 //! scheduler.run(shutdown).await; // until shutdown is cancelled
 //! # }
 //! ```

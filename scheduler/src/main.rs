@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use dkl_scheduler::Scheduler;
 use dkl_shared::config::Config;
-use dkl_shared::jobs::catalog;
 use dkl_shared::{db, startup, telemetry};
 
 #[tokio::main]
@@ -16,6 +15,6 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let pool = db::connect_migrated(&config).await?;
     let shutdown = telemetry::shutdown_on_signals();
-    Scheduler::new(pool, catalog::standard(), config.scheduler).run(shutdown).await;
+    Scheduler::new(pool, dkl_shared::kinds::catalog(), config.scheduler).run(shutdown).await;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use dkl_shared::schedules::store::{self, RunOutcome, Schedule};
+use dkl_shared::schedules::store::{self, CatchUp, RunOutcome, Schedule};
 use dkl_shared::schedules::{CronSchedule, TickError, TickResult, enqueue_tick, resolve_schedule};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -109,7 +109,7 @@ async fn run_schedule(
         Some(due) if due > now => return Ok(due),
         Some(due) => due,
     };
-    let (ticks, missed) = if s.catch_up == "every" {
+    let (ticks, missed) = if s.catch_up == CatchUp::Every {
         (cron.ticks_from(due, now, MAX_CATCH_UP_PER_PASS)?, 0)
     } else {
         // Walk forward from `due` (a tick) so the stamp is a real tick even
@@ -128,7 +128,7 @@ async fn run_schedule(
         store::set_next_run(conn, s, next).await?;
         return Ok(next);
     };
-    let next = cron.next_after(if s.catch_up == "every" { last_tick } else { now })?;
+    let next = cron.next_after(if s.catch_up == CatchUp::Every { last_tick } else { now })?;
 
     let mut tx = conn.begin().await?;
     let mut last_job = None;

@@ -4,6 +4,7 @@
 //! - [`config`]: environment variables, validated at start;
 //! - [`db`]: connecting and migrations;
 //! - [`jobs`]: the job engine on apalis;
+//! - [`kinds`]: the payload type of every job kind (their handlers live in `dkl-worker`);
 //! - [`schedules`]: recurring and admin-scheduled jobs (the scheduler's tables);
 //! - [`monitor`]: the job status views and leadership, for `dklctl` and `/metrics`;
 //! - [`telemetry`]: logging setup and shutdown signals;
@@ -12,7 +13,9 @@
 pub mod config;
 pub mod db;
 pub mod jobs;
+pub mod kinds;
 pub mod monitor;
 pub mod schedules;
 pub mod startup;
 pub mod telemetry;
+mod text_enum;

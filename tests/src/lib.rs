@@ -11,7 +11,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use dkl_shared::config::JobsConfig;
-use dkl_shared::jobs::{JobId, JobRecord, Registry, WorkerRuntime, store};
+use dkl_shared::jobs::testing as store;
+use dkl_shared::jobs::{JobId, JobRecord, Registry, WorkerRuntime};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,14 @@ pub fn start(pool: &PgPool, registry: Registry, config: JobsConfig) -> RunningRu
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(runtime.run(shutdown.clone()));
     RunningRuntime { shutdown, handle, worker_id, stats }
+}
+
+/// Runs the next due job of `queue` once through the engine (claim, handler,
+/// outcome), with [`fast_config`]; returns its row afterwards, or `None`
+/// when nothing is due. For testing one handler against a real database
+/// without a running worker.
+pub async fn work_one(pool: &PgPool, registry: Registry, queue: &str) -> Option<JobRecord> {
+    store::work_one(pool, registry, queue, fast_config()).await.expect("work_one")
 }
 
 /// Reads a job row.
@@ -152,7 +161,7 @@ impl RunningScheduler {
 pub fn start_scheduler(pool: &PgPool) -> RunningScheduler {
     let scheduler = dkl_scheduler::Scheduler::new(
         pool.clone(),
-        dkl_shared::jobs::catalog::standard(),
+        dkl_shared::kinds::catalog(),
         fast_scheduler_config(),
     );
     let leading = scheduler.leading();

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use dkl_shared::jobs::ping::{self, Ping};
-use dkl_shared::jobs::prune::{self, PruneJobs};
+use dkl_shared::kinds::{Ping, PruneJobs};
+use dkl_worker::handlers::{ping, prune_jobs as prune};
 use dkl_shared::jobs::{
     CancelOutcome, EnqueueOptions, JobClient, JobError, JobKind, Registry,
 };
@@ -44,12 +44,12 @@ async fn enqueue_in_rolled_back_transaction_leaves_no_job(pool: PgPool) {
     let mut tx = pool.begin().await.unwrap();
     let rolled = client.enqueue_tx(&mut tx, &Ping::default(), EnqueueOptions::default()).await.unwrap();
     tx.rollback().await.unwrap();
-    assert!(dkl_shared::jobs::store::job(&pool, &rolled.id.0).await.unwrap().is_none());
+    assert!(dkl_shared::jobs::testing::job(&pool, &rolled.id.0).await.unwrap().is_none());
 
     let mut tx = pool.begin().await.unwrap();
     let committed = client.enqueue_tx(&mut tx, &Ping::default(), EnqueueOptions::default()).await.unwrap();
     // Not visible to others before commit ...
-    assert!(dkl_shared::jobs::store::job(&pool, &committed.id.0).await.unwrap().is_none());
+    assert!(dkl_shared::jobs::testing::job(&pool, &committed.id.0).await.unwrap().is_none());
     tx.commit().await.unwrap();
     // ... and there after.
     assert_eq!(job(&pool, &committed.id).await.status, "Pending");
@@ -257,8 +257,8 @@ async fn rescue_returns_a_dead_workers_job_without_charging_the_attempt(pool: Pg
     let client = JobClient::new(pool.clone());
     let id = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
     // A worker that claimed the job and then went silent long ago.
-    dkl_shared::jobs::store::register_worker(&pool, "dead-worker", "default=1").await.unwrap();
-    let claimed = dkl_shared::jobs::store::claim(&pool, "default", 10, "dead-worker").await.unwrap();
+    dkl_shared::jobs::testing::register_worker(&pool, "dead-worker", "default=1").await.unwrap();
+    let claimed = dkl_shared::jobs::testing::claim(&pool, "default", 10, "dead-worker").await.unwrap();
     assert_eq!(claimed.len(), 1);
     sqlx::query("UPDATE apalis.workers SET last_seen = now() - interval '1 hour' WHERE id = 'dead-worker'")
         .execute(&pool)
@@ -296,7 +296,7 @@ async fn prune_deletes_only_old_finished_jobs(pool: PgPool) {
     let exists = |i: usize| {
         let pool = pool.clone();
         let id = ids[i].0.clone();
-        async move { dkl_shared::jobs::store::job(&pool, &id).await.unwrap().is_some() }
+        async move { dkl_shared::jobs::testing::job(&pool, &id).await.unwrap().is_some() }
     };
     assert!(!exists(0).await, "old done job must be pruned");
     assert!(exists(1).await, "recently discarded job must be kept");
@@ -459,7 +459,7 @@ async fn a_cancelled_job_released_at_shutdown_does_not_come_back(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_stale_outcome_cannot_finish_a_newer_claim(pool: PgPool) {
     migrate(&pool).await;
-    use dkl_shared::jobs::store::{self, OutcomeRow};
+    use dkl_shared::jobs::testing::{self as store, OutcomeRow};
     let client = JobClient::new(pool.clone());
     let id = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
     store::register_worker(&pool, "w1", "default=1").await.unwrap();
@@ -470,10 +470,28 @@ async fn a_stale_outcome_cannot_finish_a_newer_claim(pool: PgPool) {
     store::register_worker(&pool, "w1", "default=1").await.unwrap();
     let second = store::claim(&pool, "default", 1, "w1").await.unwrap().remove(0);
     assert_ne!(first.lock_at, second.lock_at);
-    let stale = OutcomeRow { claim: first.claim(), status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
+    let stale = OutcomeRow { claim: first.claim(), status: dkl_shared::jobs::JobState::Done, error: None, delay: Duration::ZERO, refund: 0 };
     assert_eq!(store::record_outcomes(&pool, "w1", &[stale]).await.unwrap(), 0, "the old claim's outcome is ignored");
     assert_eq!(job(&pool, &id).await.status, "Running");
-    let fresh = OutcomeRow { claim: second.claim(), status: "Done", error: None, delay: Duration::ZERO, refund: 0 };
+    let fresh = OutcomeRow { claim: second.claim(), status: dkl_shared::jobs::JobState::Done, error: None, delay: Duration::ZERO, refund: 0 };
     assert_eq!(store::record_outcomes(&pool, "w1", &[fresh]).await.unwrap(), 1);
     assert_eq!(job(&pool, &id).await.status, "Done");
+}
+
+/// The harness's `work_one` runs one due job through the engine: the
+/// outcome rules are the runtime's (a retryable failure is rescheduled with
+/// its attempt counted; success is Done).
+#[sqlx::test(migrations = false)]
+async fn work_one_runs_the_next_due_job_once(pool: PgPool) {
+    migrate(&pool).await;
+    let client = JobClient::new(pool.clone());
+    assert!(dkl_tests::work_one(&pool, pings(), "default").await.is_none(), "nothing due");
+    let id = client.enqueue(&Ping { fail_attempts: 1, ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    let first = dkl_tests::work_one(&pool, pings(), "default").await.expect("a due job");
+    assert_eq!(first.id, id.0);
+    assert_eq!((first.status, first.attempts), (dkl_shared::jobs::JobState::Pending, 1));
+    assert!(first.last_error.unwrap().contains("fails on purpose"));
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1").bind(&id.0).execute(&pool).await.unwrap();
+    let second = dkl_tests::work_one(&pool, pings(), "default").await.expect("due again");
+    assert_eq!((second.status, second.attempts), (dkl_shared::jobs::JobState::Done, 2));
 }

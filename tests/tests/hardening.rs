@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dkl_shared::jobs::ping::{self, Ping};
-use dkl_shared::jobs::{EnqueueOptions, JobClient, JobError, JobId, JobKind, Registry, store};
+use dkl_shared::jobs::testing as store;
+use dkl_shared::jobs::{EnqueueOptions, JobClient, JobError, JobId, JobKind, Registry};
+use dkl_shared::kinds::Ping;
+use dkl_worker::handlers::ping;
 use dkl_tests::{Outage, fast_config, job, migrate, start, wait_for, wait_status};
 use serde_json::json;
 use sqlx::PgPool;

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dkl_shared::jobs::ping::{self, Ping};
-use dkl_shared::jobs::{EngineError, EnqueueOptions, JobClient, Registry, RetryOutcome, catalog};
+use dkl_shared::kinds::Ping;
+use dkl_worker::handlers::ping;
+use dkl_shared::jobs::{EngineError, EnqueueOptions, JobClient, Registry, RetryOutcome};
+use dkl_shared::kinds;
 use dkl_shared::monitor::{self, JobFilter};
 use dkl_shared::schedules::store::{self, RunOutcome};
 use dkl_shared::schedules::{self, CronSchedule, DIALECT_EXAMPLES, TickResult, enqueue_tick};
@@ -268,7 +270,7 @@ async fn two_leaders_cannot_enqueue_the_same_tick(pool: PgPool) {
     setup(&pool).await;
     add_schedule(&pool, "contested", "* * * * * *", "ping", serde_json::json!({})).await;
     let s = store::all_schedules(&pool).await.unwrap().into_iter().find(|s| s.name == "contested").unwrap();
-    let catalog = catalog::standard();
+    let catalog = kinds::catalog();
     let spec = catalog.get("ping").unwrap();
     let tick: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
 
@@ -280,7 +282,7 @@ async fn two_leaders_cannot_enqueue_the_same_tick(pool: PgPool) {
     let second = tokio::spawn({
         let (pool, s) = (pool.clone(), s.clone());
         async move {
-            let catalog = catalog::standard();
+            let catalog = kinds::catalog();
             let mut b = pool.acquire().await.unwrap();
             let mut tx_b = b.begin().await.unwrap();
             let r = enqueue_tick(&mut tx_b, catalog.get("ping").unwrap(), &s, tick, RunOutcome::Enqueued, 0, "leader-b").await.unwrap();
@@ -323,7 +325,7 @@ async fn leadership_moves_to_the_other_scheduler_when_the_leader_stops(pool: PgP
 #[sqlx::test(migrations = false)]
 async fn run_now_enqueues_a_manual_run_even_when_disabled(pool: PgPool) {
     setup(&pool).await;
-    let job_id = schedules::run_now(&pool, &catalog::standard(), "prune-jobs", "tester").await.unwrap();
+    let job_id = schedules::run_now(&pool, &kinds::catalog(), "prune-jobs", "tester").await.unwrap();
     let r = runs(&pool, "prune-jobs").await;
     assert_eq!((r.len(), r[0].outcome.as_str(), r[0].job_id.as_deref()), (1, "manual", Some(job_id.as_str())));
     let listed = monitor::jobs(&pool, &JobFilter { schedule: Some("prune-jobs".into()), limit: 5, ..Default::default() })
@@ -331,7 +333,7 @@ async fn run_now_enqueues_a_manual_run_even_when_disabled(pool: PgPool) {
         .unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].kind.as_str(), listed[0].queue.as_str()), ("prune_jobs", "maintenance"));
-    let err = schedules::run_now(&pool, &catalog::standard(), "prune-job", "tester").await.unwrap_err().to_string();
+    let err = schedules::run_now(&pool, &kinds::catalog(), "prune-job", "tester").await.unwrap_err().to_string();
     assert!(err.contains("no schedule named `prune-job`") && err.contains("prune-jobs"), "{err}");
 }
 

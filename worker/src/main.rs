@@ -1,15 +1,13 @@
 //! `dkl-worker`: runs every job kind of dkl-mail-worker until SIGTERM, and
 //! serves `/healthz` and `/metrics` on `DKL_HTTP_ADDR`.
 
-mod http;
-mod metrics;
-
 use std::process::ExitCode;
 
 use anyhow::Context;
 use dkl_shared::config::Config;
-use dkl_shared::jobs::{Registry, WorkerRuntime, catalog, ping, prune};
+use dkl_shared::jobs::WorkerRuntime;
 use dkl_shared::{db, startup, telemetry};
+use dkl_worker::{handlers, http};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,8 +16,10 @@ async fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let pool = db::connect_migrated(&config).await?;
-    let registry = registry(&pool, &config);
-    warn_about_kinds_without_handler(&registry);
+    let registry = handlers::registry(&pool, &config);
+    if !handlers::NOT_YET_HANDLED.is_empty() {
+        tracing::warn!(kinds = ?handlers::NOT_YET_HANDLED, "no handler in this worker for these known kinds yet; their jobs will be discarded with \"no handler for kind …\"");
+    }
     let shutdown = telemetry::shutdown_on_signals();
     let runtime = WorkerRuntime::new(pool.clone(), registry, config.jobs.clone());
     // The listener outlives the runtime's drain, so health checks keep
@@ -47,21 +47,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = server.await;
     }
     result
-}
-
-/// Every job kind this worker runs.
-fn registry(pool: &sqlx::PgPool, config: &Config) -> Registry {
-    let mut registry = Registry::new();
-    ping::register(&mut registry);
-    prune::register(&mut registry, pool.clone(), config.jobs.prune_done_after, config.jobs.prune_discarded_after);
-    registry
-}
-
-/// Kinds the scheduler may enqueue that this worker will discard.
-fn warn_about_kinds_without_handler(registry: &Registry) {
-    let runs = registry.kinds();
-    let missing: Vec<_> = catalog::standard().kinds().into_iter().filter(|k| !runs.contains(k)).collect();
-    if !missing.is_empty() {
-        tracing::warn!(kinds = ?missing, "no handler in this worker for these known kinds; their jobs will be discarded with \"no handler for kind …\"");
-    }
 }

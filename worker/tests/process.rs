@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dkl_shared::jobs::ping::Ping;
+use dkl_shared::kinds::Ping;
 use dkl_shared::jobs::{EnqueueOptions, JobClient};
 use dkl_tests::process::{self, Reaper, log_path, signal, wait_exit};
 use dkl_tests::{migrate, url_of, wait_status};
@@ -47,7 +47,7 @@ async fn kill_9_mid_job_is_rescued_and_finished_with_attempts_unchanged(pool: Pg
     assert!(done.last_error.is_none());
 }
 
-async fn job_status(pool: &PgPool, id: &dkl_shared::jobs::JobId) -> String {
+async fn job_status(pool: &PgPool, id: &dkl_shared::jobs::JobId) -> dkl_shared::jobs::JobState {
     dkl_tests::job(pool, id).await.status
 }
 

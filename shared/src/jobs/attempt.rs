@@ -21,6 +21,7 @@ use super::backoff::retry_delay;
 use super::error::JobError;
 use super::kind::JobId;
 use super::registry::{JobContext, Registry};
+use super::state::JobState;
 use super::runtime::Shared;
 use super::stats::AttemptOutcome;
 use super::store::{self, ClaimRef, ClaimedJob, OutcomeRow};
@@ -49,7 +50,7 @@ impl OutcomeSlot {
         Self { claim: Some(job.claim()), tx }
     }
 
-    fn finish(mut self, status: &'static str, error: Option<String>, delay: Duration, refund: i32) {
+    fn finish(mut self, status: JobState, error: Option<String>, delay: Duration, refund: i32) {
         if let Some(claim) = self.claim.take() {
             // The writer only stops after every sender is gone, so this cannot fail
             // while the runtime runs; if it does, rescue recovers the job.
@@ -127,11 +128,11 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
     match ending {
         Ending::Done => {
             tracing::debug!(parent: &span, elapsed_ms, "job done");
-            outcome.finish("Done", None, Duration::ZERO, 0);
+            outcome.finish(JobState::Done, None, Duration::ZERO, 0);
         }
         Ending::Cancelled => {
             tracing::info!(parent: &span, elapsed_ms, "job cancelled while running");
-            outcome.finish("Killed", Some("cancelled while running".into()), Duration::ZERO, 0);
+            outcome.finish(JobState::Killed, Some("cancelled while running".into()), Duration::ZERO, 0);
         }
         Ending::Released => {
             tracing::info!(parent: &span, elapsed_ms, "job released at shutdown; it will run again");
@@ -139,17 +140,17 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         }
         Ending::Failed(JobError::Permanent(msg)) => {
             tracing::warn!(parent: &span, elapsed_ms, error = %msg, "job discarded: permanent error");
-            outcome.finish("Killed", Some(msg), Duration::ZERO, 0);
+            outcome.finish(JobState::Killed, Some(msg), Duration::ZERO, 0);
         }
         Ending::Failed(JobError::Retryable { message, retry_after }) => {
             if job.attempts >= job.max_attempts {
                 tracing::warn!(parent: &span, elapsed_ms, error = %message, "job discarded: attempts used up");
                 let msg = format!("{message} (gave up after {} attempts)", job.attempts);
-                outcome.finish("Killed", Some(msg), Duration::ZERO, 0);
+                outcome.finish(JobState::Killed, Some(msg), Duration::ZERO, 0);
             } else {
                 let delay = retry_delay(job.attempts, shared.config.retry_base, shared.config.retry_max, retry_after);
                 tracing::info!(parent: &span, elapsed_ms, error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
-                outcome.finish("Pending", Some(message), delay, 0);
+                outcome.finish(JobState::Pending, Some(message), delay, 0);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Every job kind dkl-mail-worker knows, with its queue and payload shape.
 //!
 //! The worker's [`super::Registry`] says which kinds *this process* can run;
-//! the catalog says which kinds *exist*. The scheduler and `dklctl` use it to
+//! the catalog says which kinds *exist* ([`crate::kinds::catalog`] is the
+//! catalog of dkl-mail-worker). The scheduler and `dklctl` use it to
 //! turn an admin's row (a kind name and a JSON payload) into a job, and to
 //! refuse an unknown kind or a payload that does not decode before anything
 //! is enqueued, with the reason written where the admin looks.
@@ -9,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use super::kind::JobKind;
-use super::{ping::Ping, prune::PruneJobs, recurring};
 
 /// One kind: where it runs and how its payload is checked.
 #[derive(Clone, Copy)]
@@ -84,43 +84,5 @@ impl Catalog {
         })?;
         spec.check_payload(payload)?;
         Ok(spec)
-    }
-}
-
-/// Every kind of dkl-mail-worker. Kinds whose handlers come with later work
-/// are listed too: the default schedules enqueue them, and the worker
-/// discards them with "no handler for kind …" until a handler exists.
-pub fn standard() -> Catalog {
-    Catalog::new()
-        .with::<Ping>()
-        .with::<PruneJobs>()
-        .with::<recurring::FetchMail>()
-        .with::<recurring::ApplyRetention>()
-        .with::<recurring::RecomputeLeaderboards>()
-        .with::<recurring::ExpireSessions>()
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn unknown_kind_lists_the_known_ones() {
-        let err = standard().resolve("sned_mail", &json!({})).unwrap_err();
-        assert!(err.contains("unknown job kind `sned_mail`"), "{err}");
-        assert!(err.contains("ping") && err.contains("prune_jobs"), "{err}");
-    }
-
-    #[test]
-    fn payload_is_checked_against_the_kind() {
-        let c = standard();
-        assert_eq!(c.resolve("ping", &json!({"message": "hi"})).unwrap().queue, "default");
-        let err = c.resolve("ping", &json!({"sleep_ms": "soon"})).unwrap_err();
-        assert!(err.contains("does not decode as job kind `ping`"), "{err}");
-        let err = c.resolve("fetch_mail", &json!({"acount": "info"})).unwrap_err();
-        assert!(err.contains("unknown field `acount`"), "{err}");
-        assert_eq!(c.resolve("fetch_mail", &json!({})).unwrap().queue, "mail");
     }
 }

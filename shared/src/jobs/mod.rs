@@ -48,7 +48,7 @@
 //! | one idempotency collision fails the whole batch; a key is taken for ever | dedup keys are unique among live jobs only; enqueue returns the live job's id |
 //! | `push()` returns no id | [`JobClient::enqueue`] returns [`Enqueued`] with the id |
 //! | no cancel | [`JobClient::cancel`]: pending jobs never start, running ones see [`JobContext::cancelled`] |
-//! | finished jobs kept for ever | the `prune_jobs` kind ([`prune`]), which also vacuums the table |
+//! | finished jobs kept for ever | the `prune_jobs` kind (its handler in `dkl-worker` calls [`admin::prune`]), which also vacuums the table |
 //! | one ack query per small batch | outcomes of many jobs written in one UPDATE ([`attempt`]), matched to the claim (`lock_by` + `lock_at`) so a stale worker cannot overwrite a newer claim; error texts made storable (NUL, length) and delays capped; a batch refused for its content is written row by row so one bad row is discarded with the reason and the rest written |
 //! | fetch query planned from table statistics | the claim is an SQL function with a pinned plan (`apalis.dkl_claim`), fast with stale statistics too |
 //! | scheduled jobs seen only by polling | a trigger announces jobs due later; idle fetchers sleep until the next due time |
@@ -59,22 +59,29 @@
 //! Handlers with outside effects (sending mail) record each effect under a
 //! unique key first.
 //!
-//! All SQL is in [`store`].
+//! All SQL is in the private `store` module; the runtime (`runtime`,
+//! `fetcher`, `attempt`) is private too, so handlers cannot claim jobs or
+//! write outcomes behind its back. Tests reach them through [`testing`]
+//! (feature `testing`).
 
-pub mod attempt;
+// The public face: what handlers, the scheduler and tools use.
+pub mod admin;
 pub mod backoff;
 pub mod catalog;
 pub mod client;
 pub mod error;
-pub mod fetcher;
 pub mod kind;
-pub mod ping;
-pub mod prune;
-pub mod recurring;
 pub mod registry;
-pub mod runtime;
+pub mod state;
 pub mod stats;
-pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+// The machinery: only the runtime claims jobs and writes outcomes.
+mod attempt;
+mod fetcher;
+mod runtime;
+mod store;
 
 pub use catalog::{Catalog, KindSpec};
 pub use client::{EnqueueOptions, Enqueued, JobClient, enqueue_on, enqueue_raw_on};
@@ -82,5 +89,6 @@ pub use error::{EngineError, JobError};
 pub use kind::{JobId, JobKind};
 pub use registry::{JobContext, Registry};
 pub use runtime::WorkerRuntime;
+pub use state::JobState;
 pub use stats::RuntimeStats;
-pub use store::{CancelOutcome, JobRecord, RetryOutcome};
+pub use store::{CANCEL_CHANNEL, CancelOutcome, JobRecord, MAX_ERROR_BYTES, MAX_RETRY_DELAY, RetryOutcome, SCHEDULED_CHANNEL};

@@ -39,6 +39,14 @@ impl JobContext {
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts
     }
+
+    /// A context for running a handler outside the runtime (a test): a
+    /// made-up job id, the given attempt, and the token that cancels it.
+    pub fn for_test(attempt: i32, max_attempts: i32) -> (Self, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let ctx = Self { id: JobId::generate(), attempt, max_attempts, cancel: cancel.clone() };
+        (ctx, cancel)
+    }
 }
 
 pub(crate) type BoxHandler =
@@ -106,6 +114,18 @@ impl Registry {
     /// The queue a kind runs on, if registered.
     pub fn queue_of(&self, kind: &str) -> Option<&'static str> {
         self.handlers.get(kind).map(|r| r.queue)
+    }
+
+    /// Runs the handler of `kind` once on `payload`, as the runtime would
+    /// but without a job row: for testing a handler on its own. An unknown
+    /// kind or a payload that does not decode is a permanent error, as in
+    /// the runtime.
+    pub async fn call(&self, kind: &str, payload: &serde_json::Value, ctx: JobContext) -> Result<(), JobError> {
+        let Some(registered) = self.handlers.get(kind) else {
+            return Err(JobError::permanent(format!("no handler for kind `{kind}`")));
+        };
+        let bytes = serde_json::to_vec(payload).map_err(JobError::permanent)?;
+        (registered.handler)(&bytes, ctx).await
     }
 
     pub(crate) fn get(&self, kind: &str) -> Option<&Registered> {

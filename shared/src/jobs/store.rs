@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use super::kind::JobId;
+use super::state::JobState;
 
 /// The channel our trigger notifies when a job becomes pending, due now or
 /// later (payload: its queue). Workers listen here, not on apalis's own
@@ -80,8 +81,8 @@ pub struct JobRecord {
     pub job_type: String,
     /// Queue.
     pub queue: String,
-    /// apalis status name.
-    pub status: String,
+    /// State (apalis's status name in the table).
+    pub status: JobState,
     /// Attempts so far.
     pub attempts: i32,
     /// Attempts allowed.
@@ -223,18 +224,18 @@ pub enum RetryOutcome {
 /// cleared), a waiting one now. A running job is left alone.
 pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<String> = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+    let before: Option<JobState> = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-    let outcome = match before.as_deref() {
+    let outcome = match before {
         None => return Ok(None),
-        Some("Running") => RetryOutcome::Running,
-        Some("Pending") => {
+        Some(JobState::Running) => RetryOutcome::Running,
+        Some(JobState::Pending) => {
             sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
             RetryOutcome::MadeDue
         }
-        Some(_) => {
+        Some(JobState::Done | JobState::Killed) => {
             // A live job holding the same dedup key makes this fail with a
             // unique violation; the caller reports it.
             sqlx::query(
@@ -256,14 +257,14 @@ pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx
 /// Cancels a job: a pending one at once, a running one by a NOTIFY to its worker.
 pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<(String, Option<String>, Option<DateTime<Utc>>)> =
+    let before: Option<(JobState, Option<String>, Option<DateTime<Utc>>)> =
         sqlx::query_as("SELECT status, lock_by, lock_at FROM apalis.jobs WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
     let Some((status, lock_by, lock_at)) = before else { return Ok(None) };
-    let outcome = match status.as_str() {
-        "Pending" => {
+    let outcome = match status {
+        JobState::Pending => {
             sqlx::query(
                 "UPDATE apalis.jobs SET status = 'Killed', cancelled_at = now(), done_at = now(),
                         last_error = COALESCE(last_error || E'\n', '') || 'cancelled before it started'
@@ -274,7 +275,7 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
             .await?;
             CancelOutcome::CancelledBeforeStart
         }
-        "Running" => {
+        JobState::Running => {
             sqlx::query("UPDATE apalis.jobs SET cancelled_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -291,7 +292,7 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
             }
             CancelOutcome::Signalled
         }
-        _ => CancelOutcome::AlreadyFinished,
+        JobState::Done | JobState::Killed => CancelOutcome::AlreadyFinished,
     };
     tx.commit().await?;
     Ok(Some(outcome))
@@ -413,8 +414,8 @@ pub async fn next_due_in(pool: &PgPool, queue: &str) -> Result<Option<Duration>,
 pub struct OutcomeRow {
     /// The claim this outcome belongs to.
     pub claim: ClaimRef,
-    /// New apalis status: `Done`, `Pending` (retry or release) or `Killed`.
-    pub status: &'static str,
+    /// New state: `Done`, `Pending` (retry or release) or `Killed`.
+    pub status: JobState,
     /// Error to keep, if any.
     pub error: Option<String>,
     /// For `Pending`: wait this long before the next attempt.
@@ -426,12 +427,12 @@ pub struct OutcomeRow {
 impl OutcomeRow {
     /// Back to pending at once, the attempt refunded.
     pub fn released(claim: ClaimRef) -> Self {
-        Self { claim, status: "Pending", error: None, delay: Duration::ZERO, refund: 1 }
+        Self { claim, status: JobState::Pending, error: None, delay: Duration::ZERO, refund: 1 }
     }
 
     /// Discarded with `error`.
     pub fn discarded(claim: ClaimRef, error: String) -> Self {
-        Self { claim, status: "Killed", error: Some(error), delay: Duration::ZERO, refund: 0 }
+        Self { claim, status: JobState::Killed, error: Some(error), delay: Duration::ZERO, refund: 0 }
     }
 }
 
@@ -448,7 +449,7 @@ pub async fn record_outcomes(
 ) -> Result<u64, sqlx::Error> {
     let ids: Vec<&str> = rows.iter().map(|r| r.claim.id.as_str()).collect();
     let lock_ats: Vec<DateTime<Utc>> = rows.iter().map(|r| r.claim.lock_at).collect();
-    let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     // Handlers' error texts and delays are bound as they come; PostgreSQL
     // refuses a NUL in text and a delay past its interval range, and one
     // refused row fails the whole statement. Make every row storable.
@@ -567,8 +568,8 @@ pub async fn prune(
 ) -> Result<Pruned, sqlx::Error> {
     let mut pruned = Pruned::default();
     for (status, age, counter) in [
-        ("Done", done_after, &mut pruned.done),
-        ("Killed", discarded_after, &mut pruned.discarded),
+        (JobState::Done, done_after, &mut pruned.done),
+        (JobState::Killed, discarded_after, &mut pruned.discarded),
     ] {
         loop {
             let n = sqlx::query(
@@ -577,7 +578,7 @@ pub async fn prune(
                      WHERE status = $1 AND done_at < now() - make_interval(secs => $2)
                      LIMIT 5000)",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(age.as_secs_f64())
             .execute(pool)
             .await?

@@ -13,12 +13,14 @@ use anyhow::bail;
 use chrono::Utc;
 use dkl_scheduler::Scheduler;
 use dkl_shared::config::Config;
-use dkl_shared::jobs::{Registry, WorkerRuntime, catalog, ping, store as jobs_store};
+use dkl_shared::jobs::{Registry, WorkerRuntime, admin};
+use dkl_shared::kinds;
+use dkl_worker::handlers::ping;
 use dkl_shared::schedules::store::{self, NewScheduledJob};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::percentile;
+use super::bench::percentile;
 
 const QUEUE: &str = "bench-admin";
 
@@ -58,7 +60,7 @@ pub async fn run(pool: &PgPool, config: &Config, args: ScheduleBenchArgs) -> any
     jobs_config.queue_concurrency = BTreeMap::from([(QUEUE.to_string(), 50)]);
     let runtime = tokio::spawn(WorkerRuntime::new(pool.clone(), registry, jobs_config).run(shutdown.clone()));
     let scheduler = tokio::spawn(
-        Scheduler::new(pool.clone(), catalog::standard(), config.scheduler.clone()).run(shutdown.clone()),
+        Scheduler::new(pool.clone(), kinds::catalog(), config.scheduler.clone()).run(shutdown.clone()),
     );
 
     eprintln!("scheduling {} admin rows 1–{} s ahead ...", args.rows, args.spread_secs);
@@ -92,7 +94,7 @@ pub async fn run(pool: &PgPool, config: &Config, args: ScheduleBenchArgs) -> any
     let _ = scheduler.await;
     runtime.await??;
     store::delete_scheduled_jobs(pool, &ids).await?;
-    jobs_store::delete_queue(pool, QUEUE).await?;
+    admin::delete_queue(pool, QUEUE).await?;
 
     let (mut enqueue, mut start): (Vec<f64>, Vec<f64>) = lateness.into_iter().unzip();
     let report = Report {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use chrono::Utc;
 use dkl_shared::config::Config;
-use dkl_shared::jobs::{EnqueueOptions, JobClient, JobKind, Registry, WorkerRuntime, store};
+use dkl_shared::jobs::{EnqueueOptions, JobClient, JobKind, Registry, WorkerRuntime, admin};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +111,7 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
     }
 
     if !args.no_vacuum_before_drain {
-        store::vacuum_jobs(pool).await?; // fresh statistics and hint bits, as after a prune
+        admin::vacuum(pool).await?; // fresh statistics and hint bits, as after a prune
     }
     let shutdown = CancellationToken::new();
     let runtime = WorkerRuntime::new(pool.clone(), registry, jobs_config);
@@ -125,7 +125,7 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
         if done.load(Ordering::Relaxed) < args.jobs {
             continue;
         }
-        let left = store::not_done_in_queue(pool, BenchProbe::QUEUE).await?;
+        let left = admin::unfinished_in_queue(pool, BenchProbe::QUEUE).await?;
         if left == 0 {
             break;
         }
@@ -138,8 +138,8 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
     // 2. Pickup latency on the now idle queue (after the drain's dead rows are
     // vacuumed, as the prune job does in production).
     eprintln!("measuring pickup latency ...");
-    store::delete_queue(pool, BenchProbe::QUEUE).await?;
-    store::vacuum_jobs(pool).await?;
+    admin::delete_queue(pool, BenchProbe::QUEUE).await?;
+    admin::vacuum(pool).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut latencies = Vec::with_capacity(args.latency_samples);
     let mut commits = Vec::with_capacity(args.latency_samples);
@@ -226,7 +226,7 @@ fn print_table(r: &Report) {
 /// Removes bench jobs and vacuums, so every run starts from the same table
 /// state (autovacuum may be off, as on the reference machine).
 async fn clean(pool: &PgPool) -> anyhow::Result<()> {
-    store::delete_queue(pool, BenchProbe::QUEUE).await?;
-    store::vacuum_jobs(pool).await?;
+    admin::delete_queue(pool, BenchProbe::QUEUE).await?;
+    admin::vacuum(pool).await?;
     Ok(())
 }

@@ -103,7 +103,7 @@ async fn admin_rows_table(pool: &PgPool, limit: i64) -> anyhow::Result<String> {
             r.id.to_string(),
             r.job_kind,
             when(r.run_at),
-            r.status,
+            r.status.to_string(),
             r.job_id.unwrap_or_else(|| "-".into()),
             r.created_by,
             truncate(&note, 70),

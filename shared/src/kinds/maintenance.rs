@@ -1,24 +1,24 @@
-//! Payloads of the recurring jobs the default `job_schedules` rows enqueue.
-//!
-//! They are declared here, ahead of their handlers, so the scheduler and
-//! `dklctl` can check schedules and admin rows that name them. Unknown fields
-//! are refused, so a typo in an admin's payload is caught when the row is
-//! taken, not silently ignored.
+//! Upkeep: pruning the job table, retention, leaderboards, sessions.
 
-use super::kind::JobKind;
+use crate::jobs::JobKind;
 
-/// Fetch new mail from the IMAP accounts into `incoming_emails`.
+/// Deletes done jobs older than `done_after` and discarded or cancelled jobs
+/// older than `discarded_after` (both default to the configured ages), then
+/// vacuums the job table.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FetchMail {
-    /// Only this account (by its configured name); all accounts when absent.
+pub struct PruneJobs {
+    /// Overrides `DKL_PRUNE_DONE_AFTER`, in seconds.
     #[serde(default)]
-    pub account: Option<String>,
+    pub done_after_secs: Option<u64>,
+    /// Overrides `DKL_PRUNE_DISCARDED_AFTER`, in seconds.
+    #[serde(default)]
+    pub discarded_after_secs: Option<u64>,
 }
 
-impl JobKind for FetchMail {
-    const KIND: &'static str = "fetch_mail";
-    const QUEUE: &'static str = "mail";
+impl JobKind for PruneJobs {
+    const KIND: &'static str = "prune_jobs";
+    const QUEUE: &'static str = "maintenance";
     const MAX_ATTEMPTS: i32 = 3;
 }
 

@@ -3,11 +3,7 @@
 //! fail or take time on purpose, which is how the demo and the tests show
 //! retries, discards, cancellation and crash recovery on a real worker.
 
-use std::time::Duration;
-
-use super::error::JobError;
-use super::kind::JobKind;
-use super::registry::{JobContext, Registry};
+use crate::jobs::JobKind;
 
 /// A job that logs its message, optionally after misbehaving on purpose.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -31,29 +27,4 @@ impl JobKind for Ping {
     const KIND: &'static str = "ping";
     const QUEUE: &'static str = "default";
     const MAX_ATTEMPTS: i32 = 5;
-}
-
-/// Registers the `ping` handler.
-pub fn register(registry: &mut Registry) {
-    registry.register::<Ping, _, _>(run);
-}
-
-async fn run(ping: Ping, ctx: JobContext) -> Result<(), JobError> {
-    if ping.sleep_ms > 0 {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ping.sleep_ms)) => {},
-            _ = ctx.cancelled() => return Err(JobError::retryable("ping cancelled while sleeping")),
-        }
-    }
-    if let Some(error) = ping.permanent_error {
-        return Err(JobError::permanent(error));
-    }
-    if ctx.attempt <= ping.fail_attempts {
-        return Err(JobError::retryable(format!(
-            "ping fails on purpose on attempt {} of the first {}",
-            ctx.attempt, ping.fail_attempts
-        )));
-    }
-    tracing::info!(text = %ping.message, "pong");
-    Ok(())
 }

@@ -1,0 +1,20 @@
+//! One file per command family; `main.rs` only parses and dispatches.
+
+pub mod bench;
+pub mod bench_schedule;
+pub mod database;
+pub mod jobs;
+pub mod schedules;
+pub mod status;
+
+use anyhow::Context;
+
+/// Who runs this command, for `created_by`.
+pub fn whoami() -> String {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).map_or_else(|| "dklctl".into(), |u| format!("{u} (dklctl)"))
+}
+
+/// A `--payload` argument as JSON.
+pub fn parse_payload(payload: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(payload).with_context(|| format!("--payload is not valid JSON: {payload}"))
+}

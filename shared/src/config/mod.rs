@@ -1,0 +1,302 @@
+//! Configuration from environment variables, validated once at start.
+//!
+//! Every binary calls [`Config::from_env`] before it touches the database, so a
+//! typo in a variable stops the process with a message that names the variable
+//! and what it accepts, instead of surfacing hours later as odd behaviour.
+//! `.env.example` at the repository root documents every variable.
+//!
+//! One file per area: [`jobs`] (the engine), [`scheduler`], [`http`]
+//! (`/healthz` and `/metrics`); `parse` reads single values. Mail and image
+//! settings will join as files of their own.
+
+mod http;
+mod jobs;
+mod parse;
+mod scheduler;
+
+pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
+pub use jobs::JobsConfig;
+pub use parse::{MAX_AGE, parse_age};
+pub use scheduler::SchedulerConfig;
+
+use http::parse_http_addr;
+use parse::number;
+
+/// Why a configuration value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {var}={value:?}: {expected}")]
+pub struct ConfigError {
+    /// The environment variable that holds the bad value.
+    pub var: &'static str,
+    /// The value as it was given.
+    pub value: String,
+    /// What the variable accepts, phrased as advice.
+    pub expected: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, one line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Everything the binaries read from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: where PostgreSQL is.
+    pub database_url: String,
+    /// `DKL_DB_MAX_CONNECTIONS`: size of each process's connection pool.
+    pub db_max_connections: u32,
+    /// `LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Job engine settings.
+    pub jobs: JobsConfig,
+    /// dkl-scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// `DKL_HTTP_ADDR`: where dkl-worker serves `/healthz` and `/metrics`
+    /// (`off` = nowhere; port 0 = any free port, logged at start).
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Settings of `/healthz` and `/metrics`.
+    pub monitor: MonitorConfig,
+}
+
+/// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "DKL_DB_MAX_CONNECTIONS",
+    "LOG_FORMAT",
+    "DKL_QUEUE_CONCURRENCY",
+    "DKL_POLL_INTERVAL_MS",
+    "DKL_FETCH_BATCH",
+    "DKL_FETCHERS_PER_QUEUE",
+    "DKL_HEARTBEAT_SECS",
+    "DKL_RESCUE_AFTER_SECS",
+    "DKL_SHUTDOWN_GRACE_SECS",
+    "DKL_CANCEL_GRACE_SECS",
+    "DKL_RETRY_BASE_MS",
+    "DKL_RETRY_MAX_SECS",
+    "DKL_PRUNE_DONE_AFTER",
+    "DKL_PRUNE_DISCARDED_AFTER",
+    "DKL_MAX_RESCUES",
+    "DKL_JOB_TIMEOUTS",
+    "DKL_MONITOR_CACHE_MS",
+    "DKL_HEALTH_MAX_DUE_AGE_SECS",
+    "DKL_MONITOR_DB_CONNECTIONS",
+    "DKL_SCHEDULER_POLL_MS",
+    "DKL_SCHEDULER_LEADER_RETRY_MS",
+    "DKL_SCHEDULER_LEADER_STALE_SECS",
+    "DKL_HTTP_ADDR",
+];
+
+/// The database a fresh checkout talks to when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/dkl";
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads and validates configuration from any key lookup (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: "DATABASE_URL",
+                value: redact_url(&database_url),
+                expected: "a URL starting with postgres:// (e.g. postgres://postgres@127.0.0.1:5432/dkl)".into(),
+            });
+        }
+        Ok(Self {
+            database_url,
+            db_max_connections: number(&get, "DKL_DB_MAX_CONNECTIONS", 20, 2, 500)? as u32,
+            log_format: match get("LOG_FORMAT").as_deref() {
+                None | Some("text") | Some("") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "LOG_FORMAT",
+                        value: other.into(),
+                        expected: "`text` (default) or `json`".into(),
+                    });
+                }
+            },
+            jobs: JobsConfig::from_lookup(&get)?,
+            scheduler: SchedulerConfig::from_lookup(&get)?,
+            http_addr: parse_http_addr(get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR))?,
+            monitor: MonitorConfig::from_lookup(&get)?,
+        })
+    }
+}
+
+/// Hides the password of a database URL (in the user part and in a
+/// `password=` parameter), so it can go into logs and errors.
+///
+/// Everything between `://` and the *last* `@` is the user part: a password
+/// may itself contain `@`, `?`, `/` or `#` when the writer did not encode
+/// them, so no other character can be trusted to end it.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_string();
+    };
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            // A user name with `/` or `?` means the '@' was not the user part's.
+            let user = if user.contains(['/', '?', '#']) { "***" } else { user };
+            let masked = if userinfo.contains(':') || user == "***" { format!("{user}:***@") } else { format!("{user}@") };
+            (masked, after)
+        }
+        None => (String::new(), rest),
+    };
+    let (host_path, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{user}{host_path}?{q}"),
+        None => format!("{scheme}://{user}{host_path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: BTreeMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn env_example_documents_every_variable_with_a_valid_value() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.env.example");
+        let text = std::fs::read_to_string(path).expect(".env.example exists");
+        let map: BTreeMap<String, String> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        for var in VARIABLES {
+            assert!(map.contains_key(*var), ".env.example lacks {var}");
+        }
+        // Every variable the code reads is in VARIABLES (checked against the module's sources).
+        let source = [include_str!("mod.rs"), include_str!("jobs.rs"), include_str!("scheduler.rs"), include_str!("http.rs")].concat();
+        for quoted in source.split('"').skip(1).step_by(2) {
+            let looks_like_var = quoted.starts_with("DKL_") && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            if looks_like_var {
+                assert!(VARIABLES.contains(&quoted), "{quoted} is read but not listed in VARIABLES");
+            }
+        }
+        Config::from_lookup(|k| map.get(k).cloned()).expect(".env.example values are valid");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = with(&[]).expect("defaults");
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.jobs.queue_concurrency["mail"], 4);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_number_names_variable_and_range() {
+        let e = with(&[("DKL_FETCH_BATCH", "lots")]).unwrap_err();
+        assert_eq!(e.var, "DKL_FETCH_BATCH");
+        assert!(e.to_string().contains("a whole number from 1 to 10000"), "{e}");
+    }
+
+    #[test]
+    fn bad_concurrency_pair_is_refused() {
+        let e = with(&[("DKL_QUEUE_CONCURRENCY", "mail=0")]).unwrap_err();
+        assert_eq!(e.var, "DKL_QUEUE_CONCURRENCY");
+        assert!(e.to_string().contains("`0` is not a number"), "{e}");
+        let c = with(&[("DKL_QUEUE_CONCURRENCY", "mail=7, bulk=3")]).unwrap();
+        assert_eq!(c.jobs.queue_concurrency["mail"], 7);
+        assert_eq!(c.jobs.queue_concurrency["bulk"], 3);
+        assert_eq!(c.jobs.queue_concurrency["default"], 10);
+    }
+
+    #[test]
+    fn ages_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_age("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_age("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_age("0h"), None);
+        let e = with(&[("DKL_PRUNE_DONE_AFTER", "1 week")]).unwrap_err();
+        assert_eq!(e.var, "DKL_PRUNE_DONE_AFTER");
+    }
+
+    #[test]
+    fn leader_staleness_must_outlast_polls() {
+        let e = with(&[("DKL_SCHEDULER_POLL_MS", "20000"), ("DKL_SCHEDULER_LEADER_STALE_SECS", "30")]).unwrap_err();
+        assert_eq!(e.var, "DKL_SCHEDULER_LEADER_STALE_SECS");
+        assert!(with(&[("DKL_SCHEDULER_POLL_MS", "10000"), ("DKL_SCHEDULER_LEADER_STALE_SECS", "30")]).is_ok());
+    }
+
+    #[test]
+    fn rescue_must_outlast_heartbeats() {
+        let e = with(&[("DKL_HEARTBEAT_SECS", "10"), ("DKL_RESCUE_AFTER_SECS", "15")]).unwrap_err();
+        assert_eq!(e.var, "DKL_RESCUE_AFTER_SECS");
+    }
+
+    #[test]
+    fn password_never_appears_in_errors() {
+        let e = with(&[("DATABASE_URL", "mysql://u:hunter2@h/db")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(redact_url("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
+        assert_eq!(redact_url("postgres://u@h/d?sslmode=require&password=x"), "postgres://u@h/d?sslmode=require&password=***");
+        assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+        // Unencoded `?`, `/`, `#` in a password: still hidden.
+        assert_eq!(redact_url("postgres://dkl:s3cr?tPW@db:5432/dkl"), "postgres://dkl:***@db:5432/dkl");
+        assert_eq!(redact_url("postgres://dkl:a/b#c?d@db/dkl?sslmode=require"), "postgres://dkl:***@db/dkl?sslmode=require");
+        assert_eq!(redact_url("postgres://dkl:x?password=y@db/dkl"), "postgres://dkl:***@db/dkl");
+        for url in ["postgres://u:s3cr?tPW@h/d", "postgres://u:p@ss?w/rd@h/d?password=also&x=1"] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("s3cr") && !shown.contains("tPW") && !shown.contains("rd@") && !shown.contains("also"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn bad_ages_are_refused_not_panicked_on_or_wrapped() {
+        for bad in ["7é", "é", "", "d", "-1d", "+1d", "3650000d", "213503982334602d", "18446744073709551615s", "1.5h", "0s"] {
+            assert_eq!(parse_age(bad), None, "{bad:?}");
+            let e = with(&[("DKL_PRUNE_DONE_AFTER", bad)]).unwrap_err();
+            assert_eq!(e.var, "DKL_PRUNE_DONE_AFTER");
+            assert!(e.to_string().contains("from 1s to 3650d"), "{e}");
+        }
+        assert_eq!(parse_age("3650d"), Some(MAX_AGE));
+        assert_eq!(parse_age(" 12h "), Some(Duration::from_secs(43_200)));
+    }
+
+    #[test]
+    fn job_timeouts_parse_and_bad_ones_are_refused() {
+        let c = with(&[("DKL_JOB_TIMEOUTS", "ping=30, fetch_mail=120")]).unwrap();
+        assert_eq!(c.jobs.kind_timeouts["ping"], Duration::from_secs(30));
+        assert_eq!(c.jobs.kind_timeouts["fetch_mail"], Duration::from_secs(120));
+        for bad in ["ping", "ping=0", "ping=lots", "p ng=3"] {
+            let e = with(&[("DKL_JOB_TIMEOUTS", bad)]).unwrap_err();
+            assert_eq!(e.var, "DKL_JOB_TIMEOUTS", "{bad}");
+        }
+        assert_eq!(with(&[("DKL_MAX_RESCUES", "0")]).unwrap_err().var, "DKL_MAX_RESCUES");
+        assert_eq!(with(&[("DKL_HEALTH_MAX_DUE_AGE_SECS", "0")]).unwrap().monitor.max_due_age, None);
+    }
+}
+

@@ -1,0 +1,33 @@
+//! What operators and their tools do to the job table as a whole: prune,
+//! vacuum, clear a queue. (Per-job operations are on [`super::JobClient`].)
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+pub use super::store::Pruned;
+use super::store;
+
+/// Deletes done jobs older than `done_after` and discarded or cancelled jobs
+/// older than `discarded_after`, in chunks so no lock is held long, and
+/// worker rows silent for a day.
+pub async fn prune(pool: &PgPool, done_after: Duration, discarded_after: Duration) -> Result<Pruned, sqlx::Error> {
+    store::prune(pool, done_after, discarded_after).await
+}
+
+/// Vacuums and analyzes the job table (what the prune job does after
+/// deleting). Needs the table's owner.
+pub async fn vacuum(pool: &PgPool) -> Result<(), sqlx::Error> {
+    store::vacuum_jobs(pool).await
+}
+
+/// Deletes every job of `queue`, whatever its state (benchmarks clean up
+/// with it). Returns how many.
+pub async fn delete_queue(pool: &PgPool, queue: &str) -> Result<u64, sqlx::Error> {
+    store::delete_queue(pool, queue).await
+}
+
+/// Jobs of `queue` not yet done.
+pub async fn unfinished_in_queue(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
+    store::not_done_in_queue(pool, queue).await
+}

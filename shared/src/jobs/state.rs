@@ -1,0 +1,90 @@
+//! The states a job row moves through, as the engine compares them.
+//!
+//! SQL keeps apalis's status names (`Pending`, `Running`, `Done`, `Killed`);
+//! Rust code never compares those strings, it uses [`JobState`].
+
+use std::fmt;
+use std::str::FromStr;
+
+
+/// `apalis.jobs.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JobState {
+    /// Waiting: due now, or at `run_at` (scheduled or backing off).
+    Pending,
+    /// Claimed by a worker and running.
+    Running,
+    /// Finished successfully.
+    Done,
+    /// Discarded (permanent error, attempts used up, rescued too often) or,
+    /// with `cancelled_at` set, cancelled.
+    Killed,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 4] = [Self::Pending, Self::Running, Self::Done, Self::Killed];
+
+    /// The status name in the table.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Done => "Done",
+            Self::Killed => "Killed",
+        }
+    }
+
+    /// True for the states a job never leaves by itself.
+    pub const fn is_finished(self) -> bool {
+        matches!(self, Self::Done | Self::Killed)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status name the engine does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job status `{0}` (expected Pending, Running, Done or Killed)")]
+pub struct UnknownState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+// Tests and tools read rows and compare with the names they see in psql.
+impl PartialEq<&str> for JobState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for JobState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+crate::decode_from_text!(JobState);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+            assert_eq!(state, state.as_str());
+        }
+        assert!("pending".parse::<JobState>().is_err(), "the table's names are capitalised");
+    }
+}

@@ -1,0 +1,31 @@
+//! `prune_jobs`: deletes finished jobs past their keep time, and the
+//! scheduler's tick records with them. apalis never deletes rows; without
+//! this the table grows for ever.
+
+use std::time::Duration;
+
+use dkl_shared::jobs::{self, JobError, Registry};
+use dkl_shared::kinds::PruneJobs;
+use dkl_shared::schedules;
+use sqlx::PgPool;
+
+/// Registers the `prune_jobs` handler with the configured default ages.
+pub fn register(registry: &mut Registry, pool: PgPool, done_after: Duration, discarded_after: Duration) {
+    registry.register::<PruneJobs, _, _>(move |job, _ctx| {
+        let pool = pool.clone();
+        async move {
+            let done = job.done_after_secs.map_or(done_after, Duration::from_secs);
+            let discarded = job.discarded_after_secs.map_or(discarded_after, Duration::from_secs);
+            let pruned = jobs::admin::prune(&pool, done, discarded).await.map_err(JobError::retryable)?;
+            // Tick records only need to outlive the jobs they point at:
+            // the schedule link of a discarded job stays as long as the job.
+            let runs = schedules::store::prune_runs(&pool, done.max(discarded)).await.map_err(JobError::retryable)?;
+            tracing::info!(done = pruned.done, discarded = pruned.discarded, workers = pruned.workers, schedule_runs = runs, "pruned finished jobs");
+            // Not fatal: the rows are gone; only the space reuse waits.
+            if let Err(e) = jobs::admin::vacuum(&pool).await {
+                tracing::warn!(error = %e, "cannot VACUUM apalis.jobs (needs table owner); relying on autovacuum");
+            }
+            Ok(())
+        }
+    });
+}
