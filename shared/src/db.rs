@@ -86,7 +86,9 @@ pub async fn connect_url(url: &str, max: u32) -> Result<PgPool, DbError> {
 pub fn monitoring_pool(config: &Config) -> PgPool {
     let options = PgConnectOptions::from_str(&config.database_url)
         .unwrap_or_else(|_| PgConnectOptions::new())
-        .application_name("dkl-monitor");
+        .application_name("dkl-monitor")
+        // A scrape that the client gave up on must not keep running.
+        .options([("statement_timeout", "5s")]);
     PgPoolOptions::new()
         .max_connections(config.monitor.db_connections)
         .acquire_timeout(Duration::from_secs(2))

@@ -101,6 +101,19 @@ pub struct QueueSummary {
     pub finished_last_5m: i64,
 }
 
+/// How long the oldest due job of each queue has waited, in seconds (queues
+/// with no due job are absent). Cheap at any table size: it reads only
+/// pending rows, through `jobs_next_due`. `/healthz` asks it every second.
+pub async fn oldest_due(executor: impl PgExecutor<'_>) -> Result<Vec<(String, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT queue, extract(epoch FROM now() - min(run_at))::float8
+           FROM apalis.jobs WHERE status = 'Pending' AND run_at <= now()
+          GROUP BY queue ORDER BY queue",
+    )
+    .fetch_all(executor)
+    .await
+}
+
 /// The `queue_summary` view, by queue name.
 pub async fn queue_summary(executor: impl PgExecutor<'_>) -> Result<Vec<QueueSummary>, sqlx::Error> {
     sqlx::query_as(

@@ -342,3 +342,32 @@ async fn apalis_insert_trigger_is_gone(pool: PgPool) {
     let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
     assert!(heard.is_err(), "apalis's channel still hears inserts: {heard:?}");
 }
+
+/// Review of defect 1/10: an outcome write waited for ever on a job row
+/// someone else held (an admin's open `SELECT … FOR UPDATE`), and every
+/// outcome behind it waited too. Now it waits `lock_timeout` (1 s), the
+/// others are written, and the locked one follows when the lock goes.
+#[sqlx::test(migrations = false)]
+async fn a_locked_job_row_does_not_hold_back_other_outcomes(pool: PgPool) {
+    migrate(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let rt = start(&pool, pings(), fast_config());
+    let held = client.enqueue(&Ping { sleep_ms: 300, ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    wait_status(&pool, &held, "Running", T).await;
+    let mut admin = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM apalis.jobs WHERE id = $1 FOR UPDATE").bind(&held.0).execute(&mut *admin).await.unwrap();
+    // Its outcome is now stuck behind the lock; the next jobs' outcomes may
+    // share its batch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut others = Vec::new();
+    for i in 0..20 {
+        others.push(client.enqueue(&Ping { message: format!("behind the lock {i}"), ..Default::default() }, EnqueueOptions::default()).await.unwrap().id);
+    }
+    for id in &others {
+        wait_status(&pool, id, "Done", Duration::from_secs(15)).await;
+    }
+    assert_eq!(job(&pool, &held).await.status, "Running", "its outcome waits for the lock");
+    admin.commit().await.unwrap();
+    wait_status(&pool, &held, "Done", Duration::from_secs(30)).await;
+    rt.stop().await;
+}

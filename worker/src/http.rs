@@ -45,9 +45,12 @@ struct AppState {
     monitoring: Arc<Monitoring>,
     /// The last database reading; one refresh at a time, however many clients ask.
     cache: Arc<tokio::sync::Mutex<Option<Reading>>>,
-    /// The last `SELECT 1` of `/healthz`, kept for [`DB_PING_CACHE`].
-    ping: Arc<tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
+    /// The last database check of `/healthz`, kept for [`DB_PING_CACHE`].
+    ping: Arc<tokio::sync::Mutex<Option<(Instant, Result<DueAges, String>)>>>,
 }
+
+/// Seconds the oldest due job of each queue has waited (queues with none absent).
+type DueAges = Vec<(String, f64)>;
 
 /// How long `/healthz` trusts its last answer from the database: short, so
 /// an outage shows within a second or two; a cache all the same, so a storm
@@ -78,16 +81,17 @@ impl AppState {
 }
 
 impl AppState {
-    /// Whether the database answers, asked at most once per [`DB_PING_CACHE`].
-    async fn database_answers(&self) -> Result<(), String> {
+    /// Whether the database answers, and how long each queue's oldest due
+    /// job has waited: two cheap reads, at most once per [`DB_PING_CACHE`].
+    async fn database_answers(&self) -> Result<DueAges, String> {
         let mut ping = self.ping.lock().await;
         if let Some((at, result)) = ping.as_ref()
             && at.elapsed() <= DB_PING_CACHE
         {
             return result.clone();
         }
-        let result = match tokio::time::timeout(DB_TIMEOUT, sqlx::query("SELECT 1").execute(&self.monitoring.pool)).await {
-            Ok(Ok(_)) => Ok(()),
+        let result = match tokio::time::timeout(DB_TIMEOUT, monitor::oldest_due(&self.monitoring.pool)).await {
+            Ok(Ok(ages)) => Ok(ages),
             Ok(Err(e)) => Err(format!("error: {e}")),
             Err(_) => Err(format!("error: no answer within {}s", DB_TIMEOUT.as_secs())),
         };
@@ -139,13 +143,9 @@ pub async fn serve_until(
 /// for longer than `DKL_HEALTH_MAX_DUE_AGE_SECS`; 503 otherwise. The JSON
 /// body says which part failed.
 async fn healthz(State(app): State<AppState>) -> Response {
-    let database = app.database_answers().await;
-    let figures = match database {
-        Ok(()) => app.figures().await,
-        Err(e) => Err(e),
-    };
+    let due_ages = app.database_answers().await;
     let snap = app.monitoring.stats.snapshot();
-    let (healthy, body) = judge_health(&snap, &figures, &app.monitoring);
+    let (healthy, body) = judge_health(&snap, &due_ages, &app.monitoring);
     let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
@@ -153,10 +153,10 @@ async fn healthz(State(app): State<AppState>) -> Response {
 /// Whether the worker is healthy, and the JSON that says which part is not.
 fn judge_health(
     snap: &StatsSnapshot,
-    figures: &Result<Arc<DatabaseFigures>, String>,
+    due_ages: &Result<DueAges, String>,
     m: &Monitoring,
 ) -> (bool, serde_json::Value) {
-    let database = match &figures {
+    let database = match due_ages {
         Ok(_) => "ok".to_string(),
         Err(e) => e.clone(),
     };
@@ -173,19 +173,21 @@ fn judge_health(
         Some(age) => format!("error: last heartbeat {}s ago", age.as_secs()),
         None => "error: no heartbeat yet".to_string(),
     };
-    let outcomes = match snap.outcome_writer_failing_for {
-        Some(d) if d > OUTCOME_WRITER_STUCK_AFTER => {
+    let outcomes = match (snap.outcome_writer_failing_for, snap.outcome_write_busy_for) {
+        (Some(d), _) if d > OUTCOME_WRITER_STUCK_AFTER => {
             format!("error: job outcomes cannot be written for {}s (see the log)", d.as_secs())
+        }
+        (_, Some(d)) if d > OUTCOME_WRITER_STUCK_AFTER => {
+            format!("error: a write of job outcomes has hung for {}s (a lock or a dead connection)", d.as_secs())
         }
         _ => "ok".to_string(),
     };
-    let waiting = match (&figures, m.config.max_due_age) {
-        (Ok(f), Some(limit)) => {
-            let late: Vec<String> = f
-                .queues
+    let waiting = match (due_ages, m.config.max_due_age) {
+        (Ok(ages), Some(limit)) => {
+            let late: Vec<String> = ages
                 .iter()
-                .filter(|q| snap.queues.get(&q.queue) == Some(&true) && q.oldest_pending_age_s > limit.as_secs_f64())
-                .map(|q| format!("{} ({:.0}s)", q.queue, q.oldest_pending_age_s))
+                .filter(|(queue, age)| snap.queues.get(queue) == Some(&true) && *age > limit.as_secs_f64())
+                .map(|(queue, age)| format!("{queue} ({age:.0}s)"))
                 .collect();
             if late.is_empty() {
                 "ok".to_string()
@@ -237,8 +239,8 @@ mod tests {
         }
     }
 
-    fn figures() -> Result<Arc<DatabaseFigures>, String> {
-        Ok(Arc::new(DatabaseFigures { queues: Vec::new(), leadership: Default::default() }))
+    fn figures() -> Result<DueAges, String> {
+        Ok(Vec::new())
     }
 
     fn running_snapshot() -> StatsSnapshot {
@@ -260,5 +262,25 @@ mod tests {
         let (healthy, body) = judge_health(&snap, &figures(), &m);
         assert!(!healthy);
         assert!(body["outcomes"].as_str().unwrap().contains("cannot be written for 20s"), "{body}");
+        // A write that hangs (a row lock, a dead connection) without failing.
+        snap.outcome_writer_failing_for = None;
+        snap.outcome_write_busy_for = Some(Duration::from_secs(20));
+        let (healthy, body) = judge_health(&snap, &figures(), &m);
+        assert!(!healthy);
+        assert!(body["outcomes"].as_str().unwrap().contains("has hung for 20s"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_due_job_waiting_too_long_on_a_served_queue_makes_the_worker_unhealthy() {
+        let m = monitoring();
+        let snap = running_snapshot();
+        let ages: Result<DueAges, String> = Ok(vec![("default".into(), 700.0), ("elsewhere".into(), 9000.0)]);
+        let (healthy, body) = judge_health(&snap, &ages, &m);
+        assert!(!healthy);
+        let waiting = body["waiting"].as_str().unwrap();
+        assert!(waiting.contains("default (700s)") && !waiting.contains("elsewhere"), "{body}");
+        let down: Result<DueAges, String> = Err("error: connection refused".into());
+        let (healthy, body) = judge_health(&snap, &down, &m);
+        assert!(!healthy && body["database"] == "error: connection refused", "{body}");
     }
 }

@@ -36,8 +36,8 @@ pub struct JobsConfig {
     pub prune_done_after: Duration,
     /// `DKL_PRUNE_DISCARDED_AFTER`: discarded and cancelled jobs are kept this long (for post-mortems).
     pub prune_discarded_after: Duration,
-    /// `DKL_MAX_RESCUES`: a job whose worker died while running it this many
-    /// times is not put back once more but discarded (it crashes workers).
+    /// `DKL_MAX_RESCUES`: how many times a job is put back after its worker
+    /// died running it; the next such death discards it (it crashes workers).
     pub max_rescues: i32,
     /// `DKL_JOB_TIMEOUTS`: execution timeouts by kind, overriding each kind's own.
     pub kind_timeouts: BTreeMap<String, Duration>,

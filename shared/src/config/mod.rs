@@ -132,43 +132,55 @@ impl Config {
     }
 }
 
-/// Hides the password of a database URL (in the user part and in a
+/// Hides the password of a database URL (in the user part and in any
 /// `password=` parameter), so it can go into logs and errors.
 ///
-/// Everything between `://` and the *last* `@` is the user part: a password
-/// may itself contain `@`, `?`, `/` or `#` when the writer did not encode
-/// them, so no other character can be trusted to end it.
+/// A password may contain `@`, `?`, `/` or `#` when the writer did not
+/// encode them, and a query may contain `@` (`user=alice@corp`), so no single
+/// character can be trusted to end the user part. The user part ends at the
+/// last `@` that is followed by something shaped like a host list (letters,
+/// digits, `.`, `-`, `:`, `,`, `[`, `]`, `%`) up to the path or the end; when
+/// in doubt, more is hidden, never less.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<not a URL>".to_string();
     };
-    let (user, rest) = match rest.rsplit_once('@') {
-        Some((userinfo, after)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            // A user name with `/` or `?` means the '@' was not the user part's.
-            let user = if user.contains(['/', '?', '#']) { "***" } else { user };
-            let masked = if userinfo.contains(':') || user == "***" { format!("{user}:***@") } else { format!("{user}@") };
-            (masked, after)
-        }
-        None => (String::new(), rest),
+    // Both readings of an ambiguous URL are applied: a character is hidden
+    // if either the user part or a `password=` parameter claims it.
+    let mut hidden = vec![false; rest.len()];
+    let host_like = |after: &str| {
+        let host = after.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:,[]%".contains(c))
     };
-    let (host_path, query) = match rest.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (rest, None),
-    };
-    let query = query.map(|q| {
-        q.split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    match query {
-        Some(q) => format!("{scheme}://{user}{host_path}?{q}"),
-        None => format!("{scheme}://{user}{host_path}"),
+    if let Some(at) = rest.match_indices('@').map(|(i, _)| i).filter(|&i| host_like(&rest[i + 1..])).last() {
+        let userinfo = &rest[..at];
+        let from = match userinfo.split_once(':') {
+            // A plain user name stays readable; anything odd goes too.
+            Some((user, _)) if !user.contains(['/', '?', '#', '&', '=']) => user.len() + 1,
+            None if !userinfo.contains(['/', '?', '#', '&', '=']) => at,
+            _ => 0,
+        };
+        hidden[from..at].iter_mut().for_each(|h| *h = true);
     }
+    let lower = rest.to_ascii_lowercase();
+    for (found, _) in lower.match_indices("password=") {
+        if found > 0 && matches!(rest.as_bytes()[found - 1], b'?' | b'&') {
+            let start = found + "password=".len();
+            let end = rest[start..].find('&').map_or(rest.len(), |i| start + i);
+            hidden[start..end].iter_mut().for_each(|h| *h = true);
+        }
+    }
+    let mut out = format!("{scheme}://");
+    let mut in_hidden = false;
+    for (i, c) in rest.char_indices() {
+        match (hidden[i], in_hidden) {
+            (true, false) => out.push_str("***"),
+            (true, true) => {}
+            (false, _) => out.push(c),
+        }
+        in_hidden = hidden[i];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -267,10 +279,30 @@ mod tests {
         // Unencoded `?`, `/`, `#` in a password: still hidden.
         assert_eq!(redact_url("postgres://dkl:s3cr?tPW@db:5432/dkl"), "postgres://dkl:***@db:5432/dkl");
         assert_eq!(redact_url("postgres://dkl:a/b#c?d@db/dkl?sslmode=require"), "postgres://dkl:***@db/dkl?sslmode=require");
-        assert_eq!(redact_url("postgres://dkl:x?password=y@db/dkl"), "postgres://dkl:***@db/dkl");
+        // A password that looks like a parameter: hidden by both readings.
+        assert_eq!(redact_url("postgres://dkl:x?password=y@db/dkl"), "postgres://dkl:***");
         for url in ["postgres://u:s3cr?tPW@h/d", "postgres://u:p@ss?w/rd@h/d?password=also&x=1"] {
             let shown = redact_url(url);
             assert!(!shown.contains("s3cr") && !shown.contains("tPW") && !shown.contains("rd@") && !shown.contains("also"), "{shown}");
+        }
+        // An `@` in the query (Azure-style user names) must not swallow the
+        // query, or the `password=` parameter would go unmasked.
+        assert_eq!(
+            redact_url("postgres://db/dkl?user=alice@corp&password=hunter2"),
+            "postgres://db/dkl?user=alice@corp&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://dkl:pw@db/dkl?application_name=a@b&password=hunter2"),
+            "postgres://dkl:***@db/dkl?application_name=a@b&password=***"
+        );
+        for url in [
+            "postgres://db/dkl?password=hun@ter2",
+            "postgres://db/dkl?PASSWORD=hunter2&sslmode=require",
+            "postgres://u:hunter2@db1:5432,db2:5433/dkl",
+            "postgres://u:hun@ter2@[::1]:5432/dkl",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("hunter2") && !shown.contains("ter2"), "{url} shown as {shown}");
         }
     }
 

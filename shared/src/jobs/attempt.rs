@@ -178,7 +178,7 @@ async fn drive(
         shared.shutdown.cancelled().await;
         tokio::time::sleep(shared.config.shutdown_grace).await;
     };
-    tokio::pin!(shutdown_deadline);
+    tokio::pin!(cancel_deadline, shutdown_deadline);
     let ended = |res: Result<Result<(), JobError>, Box<dyn Any + Send>>| match res {
         Ok(Ok(())) => Ending::Done,
         Ok(Err(_)) if cancel.is_cancelled() && !shared.shutdown.is_cancelled() => Ending::Cancelled,
@@ -187,9 +187,18 @@ async fn drive(
     };
     tokio::select! {
         res = &mut fut => return ended(res),
-        _ = cancel_deadline => return Ending::Cancelled,
+        _ = &mut cancel_deadline => return Ending::Cancelled,
         _ = &mut shutdown_deadline => return Ending::Released,
         _ = tokio::time::sleep(timeout) => {}
+    }
+    // Someone cancelled it before the timeout: it ends as cancelled, within
+    // the grace that cancel started, not a second one.
+    if cancel.is_cancelled() {
+        return tokio::select! {
+            res = &mut fut => ended(res),
+            _ = &mut cancel_deadline => Ending::Cancelled,
+            _ = &mut shutdown_deadline => Ending::Released,
+        };
     }
     // Past the timeout: ask the handler to stop, then drop it after the grace.
     tracing::warn!(timeout_s = timeout.as_secs_f64(), "job ran past its kind's timeout; stopping it");
@@ -215,86 +224,162 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 /// Writes outcomes in batches until every sender is gone.
 ///
 /// A batch the server refuses for its content (a value out of range that got
-/// past [`store::storable_text`], say) is written row by row, so one bad row
-/// cannot hold back the others: a row that still fails is discarded with an
-/// error saying why. A batch that fails for any other reason (connection
-/// lost, server restarting) is retried with backoff: losing it would leave
-/// the jobs running until rescue. Once the runtime is shutting down, a write
-/// that keeps failing for [`GIVE_UP_AFTER_SHUTDOWN`] is abandoned so the
-/// process can exit; rescue then returns those jobs. While a write keeps
-/// failing, `/healthz` reports the writer stuck.
+/// past [`store::storable_text`], say) or for a row lock it could not get
+/// within [`store::OUTCOME_LOCK_TIMEOUT`] is written row by row, so one bad
+/// or locked row cannot hold back the others: a row refused for its content
+/// is discarded with an error saying why; a locked row is tried again after
+/// a backoff. A batch that fails for any other reason (connection lost,
+/// server restarting) is retried with backoff: losing it would leave the
+/// jobs running until rescue. Once the runtime is shutting down, rows that
+/// still cannot be written after [`GIVE_UP_AFTER_SHUTDOWN`] are abandoned so
+/// the process can exit; rescue then returns those jobs. `/healthz` reports
+/// a writer that keeps failing or whose write hangs.
 pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<OutcomeRow>) {
     const MAX_BATCH: usize = 2000;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut backoff = Duration::from_millis(100);
-        let mut failing_since_shutdown: Option<std::time::Instant> = None;
-        loop {
-            let result = match store::record_outcomes(&shared.pool, &shared.worker_id, &batch).await {
-                Err(e) if is_content_error(&e) => {
-                    tracing::error!(error = %e, batch = batch.len(), "a batch of job outcomes was refused; writing them one by one");
-                    write_one_by_one(&shared, &batch).await
+    let mut received = Vec::with_capacity(MAX_BATCH);
+    // Rows whose job row someone else holds locked: tried again on their
+    // own after a backoff, so they never hold up new outcomes.
+    let mut deferred: Vec<OutcomeRow> = Vec::new();
+    let mut deferred_backoff = Duration::from_millis(100);
+    let mut deferred_due = tokio::time::Instant::now();
+    let mut closed = false;
+    let mut closed_at: Option<std::time::Instant> = None;
+    loop {
+        if !closed {
+            let got = if deferred.is_empty() {
+                rx.recv_many(&mut received, MAX_BATCH).await
+            } else {
+                tokio::select! {
+                    n = rx.recv_many(&mut received, MAX_BATCH) => n,
+                    _ = tokio::time::sleep_until(deferred_due) => usize::MAX,
                 }
-                other => other.map(|n| n as usize),
             };
-            match result {
-                Ok(n) => {
-                    shared.stats.outcome_writer_ok();
-                    if n < batch.len() {
-                        tracing::warn!(
-                            written = n,
-                            batch = batch.len(),
-                            "some outcomes were not written: those jobs were rescued from this worker meanwhile"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    shared.stats.outcome_writer_failed();
-                    if shared.shutdown.is_cancelled() {
-                        let since = *failing_since_shutdown.get_or_insert_with(std::time::Instant::now);
-                        if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
-                            tracing::error!(error = %e, batch = batch.len(), "giving up on job outcomes at shutdown; rescue will return these jobs");
-                            break;
-                        }
-                    }
-                    tracing::error!(error = %e, batch = batch.len(), retry_in_ms = backoff.as_millis() as u64, "cannot record job outcomes; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+            closed = got == 0;
+        }
+        if closed && deferred.is_empty() {
+            return;
+        }
+        if !received.is_empty() {
+            let batch = std::mem::take(&mut received);
+            let left = write_until_done(&shared, &batch).await;
+            finish_written(&shared, &batch, &left);
+            deferred.extend(left);
+        }
+        if closed {
+            // Every sender is gone (the runtime stops): locked rows get until
+            // the shutdown limit, then rescue returns their jobs.
+            let since = *closed_at.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
+                tracing::error!(rows = deferred.len(), "giving up on locked job outcomes at shutdown; rescue will return these jobs");
+                shared.in_flight.finish(deferred.iter().map(|r| &r.claim));
+                return;
+            }
+            tokio::time::sleep_until(deferred_due).await;
+        }
+        if !deferred.is_empty() && tokio::time::Instant::now() >= deferred_due {
+            let retry = std::mem::take(&mut deferred);
+            let left = write_until_done(&shared, &retry).await;
+            finish_written(&shared, &retry, &left);
+            deferred_backoff = if left.is_empty() { Duration::from_millis(100) } else { (deferred_backoff * 2).min(Duration::from_secs(10)) };
+            deferred = left;
+        }
+        if !deferred.is_empty() {
+            if tokio::time::Instant::now() >= deferred_due {
+                deferred_due = tokio::time::Instant::now() + deferred_backoff;
+            }
+            tracing::warn!(rows = deferred.len(), retry_in_ms = deferred_backoff.as_millis() as u64, "job rows locked by another session; their outcomes wait");
+        }
+    }
+}
+
+/// Marks the claims of `batch` written, except those `left` for later.
+fn finish_written(shared: &Shared, batch: &[OutcomeRow], left: &[OutcomeRow]) {
+    let left: std::collections::HashSet<&ClaimRef> = left.iter().map(|r| &r.claim).collect();
+    shared.in_flight.finish(batch.iter().map(|r| &r.claim).filter(|c| !left.contains(c)));
+}
+
+/// Writes `pending`, retrying with backoff while the database cannot be
+/// reached. Returns the rows whose job rows are locked by someone else.
+async fn write_until_done(shared: &Shared, pending: &[OutcomeRow]) -> Vec<OutcomeRow> {
+    let mut backoff = Duration::from_millis(100);
+    let mut failing_since_shutdown: Option<std::time::Instant> = None;
+    loop {
+        shared.stats.outcome_write_in_progress(true);
+        let result = write_batch(shared, pending).await;
+        shared.stats.outcome_write_in_progress(false);
+        let e = match result {
+            Ok(left) => {
+                shared.stats.outcome_writer_ok();
+                return left;
+            }
+            Err(e) => e,
+        };
+        shared.stats.outcome_writer_failed();
+        if shared.shutdown.is_cancelled() {
+            let since = *failing_since_shutdown.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
+                tracing::error!(error = %e, rows = pending.len(), "giving up on job outcomes at shutdown; rescue will return these jobs");
+                return Vec::new();
             }
         }
-        shared.in_flight.finish(batch.iter().map(|r| &r.claim));
-        batch.clear();
+        tracing::error!(error = %e, rows = pending.len(), retry_in_ms = backoff.as_millis() as u64, "cannot record job outcomes; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Writes `batch`; returns the rows left for later (locked by someone else).
+async fn write_batch(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<OutcomeRow>, sqlx::Error> {
+    match store::record_outcomes_guarded(&shared.pool, &shared.worker_id, batch).await {
+        Ok(n) => {
+            if (n as usize) < batch.len() {
+                tracing::warn!(
+                    written = n,
+                    batch = batch.len(),
+                    "some outcomes were not written: those jobs were rescued from this worker meanwhile"
+                );
+            }
+            Ok(Vec::new())
+        }
+        Err(e) if is_content_error(&e) || is_lock_timeout(&e) => {
+            tracing::error!(error = %e, batch = batch.len(), "a batch of job outcomes was refused; writing them one by one");
+            write_one_by_one(shared, batch).await
+        }
+        Err(e) => Err(e),
     }
 }
 
 /// Writes each outcome on its own. A row the server refuses is replaced by a
-/// discard that names the refusal. Fails only for errors that are not the
-/// row's fault (then the caller retries the batch).
-async fn write_one_by_one(shared: &Shared, batch: &[OutcomeRow]) -> Result<usize, sqlx::Error> {
-    let mut written = 0;
+/// discard that names the refusal; a locked row is returned for later. Fails
+/// only for errors that are not one row's (then the caller retries).
+async fn write_one_by_one(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<OutcomeRow>, sqlx::Error> {
+    let mut left = Vec::new();
     for row in batch {
-        let result = match store::record_outcomes(&shared.pool, &shared.worker_id, std::slice::from_ref(row)).await {
+        let result = match store::record_outcomes_guarded(&shared.pool, &shared.worker_id, std::slice::from_ref(row)).await {
             Err(e) if is_content_error(&e) => {
                 tracing::error!(job_id = %row.claim.id, error = %e, "job outcome refused by the database; discarding the job");
                 let why = format!(
                     "the outcome of this attempt ({}) could not be stored: {e}; the job was discarded so it cannot stall the others; fix the cause, then `dklctl retry {}`",
                     row.status, row.claim.id
                 );
-                store::record_outcomes(&shared.pool, &shared.worker_id, &[OutcomeRow::discarded(row.claim.clone(), why)]).await
+                let discard = OutcomeRow::discarded(row.claim.clone(), why);
+                store::record_outcomes_guarded(&shared.pool, &shared.worker_id, &[discard]).await
             }
             other => other,
         };
         match result {
-            Ok(n) => written += n as usize,
+            Ok(_) => {}
+            Err(e) if is_lock_timeout(&e) => {
+                tracing::warn!(job_id = %row.claim.id, "job row is locked by another session; its outcome waits");
+                left.push(row.clone());
+            }
             Err(e) if is_content_error(&e) => {
                 tracing::error!(job_id = %row.claim.id, error = %e, "cannot even discard the job; rescue will return it");
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(written)
+    Ok(left)
 }
 
 /// True when the server refused the statement for the data in it (SQLSTATE
@@ -306,6 +391,11 @@ fn is_content_error(e: &sqlx::Error) -> bool {
         sqlx::Error::Encode(_) => true,
         _ => false,
     }
+}
+
+/// True for `lock_not_available` (55P03): `lock_timeout` ran out.
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
 /// How long the outcome writer keeps retrying after shutdown began.

@@ -161,8 +161,14 @@ impl Fetcher {
                     locked_backoff = (locked_backoff * 2).min(poll);
                     wait
                 }
-                Ok(Some(due)) => due.min(poll),
-                _ => poll,
+                Ok(Some(due)) => {
+                    locked_backoff = LOCKED_BACKOFF_START;
+                    due.min(poll)
+                }
+                _ => {
+                    locked_backoff = LOCKED_BACKOFF_START;
+                    poll
+                }
             };
             if got > 0 {
                 locked_backoff = LOCKED_BACKOFF_START;

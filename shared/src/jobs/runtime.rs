@@ -170,6 +170,11 @@ impl WorkerRuntime {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
         let queues = self.queues();
         let queue_list = queues.iter().map(|(q, n)| format!("{q}={n}")).collect::<Vec<_>>().join(",");
+        let kinds = self.registry.kinds();
+        let unknown: Vec<&String> = self.config.kind_timeouts.keys().filter(|k| !kinds.contains(&k.as_str())).collect();
+        if !unknown.is_empty() {
+            tracing::warn!(kinds = ?unknown, runs = ?kinds, "DKL_JOB_TIMEOUTS names kinds this worker does not run; check the spelling");
+        }
         store::register_worker(&self.pool, &self.worker_id, &queue_list).await?;
         tracing::info!(worker_id = %self.worker_id, queues = %queue_list, kinds = ?self.registry.kinds(), "worker started");
 
@@ -330,11 +335,20 @@ async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, qu
                 Err(e) => tracing::error!(error = %e, "heartbeat cannot connect"),
             }
         }
+        // A beat that hangs (a dead connection that never resets) would let
+        // this worker's heartbeat go stale while it runs its jobs; give up on
+        // the connection in time to beat again on a new one.
+        let deadline = shared.config.rescue_after / 2;
         let beat_ok = match conn.as_mut() {
-            Some(c) => match beat(c, &shared, &wakers, &queues, &mut streak).await {
-                Ok(()) => true,
-                Err(e) => {
+            Some(c) => match tokio::time::timeout(deadline, beat(c, &shared, &wakers, &queues, &mut streak)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "heartbeat failed; reconnecting");
+                    conn = None;
+                    false
+                }
+                Err(_) => {
+                    tracing::error!(deadline_ms = deadline.as_millis() as u64, "heartbeat hung; reconnecting");
                     conn = None;
                     false
                 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 
 /// `apalis.jobs.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JobState {
     /// Waiting: due now, or at `run_at` (scheduled or backing off).
     Pending,
@@ -38,6 +38,14 @@ impl JobState {
     /// True for the states a job never leaves by itself.
     pub const fn is_finished(self) -> bool {
         matches!(self, Self::Done | Self::Killed)
+    }
+}
+
+// Debug output shows the table's name, quoted, as a string column did
+// (`dklctl show` prints rows with `{:#?}`).
+impl fmt::Debug for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 

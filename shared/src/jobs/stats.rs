@@ -80,6 +80,7 @@ struct Inner {
     last_heartbeat: Option<Instant>,
     claim_queries: u64,
     outcome_writer_failing_since: Option<Instant>,
+    outcome_write_started: Option<Instant>,
 }
 
 /// Counters and liveness of one worker runtime. Cheap to share (`Arc`).
@@ -103,6 +104,8 @@ pub struct StatsSnapshot {
     pub claim_queries: u64,
     /// How long the outcome writer has been failing to write, if it is.
     pub outcome_writer_failing_for: Option<Duration>,
+    /// How long the outcome write in progress has taken, if one is.
+    pub outcome_write_busy_for: Option<Duration>,
 }
 
 impl RuntimeStats {
@@ -148,6 +151,11 @@ impl RuntimeStats {
         self.lock().outcome_writer_failing_since.get_or_insert_with(Instant::now);
     }
 
+    /// Notes that an outcome write starts (`true`) or has returned (`false`).
+    pub fn outcome_write_in_progress(&self, busy: bool) {
+        self.lock().outcome_write_started = busy.then(Instant::now);
+    }
+
     /// A copy of everything.
     pub fn snapshot(&self) -> StatsSnapshot {
         let s = self.lock();
@@ -162,6 +170,7 @@ impl RuntimeStats {
             since_heartbeat: s.last_heartbeat.map(|t| t.elapsed()),
             claim_queries: s.claim_queries,
             outcome_writer_failing_for: s.outcome_writer_failing_since.map(|t| t.elapsed()),
+            outcome_write_busy_for: s.outcome_write_started.map(|t| t.elapsed()),
         }
     }
 }

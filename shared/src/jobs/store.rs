@@ -497,6 +497,22 @@ pub async fn record_outcomes(
     Ok(res.rows_affected())
 }
 
+/// [`record_outcomes`] in a transaction that waits at most
+/// `OUTCOME_LOCK_TIMEOUT` for a row lock: a job row someone holds (an
+/// admin's open `SELECT … FOR UPDATE`) fails the write with SQLSTATE 55P03
+/// instead of blocking the outcome writer, and every job behind it, for ever.
+pub async fn record_outcomes_guarded(pool: &PgPool, worker_id: &str, rows: &[OutcomeRow]) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(OUTCOME_LOCK_TIMEOUT).execute(&mut *tx).await?;
+    let n = record_outcomes(&mut *tx, worker_id, rows).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// How long an outcome write waits for a locked job row. The engine's own
+/// locks on a running job's row (cancel, rescue) last milliseconds.
+pub const OUTCOME_LOCK_TIMEOUT: &str = "1s";
+
 /// The longest a retry is put off (a handler's `retry_after` hint is capped
 /// to this; PostgreSQL's intervals and timestamps have a range).
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 86_400);
