@@ -46,8 +46,11 @@ struct AppState {
     /// The last database reading; one refresh at a time, however many clients ask.
     cache: Arc<tokio::sync::Mutex<Option<Reading>>>,
     /// The last database check of `/healthz`, kept for [`DB_PING_CACHE`].
-    ping: Arc<tokio::sync::Mutex<Option<(Instant, Result<DueAges, String>)>>>,
+    ping: Arc<tokio::sync::Mutex<Option<DueReading>>>,
 }
+
+/// A database check of `/healthz` as read at its instant.
+type DueReading = (Instant, Result<DueAges, String>);
 
 /// Seconds the oldest due job of each queue has waited (queues with none absent).
 type DueAges = Vec<(String, f64)>;

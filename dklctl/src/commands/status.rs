@@ -28,10 +28,10 @@ pub async fn print_status(pool: &PgPool, recent: i64) -> anyhow::Result<()> {
 
 /// `dklctl jobs`.
 pub async fn print_jobs(pool: &PgPool, filter: &JobFilter) -> anyhow::Result<()> {
-    if let Some(state) = &filter.state {
-        if !monitor::STATES.contains(&state.as_str()) {
-            anyhow::bail!("unknown state `{state}`; use one of: {}", monitor::STATES.join(", "));
-        }
+    if let Some(state) = &filter.state
+        && !monitor::STATES.contains(&state.as_str())
+    {
+        anyhow::bail!("unknown state `{state}`; use one of: {}", monitor::STATES.join(", "));
     }
     print!("{}", jobs_table(&monitor::jobs(pool, filter).await?));
     Ok(())

@@ -113,53 +113,65 @@ impl JobsConfig {
 
 /// Parses `ping=30,fetch_mail=120`: execution timeouts in seconds by kind.
 fn parse_kind_timeouts(raw: &str) -> Result<BTreeMap<String, Duration>, ConfigError> {
-    let bad = |why: String| ConfigError {
+    let pairs = NamedNumbers {
         var: "DKL_JOB_TIMEOUTS",
-        value: raw.to_string(),
-        expected: format!("comma-separated kind=seconds pairs with seconds 1..=86400, e.g. fetch_mail=120,send_email=60 ({why})"),
+        what: "kind=seconds",
+        name: "job kind name",
+        range: 1..=86_400,
+        example: "fetch_mail=120,send_email=60",
     };
-    let mut map = BTreeMap::new();
-    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (kind, secs) = pair.split_once('=').ok_or_else(|| bad(format!("`{pair}` has no `=`")))?;
-        let kind = kind.trim();
-        if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(bad(format!("`{kind}` is not a job kind name")));
-        }
-        let secs: u64 = secs
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| (1..=86_400).contains(n))
-            .ok_or_else(|| bad(format!("`{}` is not a number of seconds from 1 to 86400", secs.trim())))?;
-        map.insert(kind.to_string(), Duration::from_secs(secs));
-    }
+    Ok(pairs.parse(raw)?.into_iter().map(|(kind, secs)| (kind, Duration::from_secs(secs))).collect())
+}
+
+/// Parses `mail=7,bulk=3` over the default queues.
+fn parse_concurrency(raw: &str) -> Result<BTreeMap<String, usize>, ConfigError> {
+    let pairs = NamedNumbers {
+        var: "DKL_QUEUE_CONCURRENCY",
+        what: "queue=number",
+        name: "queue name (letters, digits, _ and -)",
+        range: 1..=1000,
+        example: "default=10,mail=4,maintenance=2",
+    };
+    let mut map = default_queue_concurrency();
+    map.extend(pairs.parse(raw)?.into_iter().map(|(queue, n)| (queue, n as usize)));
     Ok(map)
 }
 
-fn parse_concurrency(raw: &str) -> Result<BTreeMap<String, usize>, ConfigError> {
-    let bad = |why: String| ConfigError {
-        var: "DKL_QUEUE_CONCURRENCY",
-        value: raw.to_string(),
-        expected: format!(
-            "comma-separated queue=number pairs with numbers 1..=1000, e.g. default=10,mail=4,maintenance=2 ({why})"
-        ),
-    };
-    let mut map = default_queue_concurrency();
-    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (queue, n) = pair
-            .split_once('=')
-            .ok_or_else(|| bad(format!("`{pair}` has no `=`")))?;
-        let queue = queue.trim();
-        if queue.is_empty() || !queue.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(bad(format!("`{queue}` is not a queue name (letters, digits, _ and -)")));
+/// A comma-separated list of `name=number` pairs in one variable.
+struct NamedNumbers {
+    var: &'static str,
+    what: &'static str,
+    name: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+    example: &'static str,
+}
+
+impl NamedNumbers {
+    fn parse(&self, raw: &str) -> Result<Vec<(String, u64)>, ConfigError> {
+        let (lo, hi) = (self.range.start(), self.range.end());
+        let bad = |why: String| ConfigError {
+            var: self.var,
+            value: raw.to_string(),
+            expected: format!(
+                "comma-separated {} pairs with numbers {lo}..={hi}, e.g. {} ({why})",
+                self.what, self.example
+            ),
+        };
+        let mut out = Vec::new();
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, n) = pair.split_once('=').ok_or_else(|| bad(format!("`{pair}` has no `=`")))?;
+            let name = name.trim();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(bad(format!("`{name}` is not a {}", self.name)));
+            }
+            let n: u64 = n
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| self.range.contains(n))
+                .ok_or_else(|| bad(format!("`{}` is not a number from {lo} to {hi}", n.trim())))?;
+            out.push((name.to_string(), n));
         }
-        let n: usize = n
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| bad(format!("`{}` is not a number from 1 to 1000", n.trim())))?;
-        map.insert(queue.to_string(), n);
+        Ok(out)
     }
-    Ok(map)
 }

@@ -152,7 +152,7 @@ pub fn redact_url(url: &str) -> String {
         let host = after.split(['/', '?', '#']).next().unwrap_or("");
         !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:,[]%".contains(c))
     };
-    if let Some(at) = rest.match_indices('@').map(|(i, _)| i).filter(|&i| host_like(&rest[i + 1..])).last() {
+    if let Some(at) = rest.match_indices('@').map(|(i, _)| i).rfind(|&i| host_like(&rest[i + 1..])) {
         let userinfo = &rest[..at];
         let from = match userinfo.split_once(':') {
             // A plain user name stays readable; anything odd goes too.

@@ -444,7 +444,7 @@ async fn beat(
         .into_iter()
         .map(|(id, lock_at)| ClaimRef { id, lock_at })
         .filter(|claim| !shared.in_flight.contains(claim))
-        .map(|claim| OutcomeRow::released(claim))
+        .map(OutcomeRow::released)
         .collect();
     if !lost.is_empty() {
         tracing::warn!(count = lost.len(), "releasing jobs this worker claimed but lost track of");

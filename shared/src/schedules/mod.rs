@@ -95,13 +95,13 @@ pub async fn enqueue_tick(
     ticks_missed: i32,
     scheduler_id: &str,
 ) -> Result<TickResult, TickError> {
-    if outcome != RunOutcome::Manual && s.skip_if_running {
-        if let Some(last) = &s.last_job_id {
-            if store::job_is_live(tx, last).await? {
-                let claimed = store::insert_run(tx, s.id, tick, RunOutcome::Skipped, ticks_missed, scheduler_id).await?;
-                return Ok(if claimed { TickResult::Skipped } else { TickResult::AlreadyClaimed });
-            }
-        }
+    if outcome != RunOutcome::Manual
+        && s.skip_if_running
+        && let Some(last) = &s.last_job_id
+        && store::job_is_live(tx, last).await?
+    {
+        let claimed = store::insert_run(tx, s.id, tick, RunOutcome::Skipped, ticks_missed, scheduler_id).await?;
+        return Ok(if claimed { TickResult::Skipped } else { TickResult::AlreadyClaimed });
     }
     if !store::insert_run(tx, s.id, tick, outcome, ticks_missed, scheduler_id).await? {
         return Ok(TickResult::AlreadyClaimed);
