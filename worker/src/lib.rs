@@ -19,5 +19,6 @@
 //! join as modules of their own with the mail work (ARCHITECTURE.md).
 
 pub mod handlers;
+pub mod templates;
 pub mod http;
 pub mod metrics;
