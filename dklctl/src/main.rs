@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use commands::{bench, bench_schedule, database, jobs, schedules, status};
+use commands::{bench, bench_schedule, database, jobs, schedules, status, templates};
 use dkl_shared::config::Config;
 use dkl_shared::jobs::JobClient;
 use dkl_shared::kinds::Ping;
@@ -145,10 +145,39 @@ enum Command {
     },
     /// Enqueue the prune job now.
     Prune,
+    /// Mail templates: load the defaults, check the table, render one.
+    Templates {
+        #[command(subcommand)]
+        what: TemplatesCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Load the templates of a folder (default `templates/`) into
+    /// email_templates. Refuses if any is broken; keeps rows admins changed.
+    Sync {
+        /// The folder with one sub-folder per template.
+        #[arg(long, default_value = "templates")]
+        dir: std::path::PathBuf,
+        /// Replace templates admins changed in the database too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check every template in email_templates (syntax, declared variables).
+    Check,
+    /// Render one template with the variables of a JSON file.
+    Render {
+        /// email_templates.name.
+        name: String,
+        /// A JSON object of variables.
+        #[arg(long)]
+        vars: std::path::PathBuf,
     },
 }
 
@@ -201,6 +230,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             schedules::schedule(&pool, schedules::ScheduleRequest { kind, at, payload, note, created_by }).await?
         }
         Command::Prune => jobs::prune(&client).await?,
+        Command::Templates { what: TemplatesCommand::Sync { dir, force } } => templates::sync(&pool, &dir, force).await?,
+        Command::Templates { what: TemplatesCommand::Check } => templates::check(&pool).await?,
+        Command::Templates { what: TemplatesCommand::Render { name, vars } } => templates::render(&pool, &name, &vars).await?,
         Command::Bench { what: BenchCommand::Queue(args) } => bench::queue(&pool, &config, args).await?,
         Command::Bench { what: BenchCommand::Schedule(args) } => bench_schedule::run(&pool, &config, args).await?,
     }

@@ -153,3 +153,85 @@ fn scripts_never_print_a_database_url() {
         }
     }
 }
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Copies the shipped templates to a temp folder a test may break.
+fn templates_copy(name: &str) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+    let dst = std::env::temp_dir().join(format!("dkl-templates-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    for entry in std::fs::read_dir(&src).unwrap().map(Result::unwrap).filter(|e| e.path().is_dir()) {
+        let to = dst.join(entry.file_name());
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(entry.path()).unwrap().map(Result::unwrap) {
+            std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+        }
+    }
+    dst
+}
+
+#[sqlx::test(migrations = false)]
+async fn templates_sync_check_and_render(pool: PgPool) {
+    let url = url_of(&pool).await;
+    stdout(&dklctl(&url, &["migrate"]));
+    let dir = templates_copy("sync");
+    let dir_s = dir.to_str().unwrap();
+
+    let first = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
+    assert_eq!(first.lines().filter(|l| l.ends_with(" added")).count(), 8, "{first}");
+    let again = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
+    assert_eq!(again.lines().filter(|l| l.ends_with(" unchanged")).count(), 8, "{again}");
+
+    // An admin edits a template in the database: sync keeps it ...
+    sqlx::query("UPDATE email_templates SET subject = 'Dank je, {{naam}}!' WHERE name = 'contact_email'").execute(&pool).await.unwrap();
+    std::fs::write(dir.join("contact_email/subject.hbs"), "Bedankt, {{naam}}\n").unwrap();
+    let kept = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
+    assert!(kept.contains("contact_email") && kept.contains("kept: changed in the database") && kept.contains("--force"), "{kept}");
+    let subject = || async {
+        sqlx::query_scalar::<_, String>("SELECT subject FROM email_templates WHERE name = 'contact_email'").fetch_one(&pool).await.unwrap()
+    };
+    assert_eq!(subject().await, "Dank je, {{naam}}!");
+    // ... a file change to an untouched template goes in ...
+    std::fs::write(dir.join("auto_response/subject.hbs"), "Automatisch antwoord: {{onderwerp}}\n").unwrap();
+    let updated = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
+    assert!(updated.lines().any(|l| l.starts_with("auto_response") && l.ends_with("updated")), "{updated}");
+    // ... and --force replaces the admin's version.
+    let forced = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s, "--force"]));
+    assert!(forced.contains("overwritten (--force)"), "{forced}");
+    assert_eq!(subject().await, "Bedankt, {{naam}}");
+
+    // A broken file: refused with the file and line, nothing written.
+    std::fs::write(dir.join("newsletter/body.html.hbs"), "<h1>{{titel}}</h1>\n{{#if inhoud}}\n{{{inhoud}}}\n<a href=\"{{afmeld_link}}\">x</a>\n").unwrap();
+    std::fs::write(dir.join("contact_email/subject.hbs"), "Nog anders, {{naam}}\n").unwrap();
+    let refused = dklctl(&url, &["templates", "sync", "--dir", dir_s]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    assert!(err.contains("newsletter/body.html.hbs") && err.contains("line") && err.contains("nothing written"), "{err}");
+    assert_eq!(subject().await, "Bedankt, {{naam}}", "a refused sync writes nothing");
+
+    // Check: all rows fine, then an admin saves a broken one.
+    let checked = stdout(&dklctl(&url, &["templates", "check"]));
+    assert_eq!(checked.lines().filter(|l| l.ends_with(" ok")).count(), 8, "{checked}");
+    sqlx::query("INSERT INTO email_templates (name, subject, html_content, variables) VALUES ('kapot', 'Hoi {{naam', '<p>x</p>', '[\"naam\"]')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let broken = dklctl(&url, &["templates", "check"]);
+    assert_eq!(broken.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&broken.stdout);
+    assert!(out.contains("kapot") && out.contains("BROKEN") && out.contains("subject"), "{out}");
+
+    // Render with variables from a file.
+    let vars = dir.join("vars.json");
+    std::fs::write(&vars, r#"{"naam": "Anna <de Vries>", "ontvangen_op": "2026-05-17T09:30:00+02:00", "bericht": "Hallo"}"#).unwrap();
+    let shown = stdout(&dklctl(&url, &["templates", "render", "contact_email", "--vars", vars.to_str().unwrap()]));
+    assert!(shown.starts_with("Subject: Bedankt, Anna <de Vries>"), "{shown}");
+    assert!(shown.contains("Anna &lt;de Vries&gt;") && shown.contains("17 mei 2026 om 09:30"), "{shown}");
+    std::fs::write(&vars, r#"{"naam": "Anna"}"#).unwrap();
+    let missing = dklctl(&url, &["templates", "render", "contact_email", "--vars", vars.to_str().unwrap()]);
+    assert!(stderr(&missing).contains("variable `ontvangen_op` is missing"), "{}", stderr(&missing));
+    let _ = std::fs::remove_dir_all(&dir);
+}

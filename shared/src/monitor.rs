@@ -101,15 +101,20 @@ pub struct QueueSummary {
     pub finished_last_5m: i64,
 }
 
-/// How long the oldest due job of each queue has waited, in seconds (queues
-/// with no due job are absent). Cheap at any table size: it reads only
-/// pending rows, through `jobs_next_due`. `/healthz` asks it every second.
-pub async fn oldest_due(executor: impl PgExecutor<'_>) -> Result<Vec<(String, f64)>, sqlx::Error> {
+/// How long the oldest due job of each of `queues` has waited, in seconds
+/// (queues with no due job are absent). One index probe per queue
+/// (`jobs_next_due`), whatever the backlog: `/healthz` asks it every second.
+pub async fn oldest_due(executor: impl PgExecutor<'_>, queues: &[String]) -> Result<Vec<(String, f64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT queue, extract(epoch FROM now() - min(run_at))::float8
-           FROM apalis.jobs WHERE status = 'Pending' AND run_at <= now()
-          GROUP BY queue ORDER BY queue",
+        "SELECT q.queue, extract(epoch FROM now() - d.run_at)::float8
+           FROM unnest($1::text[]) AS q(queue)
+           CROSS JOIN LATERAL (
+                SELECT j.run_at FROM apalis.jobs j
+                 WHERE j.queue = q.queue AND j.status = 'Pending' AND j.run_at <= now()
+                 ORDER BY j.run_at LIMIT 1) d
+          ORDER BY q.queue",
     )
+    .bind(queues)
     .fetch_all(executor)
     .await
 }

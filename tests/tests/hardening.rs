@@ -345,7 +345,7 @@ async fn apalis_insert_trigger_is_gone(pool: PgPool) {
 
 /// Review of defect 1/10: an outcome write waited for ever on a job row
 /// someone else held (an admin's open `SELECT … FOR UPDATE`), and every
-/// outcome behind it waited too. Now it waits `lock_timeout` (1 s), the
+/// outcome behind it waited too. Now it waits `lock_timeout` (250 ms), the
 /// others are written, and the locked one follows when the lock goes.
 #[sqlx::test(migrations = false)]
 async fn a_locked_job_row_does_not_hold_back_other_outcomes(pool: PgPool) {

@@ -93,7 +93,8 @@ impl AppState {
         {
             return result.clone();
         }
-        let result = match tokio::time::timeout(DB_TIMEOUT, monitor::oldest_due(&self.monitoring.pool)).await {
+        let queues: Vec<String> = self.monitoring.stats.snapshot().queues.into_keys().collect();
+        let result = match tokio::time::timeout(DB_TIMEOUT, monitor::oldest_due(&self.monitoring.pool, &queues)).await {
             Ok(Ok(ages)) => Ok(ages),
             Ok(Err(e)) => Err(format!("error: {e}")),
             Err(_) => Err(format!("error: no answer within {}s", DB_TIMEOUT.as_secs())),

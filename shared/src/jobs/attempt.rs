@@ -263,6 +263,10 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
             let batch = std::mem::take(&mut received);
             let left = write_until_done(&shared, &batch).await;
             finish_written(&shared, &batch, &left);
+            if deferred.is_empty() && !left.is_empty() {
+                // Newly locked rows wait a backoff before their first retry.
+                deferred_due = tokio::time::Instant::now() + deferred_backoff;
+            }
             deferred.extend(left);
         }
         if closed {
@@ -304,10 +308,7 @@ async fn write_until_done(shared: &Shared, pending: &[OutcomeRow]) -> Vec<Outcom
     let mut backoff = Duration::from_millis(100);
     let mut failing_since_shutdown: Option<std::time::Instant> = None;
     loop {
-        shared.stats.outcome_write_in_progress(true);
-        let result = write_batch(shared, pending).await;
-        shared.stats.outcome_write_in_progress(false);
-        let e = match result {
+        let e = match write_batch(shared, pending).await {
             Ok(left) => {
                 shared.stats.outcome_writer_ok();
                 return left;
@@ -330,7 +331,7 @@ async fn write_until_done(shared: &Shared, pending: &[OutcomeRow]) -> Vec<Outcom
 
 /// Writes `batch`; returns the rows left for later (locked by someone else).
 async fn write_batch(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<OutcomeRow>, sqlx::Error> {
-    match store::record_outcomes_guarded(&shared.pool, &shared.worker_id, batch).await {
+    match write_statement(shared, batch).await {
         Ok(n) => {
             if (n as usize) < batch.len() {
                 tracing::warn!(
@@ -355,7 +356,7 @@ async fn write_batch(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<Outcom
 async fn write_one_by_one(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<OutcomeRow>, sqlx::Error> {
     let mut left = Vec::new();
     for row in batch {
-        let result = match store::record_outcomes_guarded(&shared.pool, &shared.worker_id, std::slice::from_ref(row)).await {
+        let result = match write_statement(shared, std::slice::from_ref(row)).await {
             Err(e) if is_content_error(&e) => {
                 tracing::error!(job_id = %row.claim.id, error = %e, "job outcome refused by the database; discarding the job");
                 let why = format!(
@@ -363,7 +364,7 @@ async fn write_one_by_one(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<O
                     row.status, row.claim.id
                 );
                 let discard = OutcomeRow::discarded(row.claim.clone(), why);
-                store::record_outcomes_guarded(&shared.pool, &shared.worker_id, &[discard]).await
+                write_statement(shared, &[discard]).await
             }
             other => other,
         };
@@ -381,6 +382,29 @@ async fn write_one_by_one(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<O
     }
     Ok(left)
 }
+
+/// One outcome statement, timed for `/healthz` and bounded: a write that
+/// hangs (a half-open connection) fails after [`OUTCOME_WRITE_TIMEOUT`] and
+/// is retried on another connection, so the writer, and shutdown, never wait
+/// for ever.
+async fn write_statement(shared: &Shared, rows: &[OutcomeRow]) -> Result<u64, sqlx::Error> {
+    shared.stats.outcome_write_in_progress(true);
+    let result = tokio::time::timeout(
+        OUTCOME_WRITE_TIMEOUT,
+        store::record_outcomes_guarded(&shared.pool, &shared.worker_id, rows),
+    )
+    .await;
+    shared.stats.outcome_write_in_progress(false);
+    result.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("writing job outcomes took longer than {}s", OUTCOME_WRITE_TIMEOUT.as_secs()),
+        )))
+    })
+}
+
+/// The longest one outcome statement may take.
+const OUTCOME_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// True when the server refused the statement for the data in it (SQLSTATE
 /// class 22, data exception; 23, integrity; 54, a limit), which retrying

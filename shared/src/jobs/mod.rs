@@ -28,8 +28,8 @@
 //! # What apalis does, and what this layer adds
 //!
 //! **apalis-postgres** owns the storage: its migrations create `apalis.jobs`
-//! and `apalis.workers` and the insert trigger that NOTIFYs
-//! `apalis::job::insert`. **apalis-core** runs the workers: for each queue an
+//! and `apalis.workers` (and an insert trigger that NOTIFYs
+//! `apalis::job::insert`, which our migration drops: nobody listens there). **apalis-core** runs the workers: for each queue an
 //! apalis `Worker` polls our [`fetcher::QueueBackend`] and drives each job
 //! through its tower service stack, and stops gracefully, draining running
 //! jobs, when told to.

@@ -235,7 +235,7 @@ pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx
             sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
             RetryOutcome::MadeDue
         }
-        Some(JobState::Done | JobState::Killed) => {
+        Some(JobState::Done | JobState::Killed | JobState::Queued | JobState::Failed) => {
             // A live job holding the same dedup key makes this fail with a
             // unique violation; the caller reports it.
             sqlx::query(
@@ -292,7 +292,7 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
             }
             CancelOutcome::Signalled
         }
-        JobState::Done | JobState::Killed => CancelOutcome::AlreadyFinished,
+        JobState::Done | JobState::Killed | JobState::Queued | JobState::Failed => CancelOutcome::AlreadyFinished,
     };
     tx.commit().await?;
     Ok(Some(outcome))
@@ -510,8 +510,9 @@ pub async fn record_outcomes_guarded(pool: &PgPool, worker_id: &str, rows: &[Out
 }
 
 /// How long an outcome write waits for a locked job row. The engine's own
-/// locks on a running job's row (cancel, rescue) last milliseconds.
-pub const OUTCOME_LOCK_TIMEOUT: &str = "1s";
+/// locks on a running job's row (cancel, rescue) last milliseconds; a row
+/// held longer is someone else's, and its outcome is retried later.
+pub const OUTCOME_LOCK_TIMEOUT: &str = "250ms";
 
 /// The longest a retry is put off (a handler's `retry_after` hint is capped
 /// to this; PostgreSQL's intervals and timestamps have a range).

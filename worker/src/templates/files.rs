@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{MailTemplate, Renderer, TemplateError, used_variables};
+use super::{MailTemplate, Part, Renderer, TemplateError, used_variables};
 
 /// One template as shipped.
 #[derive(Debug, Clone)]
@@ -45,10 +45,10 @@ pub enum FilesError {
         reason: String,
     },
     /// A part does not parse or does not render.
-    #[error("{}: {source}", dir.display())]
+    #[error("{}: {source}", file.display())]
     Template {
-        /// The template's folder.
-        dir: PathBuf,
+        /// The file of the part at fault (the folder when it is the example).
+        file: PathBuf,
         /// What is wrong.
         source: TemplateError,
     },
@@ -116,7 +116,16 @@ pub fn load(dir: &Path) -> Result<TemplateFiles, FilesError> {
 /// exactly the ones used, and it renders with its example.
 pub fn check(renderer: &Renderer, files: &TemplateFiles) -> Result<(), FilesError> {
     let dir = || files.dir.clone();
-    renderer.check(&files.template).map_err(|source| FilesError::Template { dir: dir(), source })?;
+    let at_fault = |source: TemplateError| {
+        let file = match &source {
+            TemplateError::Syntax { part, .. } | TemplateError::MissingVariable { part, .. } | TemplateError::Render { part, .. } => {
+                files.dir.join(part_file(*part))
+            }
+            TemplateError::HeaderInjection { .. } => files.dir.join(part_file(Part::Subject)),
+        };
+        FilesError::Template { file, source }
+    };
+    renderer.check(&files.template).map_err(at_fault)?;
     let t = &files.template;
     let mut used = BTreeSet::new();
     for source in [Some(&t.subject), Some(&t.html), t.text.as_ref()].into_iter().flatten() {
@@ -134,6 +143,15 @@ pub fn check(renderer: &Renderer, files: &TemplateFiles) -> Result<(), FilesErro
             ),
         });
     }
-    renderer.render(t, &files.example).map_err(|source| FilesError::Template { dir: dir(), source })?;
+    renderer.render(t, &files.example).map_err(at_fault)?;
     Ok(())
+}
+
+/// The file a part is read from.
+pub fn part_file(part: Part) -> &'static str {
+    match part {
+        Part::Subject => "subject.hbs",
+        Part::Html => "body.html.hbs",
+        Part::Text => "body.txt.hbs",
+    }
 }

@@ -205,7 +205,8 @@ impl std::str::FromStr for ScheduledJobStatus {
     }
 }
 
-// Tests and tools compare with the names they see in psql.
+// Tests compare with the names they see in psql; production code compares enums.
+#[cfg(any(test, feature = "testing"))]
 impl PartialEq<&str> for ScheduledJobStatus {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other

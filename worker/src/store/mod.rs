@@ -1,0 +1,4 @@
+//! Data access for the domain tables, one file per table family. Handlers
+//! and commands call these functions; they do not write SQL inline.
+
+pub mod email_templates;
