@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use commands::{bench, bench_schedule, database, jobs, schedules, status, templates};
+use commands::{bench, bench_schedule, database, jobs, mail, schedules, status, templates};
 use dkl_shared::config::Config;
 use dkl_shared::jobs::JobClient;
 use dkl_shared::kinds::Ping;
@@ -145,6 +145,27 @@ enum Command {
     },
     /// Enqueue the prune job now.
     Prune,
+    /// Outgoing mail: ask for one, read the send log.
+    Mail {
+        #[command(subcommand)]
+        what: MailCommand,
+    },
+    /// Put an address on the suppression list (no mail, or no bulk mail).
+    Suppress {
+        /// The address.
+        address: String,
+        /// hard_bounce, complaint, unsubscribe or manual.
+        #[arg(long, default_value = "manual")]
+        reason: String,
+        /// all (no mail at all) or bulk (no newsletters).
+        #[arg(long, default_value = "all")]
+        scope: String,
+    },
+    /// Take an address off the suppression list.
+    Unsuppress {
+        /// The address.
+        address: String,
+    },
     /// Mail templates: load the defaults, check the table, render one.
     Templates {
         #[command(subcommand)]
@@ -154,6 +175,44 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailCommand {
+    /// Ask for a mail as the web application does (the SQL function
+    /// dkl_send_email); prints the job id.
+    Send {
+        /// email_templates.name.
+        #[arg(long)]
+        template: String,
+        /// Recipient address.
+        #[arg(long)]
+        to: String,
+        /// A JSON file with the template's variables.
+        #[arg(long)]
+        vars: Option<std::path::PathBuf>,
+        /// One message per key, ever.
+        #[arg(long)]
+        dedup: Option<String>,
+        /// transactional, admin, auto_reply or newsletter.
+        #[arg(long, default_value = "transactional")]
+        kind: String,
+    },
+    /// The send log (verzonden_emails), newest first.
+    Log {
+        /// queued, sent, failed, suppressed, unknown or bounced.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only mail to this address.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only mail since this time (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
     },
 }
 
@@ -230,6 +289,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             schedules::schedule(&pool, schedules::ScheduleRequest { kind, at, payload, note, created_by }).await?
         }
         Command::Prune => jobs::prune(&client).await?,
+        Command::Mail { what: MailCommand::Send { template, to, vars, dedup, kind } } => {
+            let req = mail::SendRequest { template: &template, to: &to, vars: vars.as_deref(), dedup: dedup.as_deref(), kind: &kind };
+            mail::send(&pool, req).await?
+        }
+        Command::Mail { what: MailCommand::Log { status, to, since, limit } } => mail::log(&pool, status, to, since, limit).await?,
+        Command::Suppress { address, reason, scope } => mail::suppress(&pool, &address, &reason, &scope).await?,
+        Command::Unsuppress { address } => mail::unsuppress(&pool, &address).await?,
         Command::Templates { what: TemplatesCommand::Sync { dir, force } } => templates::sync(&pool, &dir, force).await?,
         Command::Templates { what: TemplatesCommand::Check } => templates::check(&pool).await?,
         Command::Templates { what: TemplatesCommand::Render { name, vars } } => templates::render(&pool, &name, &vars).await?,

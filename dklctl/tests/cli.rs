@@ -235,3 +235,43 @@ async fn templates_sync_check_and_render(pool: PgPool) {
     assert!(stderr(&missing).contains("variable `ontvangen_op` is missing"), "{}", stderr(&missing));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[sqlx::test(migrations = false)]
+async fn mail_send_log_and_suppressions(pool: PgPool) {
+    let url = url_of(&pool).await;
+    stdout(&dklctl(&url, &["migrate"]));
+    let dir = templates_copy("mail");
+    stdout(&dklctl(&url, &["templates", "sync", "--dir", dir.to_str().unwrap()]));
+    let vars = dir.join("vars.json");
+    std::fs::write(&vars, r#"{"naam": "Anna", "ontvangen_op": "2026-05-17T09:30:00+02:00", "bericht": "Hallo"}"#).unwrap();
+    let vars = vars.to_str().unwrap();
+
+    let job = stdout(&dklctl(&url, &["mail", "send", "--template", "contact_email", "--to", "anna@example.org", "--vars", vars]));
+    let kind: String = sqlx::query_scalar("SELECT job_type FROM apalis.jobs WHERE id = $1").bind(&job).fetch_one(&pool).await.unwrap();
+    assert_eq!(kind, "send_email");
+    let bad = dklctl(&url, &["mail", "send", "--template", "contact", "--to", "anna@example.org"]);
+    assert!(stderr(&bad).contains("no active template named \"contact\""), "{}", stderr(&bad));
+    let bad = dklctl(&url, &["mail", "send", "--template", "contact_email", "--to", "anna"]);
+    assert!(stderr(&bad).contains("\"anna\" is not an e-mail address"), "{}", stderr(&bad));
+
+    assert!(stdout(&dklctl(&url, &["suppress", "Bram@Example.org", "--reason", "unsubscribe", "--scope", "bulk"])).contains("suppressed (bulk, unsubscribe)"));
+    let (scope, reason): (String, String) =
+        sqlx::query_as("SELECT scope, reason FROM email_suppressions WHERE address = 'bram@example.org'").fetch_one(&pool).await.unwrap();
+    assert_eq!((scope.as_str(), reason.as_str()), ("bulk", "unsubscribe"));
+    assert!(stderr(&dklctl(&url, &["suppress", "x@example.org", "--reason", "bored"])).contains("unknown reason `bored`"));
+    assert!(stdout(&dklctl(&url, &["unsuppress", "bram@example.org"])).contains("no longer suppressed"));
+    assert!(stderr(&dklctl(&url, &["unsuppress", "bram@example.org"])).contains("not on the suppression list"));
+
+    sqlx::query(
+        "INSERT INTO verzonden_emails (recipient_email, subject, status, mail_kind, smtp_config, smtp_code, error_message)
+         VALUES ('cees@example.org', 'Welkom', 'failed', 'transactional', 'default', 550, '550 no such user')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let log = stdout(&dklctl(&url, &["mail", "log", "--status", "failed"]));
+    assert!(log.contains("cees@example.org") && log.contains("550 no such user") && log.contains("STATUS"), "{log}");
+    let none = stdout(&dklctl(&url, &["mail", "log", "--to", "nobody@example.org"]));
+    assert!(none.contains("no mail logged yet"), "{none}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

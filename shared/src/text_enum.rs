@@ -4,7 +4,6 @@
 /// implements `FromStr` (its error `Display`): a value the enum does not
 /// know fails the row's decode with that error, never turns into a default.
 #[macro_export]
-#[doc(hidden)]
 macro_rules! decode_from_text {
     ($ty:ty) => {
         impl sqlx::Type<sqlx::Postgres> for $ty {

@@ -6,6 +6,7 @@
 //! leave nothing behind.
 
 pub mod process;
+pub mod smtp;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

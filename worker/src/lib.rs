@@ -19,6 +19,7 @@
 //! join as modules of their own with the mail work (ARCHITECTURE.md).
 
 pub mod handlers;
+pub mod smtp;
 pub mod store;
 pub mod templates;
 pub mod http;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_schedule;
 pub mod database;
 pub mod jobs;
+pub mod mail;
 pub mod schedules;
 pub mod status;
 pub mod templates;

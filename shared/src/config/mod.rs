@@ -11,11 +11,13 @@
 
 mod http;
 mod jobs;
+mod mail;
 mod parse;
 mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
 pub use jobs::JobsConfig;
+pub use mail::{MailConfig, SmtpConfig, TlsMode};
 pub use parse::{MAX_AGE, parse_age};
 pub use scheduler::SchedulerConfig;
 
@@ -61,6 +63,8 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     /// Settings of `/healthz` and `/metrics`.
     pub monitor: MonitorConfig,
+    /// Outgoing mail: the SMTP configurations.
+    pub mail: MailConfig,
 }
 
 /// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
@@ -85,6 +89,7 @@ pub const VARIABLES: &[&str] = &[
     "DKL_MONITOR_CACHE_MS",
     "DKL_HEALTH_MAX_DUE_AGE_SECS",
     "DKL_MONITOR_DB_CONNECTIONS",
+    "DKL_SMTP_CONFIGS",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
     "DKL_SCHEDULER_LEADER_STALE_SECS",
@@ -128,6 +133,7 @@ impl Config {
             scheduler: SchedulerConfig::from_lookup(&get)?,
             http_addr: parse_http_addr(get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR))?,
             monitor: MonitorConfig::from_lookup(&get)?,
+            mail: MailConfig::from_lookup(&get)?,
         })
     }
 }
@@ -237,7 +243,7 @@ mod tests {
             assert!(map.contains_key(*var), ".env.example lacks {var}");
         }
         // Every variable the code reads is in VARIABLES (checked against the module's sources).
-        let source = [include_str!("mod.rs"), include_str!("jobs.rs"), include_str!("scheduler.rs"), include_str!("http.rs")].concat();
+        let source = [include_str!("mod.rs"), include_str!("jobs.rs"), include_str!("scheduler.rs"), include_str!("http.rs"), include_str!("mail.rs")].concat();
         for quoted in source.split('"').skip(1).step_by(2) {
             let looks_like_var = quoted.starts_with("DKL_") && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_');
             if looks_like_var {

@@ -9,6 +9,7 @@
 
 pub mod ping;
 pub mod prune_jobs;
+pub mod send_email;
 
 use dkl_shared::config::Config;
 use dkl_shared::jobs::Registry;
@@ -24,6 +25,12 @@ pub fn registry(pool: &PgPool, config: &Config) -> Registry {
     let mut registry = Registry::new();
     ping::register(&mut registry);
     prune_jobs::register(&mut registry, pool.clone(), config.jobs.prune_done_after, config.jobs.prune_discarded_after);
+    let mailer = send_email::Mailer {
+        pool: pool.clone(),
+        smtp: crate::smtp::Smtp::new(config.mail.clone()),
+        renderer: crate::templates::Renderer::new(),
+    };
+    send_email::register(&mut registry, std::sync::Arc::new(mailer));
     registry
 }
 

@@ -2,3 +2,5 @@
 //! and commands call these functions; they do not write SQL inline.
 
 pub mod email_templates;
+pub mod suppressions;
+pub mod verzonden_emails;

@@ -1,0 +1,214 @@
+//! Outgoing mail against a real SMTP server (postfix's smtp-sink) and a real
+//! PostgreSQL: the SQL function, templates, verzonden_emails, 4xx and 5xx
+//! replies, suppressions.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dkl_shared::config::Config;
+use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId};
+use dkl_shared::kinds::{MailKind, SendEmail};
+use dkl_tests::smtp::SmtpSink;
+use dkl_tests::{fast_config, migrate, wait_for, wait_status};
+use dkl_worker::store::email_templates;
+use dkl_worker::templates::files;
+use sqlx::PgPool;
+
+const T: Duration = Duration::from_secs(20);
+
+fn config(port: u16) -> Config {
+    let vars: BTreeMap<&str, String> = [("DKL_SMTP_DEFAULT_PORT", port.to_string())].into();
+    Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
+}
+
+async fn sync_templates(pool: &PgPool) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+    let mut conn = pool.acquire().await.unwrap();
+    for f in files::load_dir(&dir).unwrap() {
+        email_templates::sync(&mut conn, &f.template, &f.variables, false).await.unwrap();
+    }
+}
+
+fn start_worker(pool: &PgPool, port: u16) -> dkl_tests::RunningRuntime {
+    let registry = dkl_worker::handlers::registry(pool, &config(port));
+    dkl_tests::start(pool, registry, fast_config())
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    status: String,
+    smtp_code: Option<i32>,
+    smtp_reply: Option<String>,
+    error_message: Option<String>,
+    retry_count: i32,
+    message_id: Option<String>,
+    subject: String,
+}
+
+async fn row(pool: &PgPool, dedup_key: &str) -> Row {
+    try_row(pool, dedup_key).await.expect("a verzonden_emails row")
+}
+
+async fn try_row(pool: &PgPool, dedup_key: &str) -> Option<Row> {
+    sqlx::query_as(
+        "SELECT status, smtp_code, smtp_reply, error_message, retry_count, message_id, subject
+           FROM verzonden_emails WHERE dedup_key = $1",
+    )
+    .bind(dedup_key)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_mail_asked_for_in_sql_is_rendered_recorded_and_sent_once(pool: PgPool) {
+    migrate(&pool).await;
+    sync_templates(&pool).await;
+    let sink = SmtpSink::start(&[]);
+    let vars = r#"{"naam": "Anna <de Vries>", "ontvangen_op": "2026-05-17T09:30:00+02:00", "bericht": "Hallo"}"#;
+    let ask = "SELECT dkl_send_email('contact_email', 'anna@example.org', $1::jsonb, 'contact:1')";
+
+    // Rolled back: nothing is sent.
+    let mut tx = pool.begin().await.unwrap();
+    let _: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(jobs, 0);
+
+    let job: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&pool).await.unwrap();
+    let rt = start_worker(&pool, sink.port);
+    wait_status(&pool, &JobId(job), "Done", T).await;
+    let sent = row(&pool, "contact:1").await;
+    assert_eq!(sent.status, "sent", "{sent:?}");
+    assert_eq!(sent.smtp_code, Some(250));
+    assert!(sent.smtp_reply.is_some());
+    assert_eq!(sent.subject, "Bedankt voor je bericht, Anna <de Vries>");
+    let message_id = sent.message_id.unwrap();
+    assert!(message_id.starts_with('<') && message_id.ends_with("@dekoninklijkeloop.nl>"), "{message_id}");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    let text = &messages[0];
+    assert!(text.contains(&format!("Message-ID: {message_id}")), "{text}");
+    assert!(text.contains("multipart/alternative") && text.contains("Anna &lt;de Vries&gt;"), "{text}");
+
+    // The same key again (the web app retried): no second mail.
+    let again: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&pool).await.unwrap();
+    wait_status(&pool, &JobId(again), "Done", T).await;
+    assert_eq!(sink.messages().len(), 1, "one message per dedup key");
+    rt.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_sql_function_refuses_unknown_templates_and_bad_addresses(pool: PgPool) {
+    migrate(&pool).await;
+    sync_templates(&pool).await;
+    let err = sqlx::query_scalar::<_, String>("SELECT dkl_send_email('contact_mail', 'anna@example.org')")
+        .fetch_one(&pool)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no active template named \"contact_mail\""), "{err}");
+    let err = sqlx::query_scalar::<_, String>("SELECT dkl_send_email('contact_email', 'anna.example.org')")
+        .fetch_one(&pool)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"anna.example.org\" is not an e-mail address"), "{err}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_5xx_fails_at_once_with_the_servers_words(pool: PgPool) {
+    migrate(&pool).await;
+    let sink = SmtpSink::start(&["-f", "rcpt"]);
+    let client = JobClient::new(pool.clone());
+    let mail = SendEmail {
+        to: "nobody@example.org".into(),
+        subject: Some("Test".into()),
+        html: Some("<p>x</p>".into()),
+        dedup_key: Some("hard".into()),
+        ..Default::default()
+    };
+    let job = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
+    let rt = start_worker(&pool, sink.port);
+    let done = wait_status(&pool, &job, "Killed", T).await;
+    assert_eq!(done.attempts, 1, "a 5xx is not retried");
+    let failed = row(&pool, "hard").await;
+    assert_eq!(failed.status, "failed");
+    let code = failed.smtp_code.unwrap();
+    assert!((500..600).contains(&code), "{failed:?}");
+    assert!(failed.error_message.unwrap().contains(&code.to_string()));
+    assert!(sink.messages().is_empty());
+    rt.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_4xx_is_retried_with_backoff_then_sent(pool: PgPool) {
+    migrate(&pool).await;
+    let busy = SmtpSink::start(&["-r", "rcpt"]);
+    let port = busy.port;
+    let client = JobClient::new(pool.clone());
+    let mail = SendEmail {
+        to: "anna@example.org".into(),
+        subject: Some("Later".into()),
+        html: Some("<p>x</p>".into()),
+        dedup_key: Some("soft".into()),
+        ..Default::default()
+    };
+    let job = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
+    let rt = start_worker(&pool, port);
+    wait_for(T, "a 4xx to be recorded", || async {
+        try_row(&pool, "soft").await.filter(|r| r.retry_count >= 1).map(drop)
+    })
+    .await;
+    let waiting = row(&pool, "soft").await;
+    assert_eq!(waiting.status, "queued");
+    assert!((400..500).contains(&waiting.smtp_code.unwrap()), "{waiting:?}");
+    // The server recovers.
+    drop(busy);
+    let ok = SmtpSink::start_on(port, &[]);
+    wait_status(&pool, &job, "Done", T).await;
+    let sent = row(&pool, "soft").await;
+    assert_eq!(sent.status, "sent");
+    assert!(sent.retry_count >= 1, "{sent:?}");
+    assert_eq!(ok.messages().len(), 1);
+    rt.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
+    migrate(&pool).await;
+    let sink = SmtpSink::start(&[]);
+    sqlx::query(
+        "INSERT INTO email_suppressions (address, scope, reason, source) VALUES
+            ('bulk-only@example.org', 'bulk', 'unsubscribe', 'test'),
+            ('gone@example.org', 'all', 'hard_bounce', 'test')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let client = JobClient::new(pool.clone());
+    let mail = |to: &str, kind: MailKind, key: &str| SendEmail {
+        to: to.into(),
+        subject: Some("x".into()),
+        html: Some("<p>x</p>".into()),
+        kind,
+        dedup_key: Some(key.into()),
+        ..Default::default()
+    };
+    let rt = start_worker(&pool, sink.port);
+    for (to, kind, key) in [
+        ("Bulk-Only@example.org", MailKind::Transactional, "a"),
+        ("bulk-only@example.org", MailKind::Newsletter, "b"),
+        ("gone@example.org", MailKind::Transactional, "c"),
+    ] {
+        let job = client.enqueue(&mail(to, kind, key), EnqueueOptions::default()).await.unwrap().id;
+        wait_status(&pool, &job, "Done", T).await;
+    }
+    assert_eq!(row(&pool, "a").await.status, "sent", "transactional mail ignores a bulk-only suppression");
+    let b = row(&pool, "b").await;
+    assert_eq!(b.status, "suppressed");
+    assert!(b.error_message.unwrap().contains("unsubscribe"));
+    assert_eq!(row(&pool, "c").await.status, "suppressed");
+    assert_eq!(sink.messages().len(), 1);
+    rt.stop().await;
+}
