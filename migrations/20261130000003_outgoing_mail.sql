@@ -60,6 +60,7 @@ CREATE FUNCTION dkl_send_email(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id  TEXT;
+    v_to  TEXT;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM email_templates WHERE name = p_template AND is_active) THEN
         RAISE EXCEPTION 'dkl_send_email: no active template named "%"; `dklctl templates check` lists them', p_template
@@ -71,6 +72,10 @@ BEGIN
     END IF;
     IF p_kind NOT IN ('transactional', 'admin', 'auto_reply', 'newsletter') THEN
         RAISE EXCEPTION 'dkl_send_email: unknown mail kind "%" (transactional, admin, auto_reply or newsletter)', p_kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_dedup_key = '' THEN
+        RAISE EXCEPTION 'dkl_send_email: the dedup key is empty; pass NULL or a key such as contact:1234'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF jsonb_typeof(coalesce(p_vars, '{}')) <> 'object' THEN
@@ -88,8 +93,12 @@ BEGIN
         DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN
-        SELECT id INTO v_id FROM apalis.jobs
+        SELECT id, convert_from(job, 'UTF8')::jsonb ->> 'to' INTO v_id, v_to FROM apalis.jobs
          WHERE job_type = 'send_email' AND idempotency_key = p_dedup_key AND status IN ('Pending', 'Running');
+        IF lower(v_to) IS DISTINCT FROM lower(p_to) THEN
+            RAISE EXCEPTION 'dkl_send_email: dedup key "%" is already used for a mail to %, not to %; give each message its own key',
+                p_dedup_key, v_to, p_to USING ERRCODE = 'unique_violation';
+        END IF;
     END IF;
     RETURN v_id;
 END;

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    dkl_worker::smtp::check_config(&config.mail).map_err(anyhow::Error::msg)?;
     let pool = db::connect_migrated(&config).await?;
     let registry = handlers::registry(&pool, &config);
     if !handlers::NOT_YET_HANDLED.is_empty() {

@@ -138,7 +138,59 @@ async fn a_5xx_fails_at_once_with_the_servers_words(pool: PgPool) {
     assert!((500..600).contains(&code), "{failed:?}");
     assert!(failed.error_message.unwrap().contains(&code.to_string()));
     assert!(sink.messages().is_empty());
+
+    // The address is fixed on the receiving side; an admin retries the job:
+    // the failed row is tried again, and sent.
+    let port = sink.port;
+    drop(sink);
+    let ok = SmtpSink::start_on(port, &[]);
+    client.retry(&job).await.unwrap();
+    wait_status(&pool, &job, "Done", T).await;
+    assert_eq!(row(&pool, "hard").await.status, "sent");
+    assert_eq!(ok.messages().len(), 1);
     rt.stop().await;
+}
+
+/// Two jobs for one message running at once (the same key asked for twice,
+/// no job-level dedup): one sends, the other waits and then finds it sent.
+#[sqlx::test(migrations = false)]
+async fn two_jobs_for_one_message_send_it_once(pool: PgPool) {
+    migrate(&pool).await;
+    // Answers DATA after 2 s, so the first sender is mid-transaction when
+    // the second starts.
+    let sink = SmtpSink::start(&["-w", "2"]);
+    let client = JobClient::new(pool.clone());
+    let mail = SendEmail {
+        to: "anna@example.org".into(),
+        subject: Some("Eén keer".into()),
+        html: Some("<p>x</p>".into()),
+        dedup_key: Some("once".into()),
+        ..Default::default()
+    };
+    let a = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
+    let b = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
+    let rt = start_worker(&pool, sink.port);
+    wait_status(&pool, &a, "Done", Duration::from_secs(30)).await;
+    wait_status(&pool, &b, "Done", Duration::from_secs(30)).await;
+    assert_eq!(sink.messages().len(), 1, "one message, whatever the number of jobs");
+    assert_eq!(row(&pool, "once").await.status, "sent");
+    rt.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_dedup_key_cannot_be_reused_for_another_recipient(pool: PgPool) {
+    migrate(&pool).await;
+    sync_templates(&pool).await;
+    let ask = "SELECT dkl_send_email('auto_response', $1, '{\"naam\": \"A\", \"onderwerp\": \"x\"}', 'same-key')";
+    let _: String = sqlx::query_scalar(ask).bind("anna@example.org").fetch_one(&pool).await.unwrap();
+    let err = sqlx::query_scalar::<_, String>(ask).bind("bram@example.org").fetch_one(&pool).await.unwrap_err().to_string();
+    assert!(err.contains("already used for a mail to anna@example.org, not to bram@example.org"), "{err}");
+    let err = sqlx::query_scalar::<_, String>("SELECT dkl_send_email('auto_response', 'a@example.org', '{}', '')")
+        .fetch_one(&pool)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dedup key is empty"), "{err}");
 }
 
 #[sqlx::test(migrations = false)]
@@ -198,7 +250,7 @@ async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
     let rt = start_worker(&pool, sink.port);
     for (to, kind, key) in [
         ("Bulk-Only@example.org", MailKind::Transactional, "a"),
-        ("bulk-only@example.org", MailKind::Newsletter, "b"),
+        ("BULK-only@Example.org", MailKind::Newsletter, "b"),
         ("gone@example.org", MailKind::Transactional, "c"),
     ] {
         let job = client.enqueue(&mail(to, kind, key), EnqueueOptions::default()).await.unwrap().id;

@@ -36,6 +36,8 @@ pub struct SmtpConfig {
     pub connect_timeout: Duration,
     /// Open connections kept for reuse.
     pub pool_size: usize,
+    /// One SMTP command (the message's DATA included) may take this long.
+    pub command_timeout: Duration,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -143,9 +145,11 @@ fn smtp_config(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Smtp
         port,
         tls,
         user: value("USER"),
-        password: value("PASSWORD"),
+        // Taken as it is: spaces may be part of a password.
+        password: get(var("PASSWORD")).filter(|p| !p.is_empty()),
         from,
         connect_timeout: Duration::from_secs(number("CONNECT_TIMEOUT_SECS", 10, 300)?),
         pool_size: number("POOL_SIZE", 4, 100)? as usize,
+        command_timeout: Duration::from_secs(number("COMMAND_TIMEOUT_SECS", 60, 600)?),
     })
 }

@@ -16,7 +16,8 @@ use dkl_shared::kinds::{MailKind, SendEmail};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::Message;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 
 use crate::smtp::{Smtp, SmtpError};
 use crate::store::verzonden_emails::{self, NewMessage, SendStatus};
@@ -56,13 +57,31 @@ impl Mailer {
             JobError::permanent(format!("DKL_SMTP_{}_FROM `{}` is not an address ({e})", config.name.to_uppercase(), config.from))
         })?;
         let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), from.email.domain());
-        let dedup_key = job.dedup_key.clone().unwrap_or_else(|| format!("job:{}", ctx.id));
-        let mut conn = self.pool.acquire().await.map_err(JobError::retryable)?;
+        // Everything about the message is checked before its row exists, so
+        // a message that cannot be built never leaves a row behind.
+        build(&job, &mail, from.clone(), to.clone(), &message_id)?;
+        let dedup_key = match job.dedup_key.as_deref() {
+            Some("") => return Err(JobError::permanent("dedup_key is empty; leave it out or give a key")),
+            Some(key) => key.to_string(),
+            None => format!("job:{}", ctx.id),
+        };
+        // Two jobs for one message (the same key asked for twice while the
+        // first still runs) never both send it: the sender holds this lock
+        // through the SMTP transaction. It is a session lock, so a worker
+        // that dies frees it, and `smtp_started_at` then really means that
+        // the sender died mid-transaction.
+        let Some(mut lock) = SendLock::try_take(&self.pool, &dedup_key).await.map_err(JobError::retryable)? else {
+            return Err(JobError::retry_after(
+                format!("message `{dedup_key}` is being sent by another job right now; looking again later"),
+                std::time::Duration::from_secs(5),
+            ));
+        };
+        let recipient = to.email.to_string();
         let row = verzonden_emails::record(
-            &mut conn,
+            lock.conn(),
             &NewMessage {
                 dedup_key: &dedup_key,
-                recipient: to.email.as_ref(),
+                recipient: &recipient,
                 subject: &mail.subject,
                 template_name: job.template.as_deref(),
                 mail_kind: job.kind.as_str(),
@@ -74,62 +93,73 @@ impl Mailer {
         )
         .await
         .map_err(JobError::retryable)?;
+        if !row.recipient_email.eq_ignore_ascii_case(&recipient) {
+            return Err(JobError::permanent(format!(
+                "dedup key `{dedup_key}` belongs to a message to {}, not to {recipient}; give each message its own key",
+                row.recipient_email
+            )));
+        }
         match row.status {
             SendStatus::Queued | SendStatus::Pending => {}
             done => {
                 tracing::info!(dedup_key, status = done.as_str(), "mail already handled under this key; not sending again");
+                lock.release().await;
                 return Ok(());
             }
         }
-        if let Some(reason) = suppressions::reason_for(&mut *conn, &job.to, job.kind.is_bulk()).await.map_err(JobError::retryable)? {
-            verzonden_emails::mark_final(&mut *conn, row.id, SendStatus::Suppressed, None, &format!("address suppressed: {reason}"))
+        if let Some(reason) = suppressions::reason_for(lock.conn(), &recipient, job.kind.is_bulk()).await.map_err(JobError::retryable)? {
+            verzonden_emails::mark_final(lock.conn(), row.id, SendStatus::Suppressed, None, &format!("address suppressed: {reason}"))
                 .await
                 .map_err(JobError::retryable)?;
             tracing::info!(status = "suppressed", %reason, "mail not sent: address suppressed");
+            lock.release().await;
             return Ok(());
         }
         if row.interrupted && job.kind.is_bulk() {
             verzonden_emails::mark_final(
-                &mut *conn,
+                lock.conn(),
                 row.id,
                 SendStatus::Unknown,
                 None,
-                "a worker died during this message's SMTP transaction; it may have been delivered. Not resent by itself: `dklctl mail resend` sends it on purpose",
+                "a worker died during this message's SMTP transaction; it may have been delivered, so it is not resent by itself",
             )
             .await
             .map_err(JobError::retryable)?;
+            lock.release().await;
             return Ok(());
         }
         // A resend keeps the Message-ID of the first try, so a receiver that
         // got both can tell they are one message.
         let message_id = row.message_id.clone().unwrap_or(message_id);
         let message = build(&job, &mail, from, to, &message_id)?;
-        verzonden_emails::start_smtp(&mut *conn, row.id, &ctx.id.0).await.map_err(JobError::retryable)?;
-        drop(conn);
+        verzonden_emails::start_smtp(lock.conn(), row.id, &ctx.id.0).await.map_err(JobError::retryable)?;
         let sent = self.smtp.send(config, message.envelope(), &message.formatted()).await;
-        let mut conn = self.pool.acquire().await.map_err(JobError::retryable)?;
-        match sent {
+        let result = match sent {
             Ok(accepted) => {
-                verzonden_emails::mark_sent(&mut *conn, row.id, accepted.code, &accepted.text).await.map_err(JobError::retryable)?;
+                verzonden_emails::mark_sent_surely(&self.pool, row.id, accepted.code, &accepted.text)
+                    .await
+                    .map_err(JobError::retryable)?;
                 tracing::info!(smtp = %config.name, code = accepted.code, %message_id, "mail sent");
                 Ok(())
             }
             Err(e @ SmtpError::Permanent { .. }) => {
-                verzonden_emails::mark_final(&mut *conn, row.id, SendStatus::Failed, e.code(), &e.to_string())
+                verzonden_emails::mark_final(lock.conn(), row.id, SendStatus::Failed, e.code(), &e.to_string())
                     .await
                     .map_err(JobError::retryable)?;
                 Err(JobError::permanent(e))
             }
             Err(e @ SmtpError::Transient { .. }) if ctx.is_last_attempt() => {
                 let why = format!("gave up after {} attempts: {e}", ctx.attempt);
-                verzonden_emails::mark_final(&mut *conn, row.id, SendStatus::Failed, e.code(), &why).await.map_err(JobError::retryable)?;
+                verzonden_emails::mark_final(lock.conn(), row.id, SendStatus::Failed, e.code(), &why).await.map_err(JobError::retryable)?;
                 Err(JobError::retryable(e))
             }
             Err(e) => {
-                verzonden_emails::mark_retry(&mut *conn, row.id, e.code(), &e.to_string()).await.map_err(JobError::retryable)?;
+                verzonden_emails::mark_retry(lock.conn(), row.id, e.code(), &e.to_string()).await.map_err(JobError::retryable)?;
                 Err(JobError::retryable(e))
             }
-        }
+        };
+        lock.release().await;
+        result
     }
 
     /// The mail's subject and bodies: from its template, or as given.
@@ -187,4 +217,48 @@ fn build(job: &SendEmail, mail: &RenderedMail, from: Mailbox, to: Mailbox, messa
     builder
         .multipart(MultiPart::alternative_plain_html(mail.text.clone(), mail.html.clone()))
         .map_err(|e| JobError::permanent(format!("cannot build the message: {e}")))
+}
+
+/// A session-level advisory lock on a message's dedup key, on one pooled
+/// connection that the sender uses throughout. Released explicitly; if a
+/// path returns early, the connection is closed instead of going back to the
+/// pool, which ends the session and frees the lock.
+struct SendLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: String,
+}
+
+impl SendLock {
+    async fn try_take(pool: &PgPool, key: &str) -> Result<Option<Self>, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 1937))")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then(|| Self { conn: Some(conn), key: key.to_string() }))
+    }
+
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        self.conn.as_mut().expect("held until released")
+    }
+
+    async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 1937))")
+                .bind(&self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for SendLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
 }

@@ -90,30 +90,42 @@ impl Smtp {
     }
 
     /// Sends one formatted message on a pooled connection (or a new one).
+    ///
+    /// Never sends a message twice by itself: a pooled connection is checked
+    /// with NOOP before it is used, and a failure once the message is on its
+    /// way is reported, not retried here (the caller's records decide).
     pub async fn send(&self, config: &SmtpConfig, envelope: &Envelope, message: &[u8]) -> Result<Accepted, SmtpError> {
-        let reused = self.take_idle(&config.name);
-        let fresh = reused.is_none();
-        let mut conn = match reused {
-            Some(c) => c,
-            None => self.connect(config).await?,
+        let mut conn = loop {
+            match self.take_idle(&config.name) {
+                Some(mut c) => {
+                    if c.test_connected().await {
+                        break c;
+                    }
+                    tracing::debug!(smtp = %config.name, "pooled SMTP connection was closed by the server; dropping it");
+                }
+                None => break self.connect(config).await?,
+            }
         };
-        match conn.send(envelope, message).await {
-            Ok(reply) => {
+        let sending = tokio::time::timeout(config.command_timeout, conn.send(envelope, message));
+        match sending.await {
+            Ok(Ok(reply)) => {
                 let accepted = Accepted { code: u16::from(reply.code()), text: reply.message().collect::<Vec<_>>().join(" ") };
                 self.put_idle(config, conn);
                 Ok(accepted)
             }
-            // A reused connection the server closed meanwhile fails before
-            // anything was accepted: once more on a new one.
-            Err(e) if !fresh && !e.is_response() => {
-                tracing::debug!(smtp = %config.name, error = %e, "pooled SMTP connection was dead; reconnecting");
-                let mut conn = self.connect(config).await?;
-                let reply = conn.send(envelope, message).await.map_err(|e| SmtpError::from_lettre(config, &e))?;
-                let accepted = Accepted { code: u16::from(reply.code()), text: reply.message().collect::<Vec<_>>().join(" ") };
-                self.put_idle(config, conn);
-                Ok(accepted)
-            }
-            Err(e) => Err(SmtpError::from_lettre(config, &e)),
+            // lettre ends the session after any error (QUIT); it is dropped.
+            Ok(Err(e)) => Err(SmtpError::from_lettre(config, &e)),
+            Err(_) => Err(SmtpError::Transient {
+                code: None,
+                message: format!(
+                    "SMTP `{}` ({}:{}): no answer within {}s (DKL_SMTP_{}_COMMAND_TIMEOUT_SECS); the message may or may not have been accepted",
+                    config.name,
+                    config.host,
+                    config.port,
+                    config.command_timeout.as_secs(),
+                    config.name.to_uppercase()
+                ),
+            }),
         }
     }
 
@@ -147,7 +159,7 @@ impl Smtp {
             stream.set_nodelay(true).map_err(|e| unreachable(format!("cannot set TCP_NODELAY: {e}")))?;
             AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
                 .await
-                .map_err(|e| SmtpError::from_lettre(config, &e))
+                .map_err(|e| unreachable(format!("the server refused the session: {e}")))
         };
         let mut conn = tokio::time::timeout(config.connect_timeout, connecting)
             .await
@@ -157,14 +169,32 @@ impl Smtp {
                 return Err(unreachable("the server does not offer STARTTLS, which this configuration requires".into()));
             }
             let tls = TlsParameters::new_rustls(config.host.clone()).map_err(|e| unreachable(format!("TLS setup: {e}")))?;
-            conn.starttls(tls, &self.hello).await.map_err(|e| SmtpError::from_lettre(config, &e))?;
+            conn.starttls(tls, &self.hello).await.map_err(|e| unreachable(format!("STARTTLS failed: {e}")))?;
         }
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             let credentials = Credentials::new(user.clone(), password.clone());
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
-                .await
-                .map_err(|e| SmtpError::from_lettre(config, &e))?;
+            // A refused login is the configuration's fault, not the
+            // message's: the mail waits (retried) until the operator fixes it.
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials).await.map_err(|e| {
+                let name = config.name.to_uppercase();
+                unreachable(format!("login refused ({e}); check DKL_SMTP_{name}_USER and DKL_SMTP_{name}_PASSWORD"))
+            })?;
         }
         Ok(conn)
     }
+}
+
+/// Checks what can be checked of the SMTP configurations before any mail is
+/// sent: every From address parses.
+pub fn check_config(config: &MailConfig) -> Result<(), String> {
+    for c in config.smtp.values() {
+        c.from.parse::<lettre::message::Mailbox>().map_err(|e| {
+            format!(
+                "DKL_SMTP_{}_FROM={:?} is not an address ({e}); e.g. De Koninklijke Loop <info@dekoninklijkeloop.nl>",
+                c.name.to_uppercase(),
+                c.from
+            )
+        })?;
+    }
+    Ok(())
 }

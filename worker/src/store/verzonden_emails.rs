@@ -78,6 +78,8 @@ pub struct NewMessage<'a> {
 /// The row of a message as a new attempt finds it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRow {
+    /// The recipient it was written for.
+    pub recipient_email: String,
     /// Row id.
     pub id: Uuid,
     /// Status.
@@ -88,14 +90,16 @@ pub struct MessageRow {
     pub interrupted: bool,
 }
 
-/// Writes the row of `m` if its key is new; else returns the existing row.
+/// Writes the row of `m` if its key is new; else returns the existing row,
+/// put back to `queued` if it had `failed` or was `suppressed` (someone asks
+/// for the message again: try again, and check the suppression again).
 pub async fn record(conn: &mut sqlx::PgConnection, m: &NewMessage<'_>) -> Result<MessageRow, sqlx::Error> {
     let inserted: Option<MessageRow> = sqlx::query_as(
         "INSERT INTO verzonden_emails
             (dedup_key, recipient_email, subject, template_name, status, mail_kind, smtp_config, job_id, message_id, reply_to, sent_at)
          VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, now())
          ON CONFLICT (dedup_key) DO NOTHING
-         RETURNING id, status, message_id, false AS interrupted",
+         RETURNING recipient_email, id, status, message_id, false AS interrupted",
     )
     .bind(m.dedup_key)
     .bind(m.recipient)
@@ -112,12 +116,33 @@ pub async fn record(conn: &mut sqlx::PgConnection, m: &NewMessage<'_>) -> Result
         return Ok(row);
     }
     sqlx::query_as(
-        "SELECT id, status, message_id, smtp_started_at IS NOT NULL AS interrupted
-           FROM verzonden_emails WHERE dedup_key = $1",
+        "UPDATE verzonden_emails
+            SET status = CASE WHEN status IN ('failed', 'suppressed') THEN 'queued' ELSE status END
+          WHERE dedup_key = $1
+          RETURNING recipient_email, id, status, message_id, smtp_started_at IS NOT NULL AS interrupted",
     )
     .bind(m.dedup_key)
     .fetch_one(&mut *conn)
     .await
+}
+
+/// Marks `id` sent, trying a few times over half a minute: the server has
+/// accepted the message, and a lost `sent` would send it again.
+pub async fn mark_sent_surely(pool: &sqlx::PgPool, id: Uuid, code: u16, reply: &str) -> Result<(), sqlx::Error> {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match mark_sent(pool, id, code, reply).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= 8 => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record an accepted message as sent; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                tries += 1;
+            }
+        }
+    }
 }
 
 /// Notes that the SMTP transaction of `id` starts now (committed before it does).

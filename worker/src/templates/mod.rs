@@ -165,6 +165,9 @@ impl Renderer {
     pub fn render(&self, template: &MailTemplate, data: &Value) -> Result<RenderedMail, TemplateError> {
         self.check(template)?;
         let subject = self.render_part(&self.plain, template, Part::Subject, &template.subject, data)?;
+        // Surrounding white space (a trailing newline an editor added) is
+        // harmless; a line break inside is an injected header.
+        let subject = subject.trim().to_string();
         if subject.contains(['\r', '\n']) {
             return Err(TemplateError::HeaderInjection { template: template.name.clone() });
         }
@@ -173,7 +176,7 @@ impl Renderer {
             Some(source) => self.render_part(&self.plain, template, Part::Text, source, data)?,
             None => html_to_text(&html),
         };
-        Ok(RenderedMail { subject: subject.trim().to_string(), html, text })
+        Ok(RenderedMail { subject, html, text })
     }
 
     fn render_part(
