@@ -21,6 +21,18 @@ psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -f scripts/demo-seed.sql
 psql "$DATABASE_URL" -Atc "select count(*) || ' gebruikers, ' || (select count(*) from events) || ' event(s), ' || (select count(*) from email_templates) || ' template(s)' from gebruikers"
 
 mkdir -p "$DATA_DIR/logs"
+SMTP_PORT="${DKL_DEMO_SMTP_PORT:-1025}"
+WEB_PORT="${DKL_DEMO_MAIL_WEB_PORT:-1080}"
+MAILDEV=""
+if start_maildev "$SMTP_PORT" "$WEB_PORT"; then
+  MAIL_URL="http://127.0.0.1:$WEB_PORT"
+else
+  MAIL_URL="(no mail catcher; see .data/logs/maildev.log)"
+fi
+export DKL_SMTP_DEFAULT_PORT="$SMTP_PORT"
+log "loading the mail templates (dklctl templates sync)"
+"$BIN/dklctl" templates sync >/dev/null
+
 log "starting dkl-worker and dkl-scheduler (logs in .data/logs/)"
 DKL_RETRY_BASE_MS=1000 "$BIN/dkl-worker" >"$DATA_DIR/logs/worker.log" 2>&1 &
 WORKER=$!
@@ -30,6 +42,7 @@ stop() {
   log "stopping (SIGTERM: running jobs finish or are put back)"
   kill -TERM "$WORKER" "$SCHEDULER" 2>/dev/null || true
   wait "$WORKER" "$SCHEDULER" 2>/dev/null || true
+  [ -n "$MAILDEV" ] && kill "$MAILDEV" 2>/dev/null || true
 }
 trap stop EXIT
 trap 'exit 0' INT TERM
@@ -41,6 +54,19 @@ log "enqueueing demo jobs"
 "$BIN/dklctl" enqueue ping --payload '{"permanent_error":"demo: template bestaat niet"}' >/dev/null
 "$BIN/dklctl" enqueue send_newsletter --payload '{"newsletter_id":1}' >/dev/null
 long=$("$BIN/dklctl" ping --sleep-ms 60000 "lange taak die we annuleren")
+log "the web application asks for two mails, as it does after a contact form (SQL function dkl_send_email)"
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 <<'SQL'
+BEGIN;
+-- (the application's own INSERT of the contact message would be here)
+SELECT dkl_send_email('contact_email', 'anna@demo.dkl.test',
+       jsonb_build_object('naam', 'Anna de Vries', 'ontvangen_op', now(), 'bericht', 'Kan ik mijn startnummer nog wijzigen?'),
+       'demo-contact-' || extract(epoch FROM now())::bigint);
+SELECT dkl_send_email('contact_admin_email', 'beheer@demo.dkl.test',
+       jsonb_build_object('naam', 'Anna de Vries', 'email', 'anna@demo.dkl.test', 'ontvangen_op', now(),
+                          'bericht', 'Kan ik mijn startnummer nog wijzigen?'),
+       'demo-contact-admin-' || extract(epoch FROM now())::bigint, 'admin');
+COMMIT;
+SQL
 log "an admin schedules a job for 10 seconds from now (a scheduled_jobs row)"
 "$BIN/dklctl" schedule ping --at "$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)" \
   --payload '{"message":"door een beheerder ingepland"}' --note "demo: admin row" --created-by "demo-admin" >/dev/null
@@ -56,6 +82,10 @@ while [ "$(date +%s)" -lt "$end" ]; do
   kill -0 "$SCHEDULER" 2>/dev/null || { echo "dkl-scheduler exited; see .data/logs/scheduler.log" >&2; exit 1; }
   printf '\033[2J\033[H'
   echo "dkl-mail-worker demo — $(date -u +%H:%M:%S) UTC — Ctrl-C to stop — logs: .data/logs/ — metrics: http://127.0.0.1:9464/metrics"
+  echo "mail sent by the demo: open $MAIL_URL"
   echo
   "$BIN/dklctl" status --recent 12
+  echo
+  echo "MAIL (verzonden_emails, newest first)"
+  "$BIN/dklctl" mail log --limit 5
 done

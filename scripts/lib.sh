@@ -73,3 +73,27 @@ ensure_database() {
     psql "$PG_SERVER_URL/postgres" -qc "create database \"$name\"" >/dev/null
   fi
 }
+
+# A local mail catcher with a web page for the demo: MailDev 2 from npm,
+# SMTP on $1, web page on $2. Returns 1 (with a warning) if it cannot start.
+start_maildev() {
+  local smtp_port="$1" web_port="$2" dir="$DATA_DIR/maildev"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm || { log "no Node.js: the demo runs without a mail catcher"; return 1; }
+  fi
+  if [ ! -x "$dir/node_modules/maildev/bin/maildev" ]; then
+    log "installing MailDev 2 (npm) into .data/maildev"
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --no-audit --no-fund --silent maildev@2 >/dev/null 2>&1 \
+      || { log "npm could not install MailDev: the demo runs without a mail catcher"; return 1; }
+  fi
+  node "$dir/node_modules/maildev/bin/maildev" --ip 127.0.0.1 --smtp "$smtp_port" \
+    --web-ip 127.0.0.1 --web "$web_port" >"$DATA_DIR/logs/maildev.log" 2>&1 &
+  MAILDEV=$!
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$smtp_port") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  log "MailDev did not start (see .data/logs/maildev.log): the demo runs without a mail catcher"
+  return 1
+}
