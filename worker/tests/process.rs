@@ -412,3 +412,84 @@ async fn healthz_and_metrics_answer_with_the_right_content_and_figures(pool: PgP
     })
     .await;
 }
+
+/// Issue 9: a worker killed with kill -9 in the middle of 1,000 mails. Every
+/// message is sent; a transactional one may go twice only if its SMTP
+/// transaction was in flight at the kill (README's rule), a newsletter never
+/// twice (it is marked `unknown` instead).
+#[sqlx::test(migrations = false)]
+async fn kill_9_in_the_middle_of_1000_mails_sends_each_once_but_the_ones_in_flight(pool: PgPool) {
+    use dkl_shared::kinds::{MailKind, SendEmail};
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    let sink = dkl_tests::smtp::SmtpSink::start(&[]);
+    let client = JobClient::new(pool.clone());
+    let mails: Vec<SendEmail> = (0..1000)
+        .map(|i| SendEmail {
+            to: format!("deelnemer{i}@example.org"),
+            subject: Some(format!("mail {i}")),
+            html: Some(format!("<p>bericht {i}</p>")),
+            kind: if i % 5 == 0 { MailKind::Newsletter } else { MailKind::Transactional },
+            dedup_key: Some(format!("m{i}")),
+            ..Default::default()
+        })
+        .collect();
+    client.enqueue_many(&mails).await.unwrap();
+    let spawn = |name: &str| {
+        let mut cmd = worker(&url);
+        cmd.env("DKL_SMTP_DEFAULT_PORT", sink.port.to_string());
+        process::spawn_logged(cmd, &log_path(name))
+    };
+    let mut first = spawn("mail-kill-first");
+    dkl_tests::wait_for(Duration::from_secs(60), "a third of the mail to be sent", || async {
+        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status = 'sent'").fetch_one(&pool).await.unwrap();
+        (sent >= 300).then_some(())
+    })
+    .await;
+    signal(&first.0, libc::SIGKILL);
+    wait_exit(&mut first.0, Duration::from_secs(5));
+    // What was between "SMTP transaction started" and "sent committed" at the kill.
+    let (in_flight_transactional, in_flight_bulk): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE mail_kind = 'transactional'), count(*) FILTER (WHERE mail_kind = 'newsletter')
+           FROM verzonden_emails WHERE status = 'queued' AND smtp_started_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    let _second = spawn("mail-kill-second");
+    dkl_tests::wait_all_done(&pool, Duration::from_secs(120)).await;
+    let mut copies = vec![0u32; 1000];
+    for message in sink.messages() {
+        let n: usize = message
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: mail "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("a message without our subject: {message}"));
+        copies[n] += 1;
+    }
+    let (statuses, unknown): (Vec<(String, i64)>, i64) = (
+        sqlx::query_as("SELECT status, count(*) FROM verzonden_emails GROUP BY 1 ORDER BY 1").fetch_all(&pool).await.unwrap(),
+        sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status = 'unknown'").fetch_one(&pool).await.unwrap(),
+    );
+    let doubled_transactional = (0..1000).filter(|i| i % 5 != 0 && copies[*i] > 1).count() as i64;
+    let doubled_bulk = (0..1000).filter(|i| i % 5 == 0 && copies[*i] > 1).count();
+    let never_sent_transactional = (0..1000).filter(|i| i % 5 != 0 && copies[*i] == 0).count();
+    let summary = format!(
+        "in flight at the kill: {in_flight_transactional} transactional, {in_flight_bulk} newsletter; \
+         sent twice: {doubled_transactional} transactional, {doubled_bulk} newsletter; unknown: {unknown}; rows: {statuses:?}"
+    );
+    eprintln!("{summary}");
+    let _ = std::fs::write(log_path("mail-kill-summary").with_extension("txt"), &summary);
+    assert_eq!(never_sent_transactional, 0, "{summary}");
+    assert_eq!(doubled_bulk, 0, "a newsletter is never sent twice: {summary}");
+    assert!(doubled_transactional <= in_flight_transactional, "only mail in flight at the kill may go twice: {summary}");
+    assert_eq!(unknown, in_flight_bulk, "newsletters in flight at the kill are marked unknown: {summary}");
+    let not_final: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status NOT IN ('sent', 'unknown')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(not_final, 0, "{summary}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 1000);
+}
