@@ -264,3 +264,49 @@ async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
     assert_eq!(sink.messages().len(), 1);
     rt.stop().await;
 }
+
+/// The SMTP server down for 30 s in the middle of 1,000 mails: every mail
+/// is sent afterwards, none twice, and the rows count the retries.
+#[sqlx::test(migrations = false)]
+async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubles_none(pool: PgPool) {
+    migrate(&pool).await;
+    let sink = SmtpSink::start(&[]);
+    let port = sink.port;
+    let client = JobClient::new(pool.clone());
+    let mails: Vec<SendEmail> = (0..1000)
+        .map(|i| SendEmail {
+            to: format!("deelnemer{i}@example.org"),
+            subject: Some(format!("mail {i}")),
+            html: Some("<p>x</p>".into()),
+            dedup_key: Some(format!("m{i}")),
+            ..Default::default()
+        })
+        .collect();
+    client.enqueue_many(&mails).await.unwrap();
+    // Backoff long enough to outlast the outage within the kind's 8 attempts.
+    let jobs = dkl_shared::config::JobsConfig {
+        retry_base: Duration::from_secs(1),
+        retry_max: Duration::from_secs(10),
+        ..fast_config()
+    };
+    let rt = dkl_tests::start(&pool, dkl_worker::handlers::registry(&pool, &config(port)), jobs);
+    let sent = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM verzonden_emails WHERE status = 'sent'").fetch_one(&pool).await.unwrap()
+    };
+    wait_for(Duration::from_secs(60), "some mail to be sent", || async { (sent(pool.clone()).await >= 200).then_some(()) }).await;
+    let before = sink.messages();
+    drop(sink);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE retry_count > 0").fetch_one(&pool).await.unwrap();
+    let back = SmtpSink::start_on(port, &[]);
+    dkl_tests::wait_all_done(&pool, Duration::from_secs(120)).await;
+    rt.stop().await;
+    let mut copies = vec![0u32; 1000];
+    for message in before.iter().chain(back.messages().iter()) {
+        let n: usize = message.lines().find_map(|l| l.strip_prefix("Subject: mail ")).and_then(|n| n.trim().parse().ok()).unwrap();
+        copies[n] += 1;
+    }
+    assert!(retried > 0, "the outage must have made mail wait");
+    assert!(copies.iter().all(|c| *c == 1), "each mail exactly once: {:?}", copies.iter().enumerate().filter(|(_, c)| **c != 1).take(10).collect::<Vec<_>>());
+    assert_eq!(sent(pool.clone()).await, 1000);
+}

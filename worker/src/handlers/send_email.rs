@@ -136,7 +136,7 @@ impl Mailer {
         let sent = self.smtp.send(config, message.envelope(), &message.formatted()).await;
         let result = match sent {
             Ok(accepted) => {
-                verzonden_emails::mark_sent_surely(&self.pool, row.id, accepted.code, &accepted.text)
+                verzonden_emails::mark_sent_surely(lock.conn(), &self.pool, row.id, accepted.code, &accepted.text)
                     .await
                     .map_err(JobError::retryable)?;
                 tracing::info!(smtp = %config.name, code = accepted.code, %message_id, "mail sent");

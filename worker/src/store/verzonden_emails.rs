@@ -127,22 +127,28 @@ pub async fn record(conn: &mut sqlx::PgConnection, m: &NewMessage<'_>) -> Result
 }
 
 /// Marks `id` sent, trying a few times over half a minute: the server has
-/// accepted the message, and a lost `sent` would send it again.
-pub async fn mark_sent_surely(pool: &sqlx::PgPool, id: Uuid, code: u16, reply: &str) -> Result<(), sqlx::Error> {
+/// accepted the message, and a lost `sent` would send it again. The first
+/// try uses the sender's own connection (taking a second one while holding
+/// it could exhaust the pool); later tries use fresh pool connections.
+pub async fn mark_sent_surely(
+    conn: &mut sqlx::PgConnection,
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    code: u16,
+    reply: &str,
+) -> Result<(), sqlx::Error> {
+    let Err(mut error) = mark_sent(&mut *conn, id, code, reply).await else { return Ok(()) };
     let mut wait = std::time::Duration::from_millis(100);
-    let mut tries = 0;
-    loop {
+    for _ in 0..8 {
+        tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "cannot record an accepted message as sent; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(10));
         match mark_sent(pool, id, code, reply).await {
             Ok(()) => return Ok(()),
-            Err(e) if tries >= 8 => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record an accepted message as sent; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(10));
-                tries += 1;
-            }
+            Err(e) => error = e,
         }
     }
+    Err(error)
 }
 
 /// Notes that the SMTP transaction of `id` starts now (committed before it does).
