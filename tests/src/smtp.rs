@@ -68,6 +68,22 @@ impl SmtpSink {
     }
 }
 
+impl SmtpSink {
+    /// The second (UTC, `YYYYmmddHHMMSS`) each accepted message arrived in,
+    /// as the server saw it.
+    pub fn arrival_seconds(&self) -> Vec<String> {
+        let mut seconds: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('.').next()).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        seconds.sort();
+        seconds
+    }
+}
+
 impl Drop for SmtpSink {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

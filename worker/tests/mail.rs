@@ -310,3 +310,45 @@ async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubl
     assert!(copies.iter().all(|c| *c == 1), "each mail exactly once: {:?}", copies.iter().enumerate().filter(|(_, c)| **c != 1).take(10).collect::<Vec<_>>());
     assert_eq!(sent(pool.clone()).await, 1000);
 }
+
+/// An hourly limit reached: the mail waits for the next hour without using
+/// up an attempt (the job is snoozed, not failed).
+#[sqlx::test(migrations = false)]
+async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
+    migrate(&pool).await;
+    let sink = SmtpSink::start(&[]);
+    let vars: BTreeMap<&str, String> =
+        [("DKL_SMTP_DEFAULT_PORT", sink.port.to_string()), ("DKL_SMTP_DEFAULT_RATE_PER_HOUR", "2".into())].into();
+    let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let client = JobClient::new(pool.clone());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let mail = SendEmail {
+            to: format!("p{i}@example.org"),
+            subject: Some(format!("mail {i}")),
+            html: Some("<p>x</p>".into()),
+            dedup_key: Some(format!("h{i}")),
+            ..Default::default()
+        };
+        ids.push(client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id);
+    }
+    let rt = dkl_tests::start(&pool, dkl_worker::handlers::registry(&pool, &config), fast_config());
+    let snoozed = wait_for(T, "two sent and one snoozed", || async {
+        let mut done = 0;
+        let mut waiting = None;
+        for id in &ids {
+            let j = dkl_tests::job(&pool, id).await;
+            if j.status == "Done" {
+                done += 1;
+            } else if j.status == "Pending" && j.last_error.as_deref().is_some_and(|e| e.contains("hourly limit")) {
+                waiting = Some(j);
+            }
+        }
+        if done == 2 { waiting } else { None }
+    })
+    .await;
+    rt.stop().await;
+    assert_eq!(snoozed.attempts, 0, "a snooze uses no attempt");
+    assert!(snoozed.run_at > chrono::Utc::now(), "it waits for the next hour");
+    assert_eq!(sink.messages().len(), 2);
+}

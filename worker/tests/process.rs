@@ -493,3 +493,54 @@ async fn kill_9_in_the_middle_of_1000_mails_sends_each_once_but_the_ones_in_flig
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails").fetch_one(&pool).await.unwrap();
     assert_eq!(rows, 1000);
 }
+
+/// Issue 9: one provider's rate limit shared by two worker processes: the
+/// server sees at most the limit in any second, and close to it.
+#[sqlx::test(migrations = false)]
+async fn two_workers_together_respect_one_smtp_rate_limit(pool: PgPool) {
+    use dkl_shared::kinds::SendEmail;
+    migrate(&pool).await;
+    let url = url_of(&pool).await;
+    let sink = dkl_tests::smtp::SmtpSink::start(&[]);
+    let client = JobClient::new(pool.clone());
+    let mails: Vec<SendEmail> = (0..200)
+        .map(|i| SendEmail {
+            to: format!("deelnemer{i}@example.org"),
+            subject: Some(format!("mail {i}")),
+            html: Some("<p>x</p>".into()),
+            dedup_key: Some(format!("r{i}")),
+            ..Default::default()
+        })
+        .collect();
+    client.enqueue_many(&mails).await.unwrap();
+    const LIMIT: usize = 20;
+    let spawn = |name: &str| {
+        let mut cmd = worker(&url);
+        cmd.env("DKL_SMTP_DEFAULT_PORT", sink.port.to_string())
+            .env("DKL_SMTP_DEFAULT_RATE_PER_SECOND", LIMIT.to_string())
+            .env("DKL_QUEUE_CONCURRENCY", "mail=8");
+        process::spawn_logged(cmd, &log_path(name))
+    };
+    let _a = spawn("rate-a");
+    let _b = spawn("rate-b");
+    dkl_tests::wait_all_done(&pool, Duration::from_secs(60)).await;
+    let workers: i64 = sqlx::query_scalar("SELECT count(DISTINCT lock_by) FROM apalis.jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(workers, 2, "both workers sent mail");
+    let seconds = sink.arrival_seconds();
+    assert_eq!(seconds.len(), 200);
+    let mut per_second: Vec<(String, usize)> = Vec::new();
+    for s in seconds {
+        match per_second.last_mut() {
+            Some((last, n)) if *last == s => *n += 1,
+            _ => per_second.push((s, 1)),
+        }
+    }
+    let max = per_second.iter().map(|(_, n)| *n).max().unwrap();
+    // Whole seconds only: the first and last are partial.
+    let inner: Vec<usize> = per_second[1..per_second.len() - 1].iter().map(|(_, n)| *n).collect();
+    let mean = inner.iter().sum::<usize>() as f64 / inner.len() as f64;
+    let summary = format!("limit {LIMIT}/s: max {max} in a second, mean {mean:.1} over {} whole seconds: {per_second:?}", inner.len());
+    eprintln!("{summary}");
+    assert!(max <= LIMIT, "never above the limit: {summary}");
+    assert!(mean >= LIMIT as f64 * 0.9, "within 10% of the limit: {summary}");
+}

@@ -38,6 +38,10 @@ pub struct SmtpConfig {
     pub pool_size: usize,
     /// One SMTP command (the message's DATA included) may take this long.
     pub command_timeout: Duration,
+    /// At most this many messages per second, across every worker process.
+    pub rate_per_second: Option<u32>,
+    /// At most this many messages per hour, across every worker process.
+    pub rate_per_hour: Option<u32>,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -151,5 +155,7 @@ fn smtp_config(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Smtp
         connect_timeout: Duration::from_secs(number("CONNECT_TIMEOUT_SECS", 10, 300)?),
         pool_size: number("POOL_SIZE", 4, 100)? as usize,
         command_timeout: Duration::from_secs(number("COMMAND_TIMEOUT_SECS", 60, 600)?),
+        rate_per_second: value("RATE_PER_SECOND").map(|_| number("RATE_PER_SECOND", 0, 100_000)).transpose()?.map(|n| n as u32),
+        rate_per_hour: value("RATE_PER_HOUR").map(|_| number("RATE_PER_HOUR", 0, 10_000_000)).transpose()?.map(|n| n as u32),
     })
 }

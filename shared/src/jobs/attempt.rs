@@ -122,6 +122,7 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         Ending::Cancelled => AttemptOutcome::Cancelled,
         Ending::Released => AttemptOutcome::Released,
         Ending::Failed(JobError::Retryable { .. }) if job.attempts < job.max_attempts => AttemptOutcome::Retried,
+        Ending::Failed(JobError::Snooze { .. }) => AttemptOutcome::Snoozed,
         Ending::Failed(_) => AttemptOutcome::Discarded,
     };
     shared.stats.record_attempt(&job.job_type, counted, took);
@@ -141,6 +142,10 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         Ending::Failed(JobError::Permanent(msg)) => {
             tracing::warn!(parent: &span, elapsed_ms, error = %msg, "job discarded: permanent error");
             outcome.finish(JobState::Killed, Some(msg), Duration::ZERO, 0);
+        }
+        Ending::Failed(JobError::Snooze { after, reason }) => {
+            tracing::debug!(parent: &span, elapsed_ms, %reason, snooze_ms = after.as_millis() as u64, "job snoozed");
+            outcome.finish(JobState::Pending, Some(format!("snoozed: {reason}")), after, 1);
         }
         Ending::Failed(JobError::Retryable { message, retry_after }) => {
             if job.attempts >= job.max_attempts {

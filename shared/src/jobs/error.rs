@@ -20,6 +20,15 @@ pub enum JobError {
     /// the job is discarded at once with this message.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: the job cannot run yet (a send rate limit is used up)
+    /// and asks to run again after `after`, without using up an attempt.
+    #[error("snoozed for {after:?}: {reason}")]
+    Snooze {
+        /// Run again after this long (capped like a retry delay).
+        after: Duration,
+        /// Why, kept in `last_error`.
+        reason: String,
+    },
 }
 
 impl JobError {
@@ -36,6 +45,11 @@ impl JobError {
     /// A permanent failure.
     pub fn permanent(message: impl std::fmt::Display) -> Self {
         Self::Permanent(message.to_string())
+    }
+
+    /// Run again after `after`; the attempt does not count.
+    pub fn snooze(after: Duration, reason: impl std::fmt::Display) -> Self {
+        Self::Snooze { after, reason: reason.to_string() }
     }
 }
 

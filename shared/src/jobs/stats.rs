@@ -26,6 +26,8 @@ pub enum AttemptOutcome {
     Cancelled,
     /// Put back at shutdown, attempt refunded.
     Released,
+    /// Asked to run later (a rate limit), attempt refunded.
+    Snoozed,
 }
 
 impl AttemptOutcome {
@@ -37,6 +39,7 @@ impl AttemptOutcome {
             Self::Discarded => "discarded",
             Self::Cancelled => "cancelled",
             Self::Released => "released",
+            Self::Snoozed => "snoozed",
         }
     }
 }

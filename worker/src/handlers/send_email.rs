@@ -21,7 +21,7 @@ use sqlx::{PgPool, Postgres};
 
 use crate::smtp::{Smtp, SmtpError};
 use crate::store::verzonden_emails::{self, NewMessage, SendStatus};
-use crate::store::{email_templates, suppressions};
+use crate::store::{email_templates, rate_limits, suppressions};
 use crate::templates::{MailTemplate, RenderedMail, Renderer, html_to_text};
 
 /// Extra headers a `send_email` job may set.
@@ -132,6 +132,20 @@ impl Mailer {
         // got both can tell they are one message.
         let message_id = row.message_id.clone().unwrap_or(message_id);
         let message = build(&job, &mail, from, to, &message_id)?;
+        // The provider's limit, shared by every worker: a full second is
+        // waited out here; a full hour snoozes the job (no attempt used).
+        if config.rate_per_second.is_some() || config.rate_per_hour.is_some() {
+            while let Some(wait) = rate_limits::take_slot(lock.conn(), &config.name, config.rate_per_second, config.rate_per_hour)
+                .await
+                .map_err(JobError::retryable)?
+            {
+                if wait > std::time::Duration::from_secs(2) {
+                    lock.release().await;
+                    return Err(JobError::snooze(wait, format!("SMTP `{}` reached its hourly limit", config.name)));
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
         verzonden_emails::start_smtp(lock.conn(), row.id, &ctx.id.0).await.map_err(JobError::retryable)?;
         let sent = self.smtp.send(config, message.envelope(), &message.formatted()).await;
         let result = match sent {

@@ -4,3 +4,4 @@
 pub mod email_templates;
 pub mod suppressions;
 pub mod verzonden_emails;
+pub mod rate_limits;
