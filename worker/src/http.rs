@@ -34,6 +34,8 @@ pub struct Monitoring {
     pub pool: PgPool,
     /// The runtime's counters and liveness.
     pub stats: Arc<RuntimeStats>,
+    /// What mail sending did.
+    pub mail: Arc<crate::smtp::stats::MailStats>,
     /// A heartbeat older than this means the runtime is stuck.
     pub heartbeat_stale_after: Duration,
     /// Cache period and health limits.
@@ -226,7 +228,7 @@ async fn metrics_page(State(app): State<AppState>) -> Response {
             None
         }
     };
-    let body = metrics::render(&app.monitoring.stats.snapshot(), figures.as_deref());
+    let body = metrics::render(&app.monitoring.stats.snapshot(), &app.monitoring.mail.snapshot(), figures.as_deref());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -238,6 +240,7 @@ mod tests {
         Monitoring {
             pool: sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap(),
             stats: Arc::default(),
+            mail: Arc::default(),
             heartbeat_stale_after: Duration::from_secs(30),
             config: MonitorConfig::default(),
         }

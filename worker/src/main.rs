@@ -17,7 +17,8 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     dkl_worker::smtp::check_config(&config.mail).map_err(anyhow::Error::msg)?;
     let pool = db::connect_migrated(&config).await?;
-    let registry = handlers::registry(&pool, &config);
+    let mail_stats = std::sync::Arc::new(dkl_worker::smtp::stats::MailStats::default());
+    let registry = handlers::registry_with(&pool, &config, mail_stats.clone());
     if !handlers::NOT_YET_HANDLED.is_empty() {
         tracing::warn!(kinds = ?handlers::NOT_YET_HANDLED, "no handler in this worker for these known kinds yet; their jobs will be discarded with \"no handler for kind …\"");
     }
@@ -31,6 +32,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let monitoring = http::Monitoring {
                 pool: db::monitoring_pool(&config),
                 stats: runtime.stats(),
+                mail: mail_stats,
                 heartbeat_stale_after: config.jobs.rescue_after,
                 config: config.monitor.clone(),
             };

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use dkl_shared::jobs::stats::{DURATION_BUCKETS, StatsSnapshot};
 use dkl_shared::monitor::{Leadership, QueueSummary};
 
+use crate::smtp::stats::MailSnapshot;
+
 /// The content type Prometheus expects for this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -20,8 +22,9 @@ pub struct DatabaseFigures {
 }
 
 /// Renders every series.
-pub fn render(stats: &StatsSnapshot, db: Option<&DatabaseFigures>) -> String {
+pub fn render(stats: &StatsSnapshot, mail: &MailSnapshot, db: Option<&DatabaseFigures>) -> String {
     let mut out = String::new();
+    render_mail(&mut out, mail);
     header(&mut out, "dkl_jobs_total", "counter", "Job attempts run by this worker process, by kind and outcome.");
     for ((kind, outcome), n) in &stats.outcomes {
         let _ = writeln!(out, "dkl_jobs_total{{kind=\"{}\",outcome=\"{}\"}} {n}", esc(kind), outcome.as_str());
@@ -95,6 +98,29 @@ pub fn render(stats: &StatsSnapshot, db: Option<&DatabaseFigures>) -> String {
     out
 }
 
+fn render_mail(out: &mut String, mail: &MailSnapshot) {
+    header(out, "dkl_mail_messages_total", "counter", "Mail message attempts by SMTP configuration, mail kind and outcome (sent, failed, deferred, suppressed).");
+    for ((config, kind, outcome), n) in &mail.outcomes {
+        let _ = writeln!(out, "dkl_mail_messages_total{{smtp=\"{}\",kind=\"{kind}\",outcome=\"{}\"}} {n}", esc(config), outcome.as_str());
+    }
+    header(out, "dkl_smtp_send_duration_seconds", "histogram", "How long SMTP transactions took, by configuration.");
+    for (config, h) in &mail.durations {
+        let config = esc(config);
+        let mut cumulative = 0;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += h.buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "dkl_smtp_send_duration_seconds_bucket{{smtp=\"{config}\",le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "dkl_smtp_send_duration_seconds_bucket{{smtp=\"{config}\",le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "dkl_smtp_send_duration_seconds_sum{{smtp=\"{config}\"}} {}", h.sum);
+        let _ = writeln!(out, "dkl_smtp_send_duration_seconds_count{{smtp=\"{config}\"}} {}", h.count);
+    }
+    header(out, "dkl_smtp_reachable", "gauge", "1 if the configuration's SMTP server answered the last attempt to send.");
+    for (config, up) in &mail.reachable {
+        let _ = writeln!(out, "dkl_smtp_reachable{{smtp=\"{}\"}} {}", esc(config), u8::from(*up));
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -119,12 +145,34 @@ mod tests {
         let stats = RuntimeStats::default();
         stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(2));
         stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(20));
-        let text = render(&stats.snapshot(), None);
+        let text = render(&stats.snapshot(), &MailSnapshot::default(), None);
         assert!(text.contains("dkl_jobs_total{kind=\"ping\",outcome=\"done\"} 2\n"), "{text}");
         assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.005\"} 1\n"), "{text}");
         assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.025\"} 2\n"), "{text}");
         assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"+Inf\"} 2\n"), "{text}");
         assert!(text.contains("dkl_database_up 0\n"), "{text}");
+    }
+
+    #[test]
+    fn mail_series_count_by_configuration_kind_and_outcome() {
+        use crate::smtp::stats::{MailStats, SendOutcome};
+        let mail = MailStats::default();
+        mail.record("default", "transactional", SendOutcome::Sent);
+        mail.record("default", "transactional", SendOutcome::Sent);
+        mail.record("newsletter", "newsletter", SendOutcome::Deferred);
+        mail.transaction("default", Duration::from_millis(3), true);
+        mail.transaction("newsletter", Duration::from_millis(30), false);
+        let text = render(&RuntimeStats::default().snapshot(), &mail.snapshot(), None);
+        for line in [
+            "dkl_mail_messages_total{smtp=\"default\",kind=\"transactional\",outcome=\"sent\"} 2",
+            "dkl_mail_messages_total{smtp=\"newsletter\",kind=\"newsletter\",outcome=\"deferred\"} 1",
+            "dkl_smtp_send_duration_seconds_bucket{smtp=\"default\",le=\"0.005\"} 1",
+            "dkl_smtp_send_duration_seconds_count{smtp=\"newsletter\"} 1",
+            "dkl_smtp_reachable{smtp=\"default\"} 1",
+            "dkl_smtp_reachable{smtp=\"newsletter\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
     }
 
     #[test]

@@ -57,7 +57,8 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    fn observe(&mut self, secs: f64) {
+    /// Counts one observation of `secs`.
+    pub fn observe(&mut self, secs: f64) {
         if self.buckets.is_empty() {
             self.buckets = vec![0; DURATION_BUCKETS.len() + 1];
         }

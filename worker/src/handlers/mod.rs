@@ -22,12 +22,17 @@ pub const NOT_YET_HANDLED: &[&str] = &["apply_retention", "expire_sessions", "fe
 
 /// Every job kind this worker runs.
 pub fn registry(pool: &PgPool, config: &Config) -> Registry {
+    registry_with(pool, config, std::sync::Arc::default())
+}
+
+/// [`registry`], counting mail into `mail_stats` (for `/metrics`).
+pub fn registry_with(pool: &PgPool, config: &Config, mail_stats: std::sync::Arc<crate::smtp::stats::MailStats>) -> Registry {
     let mut registry = Registry::new();
     ping::register(&mut registry);
     prune_jobs::register(&mut registry, pool.clone(), config.jobs.prune_done_after, config.jobs.prune_discarded_after);
     let mailer = send_email::Mailer {
         pool: pool.clone(),
-        smtp: crate::smtp::Smtp::new(config.mail.clone()),
+        smtp: crate::smtp::Smtp::new(config.mail.clone(), mail_stats),
         renderer: crate::templates::Renderer::new(),
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));

@@ -19,6 +19,7 @@ use lettre::Message;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 
+use crate::smtp::stats::SendOutcome;
 use crate::smtp::{Smtp, SmtpError};
 use crate::store::verzonden_emails::{self, NewMessage, SendStatus};
 use crate::store::{email_templates, rate_limits, suppressions};
@@ -112,6 +113,7 @@ impl Mailer {
                 .await
                 .map_err(JobError::retryable)?;
             tracing::info!(status = "suppressed", %reason, "mail not sent: address suppressed");
+            self.smtp.stats().record(&config.name, job.kind.as_str(), SendOutcome::Suppressed);
             lock.release().await;
             return Ok(());
         }
@@ -148,6 +150,13 @@ impl Mailer {
         }
         verzonden_emails::start_smtp(lock.conn(), row.id, &ctx.id.0).await.map_err(JobError::retryable)?;
         let sent = self.smtp.send(config, message.envelope(), &message.formatted()).await;
+        let counted = match &sent {
+            Ok(_) => SendOutcome::Sent,
+            Err(SmtpError::Permanent { .. }) => SendOutcome::Failed,
+            Err(SmtpError::Transient { .. }) if ctx.is_last_attempt() => SendOutcome::Failed,
+            Err(SmtpError::Transient { .. }) => SendOutcome::Deferred,
+        };
+        self.smtp.stats().record(&config.name, job.kind.as_str(), counted);
         let result = match sent {
             Ok(accepted) => {
                 verzonden_emails::mark_sent_surely(lock.conn(), &self.pool, row.id, accepted.code, &accepted.text)

@@ -9,8 +9,10 @@
 //! connection that failed, broke or was closed by the server (421) is
 //! dropped, never reused.
 
+pub mod stats;
+
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dkl_shared::config::{MailConfig, SmtpConfig, TlsMode};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -68,13 +70,19 @@ pub struct Smtp {
     config: MailConfig,
     hello: ClientId,
     idle: BTreeMap<String, Mutex<Vec<AsyncSmtpConnection>>>,
+    stats: Arc<stats::MailStats>,
 }
 
 impl Smtp {
-    /// A sender for every configuration in `config`.
-    pub fn new(config: MailConfig) -> Self {
+    /// A sender for every configuration in `config`, counting into `stats`.
+    pub fn new(config: MailConfig, stats: Arc<stats::MailStats>) -> Self {
         let idle = config.smtp.keys().map(|name| (name.clone(), Mutex::new(Vec::new()))).collect();
-        Self { config, hello: ClientId::default(), idle }
+        Self { config, hello: ClientId::default(), idle, stats }
+    }
+
+    /// The counters this sender keeps.
+    pub fn stats(&self) -> &Arc<stats::MailStats> {
+        &self.stats
     }
 
     /// The configuration a mail kind uses: `newsletter` for newsletters,
@@ -95,6 +103,15 @@ impl Smtp {
     /// with NOOP before it is used, and a failure once the message is on its
     /// way is reported, not retried here (the caller's records decide).
     pub async fn send(&self, config: &SmtpConfig, envelope: &Envelope, message: &[u8]) -> Result<Accepted, SmtpError> {
+        let started = std::time::Instant::now();
+        let result = self.send_on_a_connection(config, envelope, message).await;
+        // Reachable: the server answered, whatever it said.
+        let answered = result.as_ref().map_or_else(|e| e.code().is_some(), |_| true);
+        self.stats.transaction(&config.name, started.elapsed(), answered);
+        result
+    }
+
+    async fn send_on_a_connection(&self, config: &SmtpConfig, envelope: &Envelope, message: &[u8]) -> Result<Accepted, SmtpError> {
         let mut conn = loop {
             match self.take_idle(&config.name) {
                 Some(mut c) => {
