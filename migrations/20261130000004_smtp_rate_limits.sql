@@ -60,3 +60,43 @@ BEGIN
     RETURN 0;
 END;
 $$;
+
+-- What a send job did, in the view admins read: the status and recipient of
+-- the message it recorded (NULL for other kinds).
+CREATE OR REPLACE VIEW job_status AS
+SELECT j.id              AS job_id,
+       j.job_type        AS kind,
+       j.queue,
+       CASE
+           WHEN j.status = 'Pending' AND j.run_at > now() AND j.attempts > 0 THEN 'retrying'
+           WHEN j.status = 'Pending' AND j.run_at > now() THEN 'scheduled'
+           WHEN j.status = 'Pending' THEN 'pending'
+           WHEN j.status = 'Running' THEN 'running'
+           WHEN j.status = 'Done' THEN 'done'
+           WHEN j.status = 'Killed' AND j.cancelled_at IS NOT NULL THEN 'cancelled'
+           WHEN j.status = 'Killed' THEN 'discarded'
+           ELSE lower(j.status)
+       END               AS state,
+       j.attempts,
+       j.max_attempts,
+       j.priority,
+       j.run_at,
+       j.lock_at         AS started_at,
+       j.done_at         AS finished_at,
+       j.last_error,
+       j.lock_by         AS worker,
+       j.idempotency_key AS dedup_key,
+       s.name            AS schedule,
+       r.tick_at         AS schedule_tick,
+       sj.id             AS scheduled_job_id,
+       sj.created_by     AS scheduled_by,
+       j.rescues,
+       m.status          AS mail_status,
+       m.recipient_email AS mail_to
+  FROM apalis.jobs j
+  LEFT JOIN job_schedule_runs r ON r.job_id = j.id
+  LEFT JOIN job_schedules s ON s.id = r.schedule_id
+  LEFT JOIN scheduled_jobs sj ON sj.job_id = j.id
+  LEFT JOIN LATERAL (
+        SELECT v.status, v.recipient_email FROM verzonden_emails v
+         WHERE v.job_id = j.id ORDER BY v.updated_at DESC LIMIT 1) m ON true;

@@ -199,6 +199,11 @@ enum MailCommand {
         #[arg(long, default_value = "transactional")]
         kind: String,
     },
+    /// Send a logged message again, on purpose (e.g. one left `unknown`).
+    Resend {
+        /// verzonden_emails.id.
+        id: uuid::Uuid,
+    },
     /// The send log (verzonden_emails), newest first.
     Log {
         /// queued, sent, failed, suppressed, unknown or bounced.
@@ -294,6 +299,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             mail::send(&pool, req).await?
         }
         Command::Mail { what: MailCommand::Log { status, to, since, limit } } => mail::log(&pool, status, to, since, limit).await?,
+        Command::Mail { what: MailCommand::Resend { id } } => mail::resend(&pool, &client, id).await?,
         Command::Suppress { address, reason, scope } => mail::suppress(&pool, &address, &reason, &scope).await?,
         Command::Unsuppress { address } => mail::unsuppress(&pool, &address).await?,
         Command::Templates { what: TemplatesCommand::Sync { dir, force } } => templates::sync(&pool, &dir, force).await?,

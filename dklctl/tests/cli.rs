@@ -271,6 +271,25 @@ async fn mail_send_log_and_suppressions(pool: PgPool) {
     .unwrap();
     let log = stdout(&dklctl(&url, &["mail", "log", "--status", "failed"]));
     assert!(log.contains("cees@example.org") && log.contains("550 no such user") && log.contains("STATUS"), "{log}");
+    // Resend: the job that sent a message is re-enqueued under a new key.
+    let row: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO verzonden_emails (recipient_email, subject, status, mail_kind, job_id, dedup_key)
+         VALUES ('anna@example.org', 'Bedankt', 'unknown', 'transactional', $1, 'orig') RETURNING id",
+    )
+    .bind(&job)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let resent = stdout(&dklctl(&url, &["mail", "resend", &row.to_string()]));
+    assert!(resent.contains("was unknown"), "{resent}");
+    let new_job = resent.split_whitespace().next().unwrap();
+    let payload: serde_json::Value =
+        sqlx::query_scalar("SELECT convert_from(job, 'UTF8')::jsonb FROM apalis.jobs WHERE id = $1").bind(new_job).fetch_one(&pool).await.unwrap();
+    assert_eq!(payload["to"], "anna@example.org");
+    assert!(payload["dedup_key"].as_str().unwrap().starts_with(&format!("resend:{row}:")), "{payload}");
+    let missing = dklctl(&url, &["mail", "resend", "00000000-0000-0000-0000-000000000000"]);
+    assert!(stderr(&missing).contains("no verzonden_emails row"), "{}", stderr(&missing));
+
     let none = stdout(&dklctl(&url, &["mail", "log", "--to", "nobody@example.org"]));
     assert!(none.contains("no mail logged yet"), "{none}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -76,6 +76,7 @@ async fn a_mail_asked_for_in_sql_is_rendered_recorded_and_sent_once(pool: PgPool
     assert_eq!(jobs, 0);
 
     let job: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&pool).await.unwrap();
+    let job_id_first = job.clone();
     let rt = start_worker(&pool, sink.port);
     wait_status(&pool, &JobId(job), "Done", T).await;
     let sent = row(&pool, "contact:1").await;
@@ -90,6 +91,11 @@ async fn a_mail_asked_for_in_sql_is_rendered_recorded_and_sent_once(pool: PgPool
     let text = &messages[0];
     assert!(text.contains(&format!("Message-ID: {message_id}")), "{text}");
     assert!(text.contains("multipart/alternative") && text.contains("Anna &lt;de Vries&gt;"), "{text}");
+
+    // The job status view says what the send job did.
+    let (mail_status, mail_to): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT mail_status, mail_to FROM job_status WHERE job_id = $1").bind(&job_id_first).fetch_one(&pool).await.unwrap();
+    assert_eq!((mail_status.as_deref(), mail_to.as_deref()), (Some("sent"), Some("anna@example.org")));
 
     // The same key again (the web app retried): no second mail.
     let again: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&pool).await.unwrap();

@@ -90,3 +90,24 @@ pub async fn unsuppress(pool: &PgPool, address: &str) -> anyhow::Result<()> {
     println!("{address}: no longer suppressed");
     Ok(())
 }
+
+/// Sends a logged message again, on purpose (for a message left `unknown`
+/// by a worker that died mid-send, or one a recipient lost): a new job with
+/// the original job's content under a new dedup key, so it gets a row of
+/// its own. Prints the new job id.
+pub async fn resend(pool: &PgPool, client: &dkl_shared::jobs::JobClient, id: uuid::Uuid) -> anyhow::Result<()> {
+    let Some((status, payload)) = verzonden_emails::sending_job(pool, id).await? else {
+        anyhow::bail!("no verzonden_emails row with id {id}; `dklctl mail log` lists them");
+    };
+    let Some(mut payload) = payload else {
+        anyhow::bail!("the job that sent {id} was pruned, so its content is gone; ask for the mail again (dkl_send_email) instead");
+    };
+    payload["dedup_key"] = serde_json::Value::String(format!("resend:{id}:{}", Utc::now().timestamp_millis()));
+    let spec = dkl_shared::kinds::catalog();
+    let kind = spec.get("send_email").expect("send_email is a known kind");
+    let job = client
+        .enqueue_raw(kind.kind, kind.queue, &payload, kind.max_attempts, dkl_shared::jobs::EnqueueOptions::default())
+        .await?;
+    println!("{} (resending message {id}, which was {})", job.id, status.as_str());
+    Ok(())
+}

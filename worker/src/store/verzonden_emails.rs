@@ -268,3 +268,16 @@ pub async fn log(executor: impl PgExecutor<'_>, f: &LogFilter) -> Result<Vec<Log
     .fetch_all(executor)
     .await
 }
+
+/// For `dklctl mail resend`: a message's status and the payload of the job
+/// that sent it (`None` when that job was pruned), or `None` for no such row.
+pub async fn sending_job(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<(SendStatus, Option<serde_json::Value>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT v.status, convert_from(j.job, 'UTF8')::jsonb
+           FROM verzonden_emails v LEFT JOIN apalis.jobs j ON j.id = v.job_id
+          WHERE v.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
