@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use commands::{bench, bench_schedule, database, jobs, mail, schedules, status, templates};
+use commands::{bench, bench_schedule, bench_send, database, jobs, mail, schedules, status, templates};
 use dkl_shared::config::Config;
 use dkl_shared::jobs::JobClient;
 use dkl_shared::kinds::Ping;
@@ -251,6 +251,8 @@ enum BenchCommand {
     Queue(bench::QueueBenchArgs),
     /// Admin rows (scheduled_jobs): run_at → job start, through a real scheduler and worker.
     Schedule(bench_schedule::ScheduleBenchArgs),
+    /// Mail rendered, sent and logged, against smtp-sink, with smtp-source as the ceiling.
+    Send(bench_send::SendBenchArgs),
 }
 
 #[tokio::main]
@@ -307,6 +309,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Templates { what: TemplatesCommand::Render { name, vars } } => templates::render(&pool, &name, &vars).await?,
         Command::Bench { what: BenchCommand::Queue(args) } => bench::queue(&pool, &config, args).await?,
         Command::Bench { what: BenchCommand::Schedule(args) } => bench_schedule::run(&pool, &config, args).await?,
+        Command::Bench { what: BenchCommand::Send(args) } => bench_send::run(&pool, &config, args).await?,
     }
     Ok(())
 }

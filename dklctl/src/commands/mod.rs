@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_schedule;
+pub mod bench_send;
 pub mod database;
 pub mod jobs;
 pub mod mail;

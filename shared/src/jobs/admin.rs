@@ -27,6 +27,29 @@ pub async fn delete_queue(pool: &PgPool, queue: &str) -> Result<u64, sqlx::Error
     store::delete_queue(pool, queue).await
 }
 
+/// Inserts many jobs of one kind on `queue` in one statement, due now, and
+/// returns their ids (benchmarks and bulk tools).
+pub async fn insert_many(
+    pool: &PgPool,
+    kind: &str,
+    queue: &str,
+    payloads: &[Vec<u8>],
+    max_attempts: i32,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    store::insert_many(&mut conn, kind, queue, payloads, max_attempts).await
+}
+
+/// Deletes these jobs, whatever their state.
+pub async fn delete_jobs(pool: &PgPool, ids: &[String]) -> Result<u64, sqlx::Error> {
+    store::delete_jobs(pool, ids).await
+}
+
+/// Jobs of `queue` still pending or running.
+pub async fn live_in_queue(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
+    store::live_in_queue(pool, queue).await
+}
+
 /// Jobs of `queue` not yet done.
 pub async fn unfinished_in_queue(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
     store::not_done_in_queue(pool, queue).await

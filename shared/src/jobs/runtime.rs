@@ -129,6 +129,7 @@ pub struct WorkerRuntime {
     config: JobsConfig,
     worker_id: String,
     stats: Arc<RuntimeStats>,
+    only_queues: Option<Vec<String>>,
 }
 
 impl WorkerRuntime {
@@ -136,7 +137,14 @@ impl WorkerRuntime {
     pub fn new(pool: PgPool, registry: Registry, config: JobsConfig) -> Self {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let worker_id = format!("{}-{}-{}", host.trim(), std::process::id(), ulid::Ulid::generate());
-        Self { pool, registry, config, worker_id, stats: Arc::default() }
+        Self { pool, registry, config, worker_id, stats: Arc::default(), only_queues: None }
+    }
+
+    /// Serves these queues and no others (a benchmark or a tool that must not
+    /// take production jobs), at the configured concurrency or 1.
+    pub fn serve_only(mut self, queues: &[&str]) -> Self {
+        self.only_queues = Some(queues.iter().map(|q| q.to_string()).collect());
+        self
     }
 
     /// Counters and liveness of this runtime, for `/metrics` and `/healthz`.
@@ -152,6 +160,9 @@ impl WorkerRuntime {
     /// The queues this runtime serves and their concurrency: every configured
     /// queue, plus any queue a registered kind names (at concurrency 1).
     pub fn queues(&self) -> BTreeMap<String, usize> {
+        if let Some(only) = &self.only_queues {
+            return only.iter().map(|q| (q.clone(), self.config.queue_concurrency.get(q).copied().unwrap_or(1))).collect();
+        }
         let mut queues = self.config.queue_concurrency.clone();
         for kind in self.registry.kinds() {
             if let Some(q) = self.registry.queue_of(kind) {

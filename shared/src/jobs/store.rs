@@ -628,6 +628,19 @@ pub async fn delete_queue(pool: &PgPool, queue: &str) -> Result<u64, sqlx::Error
     Ok(sqlx::query("DELETE FROM apalis.jobs WHERE queue = $1").bind(queue).execute(pool).await?.rows_affected())
 }
 
+/// Deletes these jobs, whatever their state.
+pub async fn delete_jobs(pool: &PgPool, ids: &[String]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)").bind(ids).execute(pool).await?.rows_affected())
+}
+
+/// Jobs of `queue` still pending or running.
+pub async fn live_in_queue(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE queue = $1 AND status IN ('Pending', 'Running')")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+}
+
 /// Jobs of `queue` not yet done.
 pub async fn not_done_in_queue(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE queue = $1 AND status <> 'Done'")

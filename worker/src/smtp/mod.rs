@@ -9,6 +9,7 @@
 //! connection that failed, broke or was closed by the server (421) is
 //! dropped, never reused.
 
+pub mod sink;
 pub mod stats;
 
 use std::collections::BTreeMap;

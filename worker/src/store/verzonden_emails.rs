@@ -281,3 +281,17 @@ pub async fn sending_job(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Opti
     .fetch_optional(executor)
     .await
 }
+
+/// Counts of messages by status among dedup keys starting with `prefix`.
+pub async fn count_by_status(executor: impl PgExecutor<'_>, prefix: &str) -> Result<Vec<(SendStatus, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM verzonden_emails WHERE starts_with(dedup_key, $1) GROUP BY 1 ORDER BY 1")
+        .bind(prefix)
+        .fetch_all(executor)
+        .await
+}
+
+/// Deletes the messages whose dedup keys start with `prefix` (benchmarks
+/// clean up with it).
+pub async fn delete_by_key_prefix(executor: impl PgExecutor<'_>, prefix: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM verzonden_emails WHERE starts_with(dedup_key, $1)").bind(prefix).execute(executor).await?.rows_affected())
+}

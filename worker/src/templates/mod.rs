@@ -32,6 +32,8 @@ pub mod files;
 mod helpers;
 mod variables;
 
+use std::sync::RwLock;
+
 use handlebars::{Handlebars, RenderErrorReason, TemplateError as HbTemplateError};
 use serde_json::Value;
 
@@ -126,13 +128,18 @@ pub enum TemplateError {
     },
 }
 
-/// Renders [`MailTemplate`]s. Cheap to build; holds no templates itself.
+/// Renders [`MailTemplate`]s. Each distinct template source is compiled
+/// once and kept (by a hash of its text, so an admin's edit is a new entry);
+/// share one renderer.
 pub struct Renderer {
     /// HTML part: values are HTML-escaped.
-    html: Handlebars<'static>,
+    html: RwLock<Handlebars<'static>>,
     /// Subject and text: values as they are.
-    plain: Handlebars<'static>,
+    plain: RwLock<Handlebars<'static>>,
 }
+
+/// Compiled sources kept per registry before the cache starts over.
+const MAX_CACHED: usize = 1000;
 
 impl Default for Renderer {
     fn default() -> Self {
@@ -150,7 +157,7 @@ impl Renderer {
         plain.set_strict_mode(true);
         plain.register_escape_fn(handlebars::no_escape);
         helpers::register(&mut plain);
-        Self { html, plain }
+        Self { html: RwLock::new(html), plain: RwLock::new(plain) }
     }
 
     /// Checks that every part of `template` parses.
@@ -163,7 +170,6 @@ impl Renderer {
 
     /// Renders `template` with `data` (a JSON object of variables).
     pub fn render(&self, template: &MailTemplate, data: &Value) -> Result<RenderedMail, TemplateError> {
-        self.check(template)?;
         let subject = self.render_part(&self.plain, template, Part::Subject, &template.subject, data)?;
         // Surrounding white space (a trailing newline an editor added) is
         // harmless; a line break inside is an injected header.
@@ -181,13 +187,28 @@ impl Renderer {
 
     fn render_part(
         &self,
-        registry: &Handlebars<'static>,
+        registry: &RwLock<Handlebars<'static>>,
         template: &MailTemplate,
         part: Part,
         source: &str,
         data: &Value,
     ) -> Result<String, TemplateError> {
-        registry.render_template(source, data).map_err(|e| match e.reason() {
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            source.hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let compiled = registry.read().unwrap_or_else(|p| p.into_inner()).has_template(&key);
+        if !compiled {
+            let mut writable = registry.write().unwrap_or_else(|p| p.into_inner());
+            if writable.get_templates().len() >= MAX_CACHED {
+                writable.clear_templates();
+            }
+            writable.register_template_string(&key, source).map_err(|e| syntax(template, part, &e))?;
+        }
+        let rendered = registry.read().unwrap_or_else(|p| p.into_inner()).render(&key, data);
+        rendered.map_err(|e| match e.reason() {
             RenderErrorReason::MissingVariable(path) => TemplateError::MissingVariable {
                 template: template.name.clone(),
                 part,

@@ -1,0 +1,130 @@
+//! A local SMTP server for tests and benchmarks: postfix's `smtp-sink` on a
+//! port of its own, installed with apt when missing. It keeps each message
+//! it accepts as a file (unless started without), and can answer chosen
+//! commands with a 4xx (`-r`) or 5xx (`-f`). `smtp-source`, postfix's load
+//! generator, measures the ceiling in `dklctl bench send`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Where Debian's postfix puts its test tools.
+pub const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
+/// The load generator.
+pub const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
+
+/// A child process killed and reaped when dropped.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A running `smtp-sink`; stopped when dropped.
+pub struct SmtpSink {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Where it writes the messages it accepted.
+    pub dir: PathBuf,
+    _child: Reaper,
+}
+
+/// Installs postfix's tools if they are missing (a fresh machine).
+pub fn ensure_installed() {
+    if Path::new(SMTP_SINK).exists() {
+        return;
+    }
+    let script = "echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections \
+                  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null \
+                  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null)";
+    let status = Command::new("sh").arg("-c").arg(script).status().expect("run apt-get");
+    assert!(status.success() && Path::new(SMTP_SINK).exists(), "could not install postfix (for smtp-sink)");
+}
+
+impl SmtpSink {
+    /// Starts a sink on a free port; `flags` go to smtp-sink (e.g. `["-f", "rcpt"]`).
+    pub fn start(flags: &[&str]) -> Self {
+        Self::start_on(free_port(), flags)
+    }
+
+    /// Starts a sink on `port`.
+    pub fn start_on(port: u16, flags: &[&str]) -> Self {
+        Self::start_with(port, flags, true)
+    }
+
+    /// Starts a sink that keeps no messages (for benchmarks: no disk writes).
+    pub fn start_discarding(flags: &[&str]) -> Self {
+        Self::start_with(free_port(), flags, false)
+    }
+
+    fn start_with(port: u16, flags: &[&str], keep: bool) -> Self {
+        ensure_installed();
+        let dir = std::env::temp_dir().join(format!("dkl-smtp-sink-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("sink dir");
+        // smtp-sink drops to `nobody`, who must be able to write there.
+        let _ = Command::new("chmod").arg("777").arg(&dir).status();
+        let dump = format!("{}/%Y%m%d%H%M%S.", dir.display());
+        let mut cmd = Command::new(SMTP_SINK);
+        cmd.args(["-u", "nobody"]);
+        if keep {
+            cmd.args(["-d", &dump]);
+        }
+        cmd.args(flags).arg(format!("127.0.0.1:{port}")).arg("256");
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let child = Reaper(cmd.spawn().expect("start smtp-sink"));
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "smtp-sink did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, dir, _child: child }
+    }
+
+    /// Stops the server, then returns every message it accepted (none is
+    /// half-written once it has stopped).
+    pub fn stop_and_collect(mut self) -> Vec<String> {
+        let _ = self._child.0.kill();
+        let _ = self._child.0.wait();
+        self.messages()
+    }
+
+    /// The messages accepted so far, as text (one being received may be
+    /// partial: stop the server first for an exact count).
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().filter_map(|f| std::fs::read(f).ok()).map(|b| String::from_utf8_lossy(&b).into_owned()).collect()
+    }
+}
+
+impl SmtpSink {
+    /// The second (UTC, `YYYYmmddHHMMSS`) each accepted message arrived in,
+    /// as the server saw it.
+    pub fn arrival_seconds(&self) -> Vec<String> {
+        let mut seconds: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('.').next()).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        seconds.sort();
+        seconds
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
