@@ -38,6 +38,9 @@ pub struct SmtpSink {
 
 /// Installs postfix's tools if they are missing (a fresh machine).
 pub fn ensure_installed() {
+    // Tests start sinks from many threads at once; one apt-get at a time.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if Path::new(SMTP_SINK).exists() {
         return;
     }
