@@ -6,7 +6,6 @@
 //! leave nothing behind.
 
 pub mod process;
-pub mod smtp;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

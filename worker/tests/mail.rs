@@ -8,7 +8,7 @@ use std::time::Duration;
 use dkl_shared::config::Config;
 use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId};
 use dkl_shared::kinds::{MailKind, SendEmail};
-use dkl_tests::smtp::SmtpSink;
+use dkl_worker::smtp::sink::SmtpSink;
 use dkl_tests::{fast_config, migrate, wait_for, wait_status};
 use dkl_worker::store::email_templates;
 use dkl_worker::templates::files;
