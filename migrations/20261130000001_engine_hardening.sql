@@ -15,7 +15,9 @@
 --   the queue, status and cancel mark (same number of index entries as before:
 --   one per finished job). Measured on 1M finished rows: 230 ms → ~1 ms for
 --   the live part (the finished totals stay an index-only count, ~150 ms,
---   which the worker's /metrics caches). `job_status` gains `rescues`.
+--   which the worker's /metrics caches). `job_status` shows `rescues` from
+--   migration 20261130000004, which redefines the view once for this and
+--   for mail.
 
 DROP TRIGGER IF EXISTS notify_workers ON apalis.jobs;
 DROP FUNCTION IF EXISTS apalis.notify_new_jobs();
@@ -26,39 +28,6 @@ DROP INDEX apalis.jobs_finished_at;
 CREATE INDEX jobs_finished_at
     ON apalis.jobs (done_at, queue, status) INCLUDE (cancelled_at)
     WHERE status IN ('Done', 'Killed');
-
-CREATE OR REPLACE VIEW job_status AS
-SELECT j.id              AS job_id,
-       j.job_type        AS kind,
-       j.queue,
-       CASE
-           WHEN j.status = 'Pending' AND j.run_at > now() AND j.attempts > 0 THEN 'retrying'
-           WHEN j.status = 'Pending' AND j.run_at > now() THEN 'scheduled'
-           WHEN j.status = 'Pending' THEN 'pending'
-           WHEN j.status = 'Running' THEN 'running'
-           WHEN j.status = 'Done' THEN 'done'
-           WHEN j.status = 'Killed' AND j.cancelled_at IS NOT NULL THEN 'cancelled'
-           WHEN j.status = 'Killed' THEN 'discarded'
-           ELSE lower(j.status)
-       END               AS state,
-       j.attempts,
-       j.max_attempts,
-       j.priority,
-       j.run_at,
-       j.lock_at         AS started_at,
-       j.done_at         AS finished_at,
-       j.last_error,
-       j.lock_by         AS worker,
-       j.idempotency_key AS dedup_key,
-       s.name            AS schedule,
-       r.tick_at         AS schedule_tick,
-       sj.id             AS scheduled_job_id,
-       sj.created_by     AS scheduled_by,
-       j.rescues
-  FROM apalis.jobs j
-  LEFT JOIN job_schedule_runs r ON r.job_id = j.id
-  LEFT JOIN job_schedules s ON s.id = r.schedule_id
-  LEFT JOIN scheduled_jobs sj ON sj.job_id = j.id;
 
 -- Same columns and meaning as before; each part reads only its own rows.
 CREATE OR REPLACE VIEW queue_summary AS

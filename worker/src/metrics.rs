@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use dkl_shared::jobs::stats::{DURATION_BUCKETS, StatsSnapshot};
+use dkl_shared::jobs::stats::{DURATION_BUCKETS, Histogram, StatsSnapshot};
 use dkl_shared::monitor::{Leadership, QueueSummary};
 
 use crate::smtp::stats::MailSnapshot;
@@ -32,15 +32,7 @@ pub fn render(stats: &StatsSnapshot, mail: &MailSnapshot, db: Option<&DatabaseFi
 
     header(&mut out, "dkl_job_duration_seconds", "histogram", "How long job attempts took, by kind.");
     for (kind, h) in &stats.durations {
-        let kind = esc(kind);
-        let mut cumulative = 0;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += h.buckets.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "dkl_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "dkl_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "dkl_job_duration_seconds_sum{{kind=\"{kind}\"}} {}", h.sum);
-        let _ = writeln!(out, "dkl_job_duration_seconds_count{{kind=\"{kind}\"}} {}", h.count);
+        histogram(&mut out, "dkl_job_duration_seconds", "kind", kind, h);
     }
 
     header(&mut out, "dkl_worker_queue_running", "gauge", "1 while this process's worker for the queue runs.");
@@ -105,20 +97,26 @@ fn render_mail(out: &mut String, mail: &MailSnapshot) {
     }
     header(out, "dkl_smtp_send_duration_seconds", "histogram", "How long SMTP transactions took, by configuration.");
     for (config, h) in &mail.durations {
-        let config = esc(config);
-        let mut cumulative = 0;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += h.buckets.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "dkl_smtp_send_duration_seconds_bucket{{smtp=\"{config}\",le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "dkl_smtp_send_duration_seconds_bucket{{smtp=\"{config}\",le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "dkl_smtp_send_duration_seconds_sum{{smtp=\"{config}\"}} {}", h.sum);
-        let _ = writeln!(out, "dkl_smtp_send_duration_seconds_count{{smtp=\"{config}\"}} {}", h.count);
+        histogram(out, "dkl_smtp_send_duration_seconds", "smtp", config, h);
     }
     header(out, "dkl_smtp_reachable", "gauge", "1 if the configuration's SMTP server answered the last attempt to send.");
     for (config, up) in &mail.reachable {
         let _ = writeln!(out, "dkl_smtp_reachable{{smtp=\"{}\"}} {}", esc(config), u8::from(*up));
     }
+}
+
+/// One histogram's series for label `label`=`value`: cumulative buckets,
+/// +Inf, sum and count.
+fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogram) {
+    let value = esc(value);
+    let mut cumulative = 0;
+    for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+        cumulative += h.buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -64,7 +64,7 @@ async fn try_row(pool: &PgPool, dedup_key: &str) -> Option<Row> {
 async fn a_mail_asked_for_in_sql_is_rendered_recorded_and_sent_once(pool: PgPool) {
     migrate(&pool).await;
     sync_templates(&pool).await;
-    let sink = SmtpSink::start(&[]);
+    let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     let vars = r#"{"naam": "Anna <de Vries>", "ontvangen_op": "2026-05-17T09:30:00+02:00", "bericht": "Hallo"}"#;
     let ask = "SELECT dkl_send_email('contact_email', 'anna@example.org', $1::jsonb, 'contact:1')";
 
@@ -125,7 +125,7 @@ async fn the_sql_function_refuses_unknown_templates_and_bad_addresses(pool: PgPo
 #[sqlx::test(migrations = false)]
 async fn a_5xx_fails_at_once_with_the_servers_words(pool: PgPool) {
     migrate(&pool).await;
-    let sink = SmtpSink::start(&["-f", "rcpt"]);
+    let sink = SmtpSink::start(&["-f", "rcpt"]).expect("start smtp-sink");
     let client = JobClient::new(pool.clone());
     let mail = SendEmail {
         to: "nobody@example.org".into(),
@@ -149,7 +149,7 @@ async fn a_5xx_fails_at_once_with_the_servers_words(pool: PgPool) {
     // the failed row is tried again, and sent.
     let port = sink.port;
     drop(sink);
-    let ok = SmtpSink::start_on(port, &[]);
+    let ok = SmtpSink::start_on(port, &[]).expect("start smtp-sink");
     client.retry(&job).await.unwrap();
     wait_status(&pool, &job, "Done", T).await;
     assert_eq!(row(&pool, "hard").await.status, "sent");
@@ -164,7 +164,7 @@ async fn two_jobs_for_one_message_send_it_once(pool: PgPool) {
     migrate(&pool).await;
     // Answers DATA after 2 s, so the first sender is mid-transaction when
     // the second starts.
-    let sink = SmtpSink::start(&["-w", "2"]);
+    let sink = SmtpSink::start(&["-w", "2"]).expect("start smtp-sink");
     let client = JobClient::new(pool.clone());
     let mail = SendEmail {
         to: "anna@example.org".into(),
@@ -202,7 +202,7 @@ async fn a_dedup_key_cannot_be_reused_for_another_recipient(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_4xx_is_retried_with_backoff_then_sent(pool: PgPool) {
     migrate(&pool).await;
-    let busy = SmtpSink::start(&["-r", "rcpt"]);
+    let busy = SmtpSink::start(&["-r", "rcpt"]).expect("start smtp-sink");
     let port = busy.port;
     let client = JobClient::new(pool.clone());
     let mail = SendEmail {
@@ -223,7 +223,7 @@ async fn a_4xx_is_retried_with_backoff_then_sent(pool: PgPool) {
     assert!((400..500).contains(&waiting.smtp_code.unwrap()), "{waiting:?}");
     // The server recovers.
     drop(busy);
-    let ok = SmtpSink::start_on(port, &[]);
+    let ok = SmtpSink::start_on(port, &[]).expect("start smtp-sink");
     wait_status(&pool, &job, "Done", T).await;
     let sent = row(&pool, "soft").await;
     assert_eq!(sent.status, "sent");
@@ -235,7 +235,7 @@ async fn a_4xx_is_retried_with_backoff_then_sent(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
     migrate(&pool).await;
-    let sink = SmtpSink::start(&[]);
+    let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     sqlx::query(
         "INSERT INTO email_suppressions (address, scope, reason, source) VALUES
             ('bulk-only@example.org', 'bulk', 'unsubscribe', 'test'),
@@ -276,7 +276,7 @@ async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubles_none(pool: PgPool) {
     migrate(&pool).await;
-    let sink = SmtpSink::start(&[]);
+    let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     let port = sink.port;
     let client = JobClient::new(pool.clone());
     let mails: Vec<SendEmail> = (0..1000)
@@ -303,7 +303,7 @@ async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubl
     let before = sink.stop_and_collect();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE retry_count > 0").fetch_one(&pool).await.unwrap();
-    let back = SmtpSink::start_on(port, &[]);
+    let back = SmtpSink::start_on(port, &[]).expect("start smtp-sink");
     dkl_tests::wait_all_done(&pool, Duration::from_secs(120)).await;
     rt.stop().await;
     let mut copies = vec![0u32; 1000];
@@ -328,7 +328,7 @@ async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubl
 #[sqlx::test(migrations = false)]
 async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
     migrate(&pool).await;
-    let sink = SmtpSink::start(&[]);
+    let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     let vars: BTreeMap<&str, String> =
         [("DKL_SMTP_DEFAULT_PORT", sink.port.to_string()), ("DKL_SMTP_DEFAULT_RATE_PER_HOUR", "2".into())].into();
     let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();

@@ -422,7 +422,7 @@ async fn kill_9_in_the_middle_of_1000_mails_sends_each_once_but_the_ones_in_flig
     use dkl_shared::kinds::{MailKind, SendEmail};
     migrate(&pool).await;
     let url = url_of(&pool).await;
-    let sink = dkl_worker::smtp::sink::SmtpSink::start(&[]);
+    let sink = dkl_worker::smtp::sink::SmtpSink::start(&[]).expect("start smtp-sink");
     let client = JobClient::new(pool.clone());
     let mails: Vec<SendEmail> = (0..1000)
         .map(|i| SendEmail {
@@ -501,7 +501,7 @@ async fn two_workers_together_respect_one_smtp_rate_limit(pool: PgPool) {
     use dkl_shared::kinds::SendEmail;
     migrate(&pool).await;
     let url = url_of(&pool).await;
-    let sink = dkl_worker::smtp::sink::SmtpSink::start(&[]);
+    let sink = dkl_worker::smtp::sink::SmtpSink::start(&[]).expect("start smtp-sink");
     let client = JobClient::new(pool.clone());
     let mails: Vec<SendEmail> = (0..200)
         .map(|i| SendEmail {

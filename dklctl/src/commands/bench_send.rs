@@ -54,7 +54,7 @@ pub async fn run(pool: &PgPool, config: &Config, args: SendBenchArgs) -> anyhow:
     if args.mails < 10 || args.connections == 0 {
         bail!("--mails must be at least 10 and --connections at least 1");
     }
-    let sink = SmtpSink::start_discarding(&[]);
+    let sink = SmtpSink::start_discarding(&[]).context("cannot start a local smtp-sink (postfix)")?;
     let run_id = ulid::Ulid::generate().to_string();
     let prefix = format!("bench:{run_id}:");
     let body = "<p>Beste {{naam}},</p>\n".to_string()
@@ -66,7 +66,7 @@ pub async fn run(pool: &PgPool, config: &Config, args: SendBenchArgs) -> anyhow:
 
     let mut config = config.clone();
     config.jobs.queue_concurrency.insert(QUEUE.into(), args.connections);
-    for smtp in config.mail.smtp.values_mut() {
+    for smtp in config.mail.all_mut() {
         smtp.host = "127.0.0.1".into();
         smtp.port = sink.port;
         smtp.pool_size = args.connections;

@@ -103,10 +103,10 @@ pub async fn resend(pool: &PgPool, client: &dkl_shared::jobs::JobClient, id: uui
         anyhow::bail!("the job that sent {id} was pruned, so its content is gone; ask for the mail again (dkl_send_email) instead");
     };
     payload["dedup_key"] = serde_json::Value::String(format!("resend:{id}:{}", Utc::now().timestamp_millis()));
-    let spec = dkl_shared::kinds::catalog();
-    let kind = spec.get("send_email").expect("send_email is a known kind");
+    use dkl_shared::jobs::JobKind;
+    use dkl_shared::kinds::SendEmail;
     let job = client
-        .enqueue_raw(kind.kind, kind.queue, &payload, kind.max_attempts, dkl_shared::jobs::EnqueueOptions::default())
+        .enqueue_raw(SendEmail::KIND, SendEmail::QUEUE, &payload, SendEmail::MAX_ATTEMPTS, dkl_shared::jobs::EnqueueOptions::default())
         .await?;
     println!("{} (resending message {id}, which was {})", job.id, status.as_str());
     Ok(())

@@ -58,24 +58,36 @@ impl std::fmt::Debug for SmtpConfig {
     }
 }
 
-/// Every SMTP configuration, by name; `default` always exists.
+/// Every SMTP configuration: `default`, and the others by name.
 #[derive(Debug, Clone)]
 pub struct MailConfig {
-    /// By name.
-    pub smtp: BTreeMap<String, SmtpConfig>,
+    /// `default`: used for any name without a configuration of its own.
+    pub default: SmtpConfig,
+    /// The others (`registration`, `newsletter`, …), by name.
+    pub named: BTreeMap<String, SmtpConfig>,
 }
 
 impl MailConfig {
     /// The configuration for `name`, or `default` when there is none by that name.
     pub fn smtp_for(&self, name: &str) -> &SmtpConfig {
-        self.smtp.get(name).or_else(|| self.smtp.get("default")).expect("`default` always exists")
+        self.named.get(name).unwrap_or(&self.default)
+    }
+
+    /// Every configuration, `default` first.
+    pub fn all(&self) -> impl Iterator<Item = &SmtpConfig> {
+        std::iter::once(&self.default).chain(self.named.values())
+    }
+
+    /// Every configuration, to adjust (benchmarks point them at a local server).
+    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut SmtpConfig> {
+        std::iter::once(&mut self.default).chain(self.named.values_mut())
     }
 
     /// Reads `DKL_SMTP_CONFIGS` (default `default`) and each named configuration.
     pub(crate) fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let names_raw = get("DKL_SMTP_CONFIGS").unwrap_or_else(|| "default".into());
-        let mut smtp = BTreeMap::new();
-        for name in names_raw.split(',').map(str::trim).filter(|n| !n.is_empty()).chain(["default"]) {
+        let mut named = BTreeMap::new();
+        for name in names_raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(ConfigError {
                     var: "DKL_SMTP_CONFIGS",
@@ -83,11 +95,11 @@ impl MailConfig {
                     expected: format!("comma-separated names of letters, digits and _, e.g. default,registration,newsletter (`{name}` is not)"),
                 });
             }
-            if !smtp.contains_key(name) {
-                smtp.insert(name.to_string(), smtp_config(get, name)?);
+            if name != "default" && !named.contains_key(name) {
+                named.insert(name.to_string(), smtp_config(get, name)?);
             }
         }
-        Ok(Self { smtp })
+        Ok(Self { default: smtp_config(get, "default")?, named })
     }
 }
 

@@ -58,9 +58,9 @@ impl Mailer {
             JobError::permanent(format!("DKL_SMTP_{}_FROM `{}` is not an address ({e})", config.name.to_uppercase(), config.from))
         })?;
         let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), from.email.domain());
-        // Everything about the message is checked before its row exists, so
-        // a message that cannot be built never leaves a row behind.
-        build(&job, &mail, from.clone(), to.clone(), &message_id)?;
+        // Built before its row exists, so a message that cannot be built never
+        // leaves a row behind (rebuilt only to keep a first try's Message-ID).
+        let message = build(&job, &mail, from.clone(), to.clone(), &message_id)?;
         let dedup_key = match job.dedup_key.as_deref() {
             Some("") => return Err(JobError::permanent("dedup_key is empty; leave it out or give a key")),
             Some(key) => key.to_string(),
@@ -132,8 +132,11 @@ impl Mailer {
         }
         // A resend keeps the Message-ID of the first try, so a receiver that
         // got both can tell they are one message.
+        let message = match row.message_id.clone() {
+            Some(first) if first != message_id => build(&job, &mail, from, to, &first)?,
+            _ => message,
+        };
         let message_id = row.message_id.clone().unwrap_or(message_id);
-        let message = build(&job, &mail, from, to, &message_id)?;
         // The provider's limit, shared by every worker: a full second is
         // waited out here; a full hour snoozes the job (no attempt used).
         if config.rate_per_second.is_some() || config.rate_per_hour.is_some() {
@@ -247,8 +250,9 @@ fn build(job: &SendEmail, mail: &RenderedMail, from: Mailbox, to: Mailbox, messa
 /// path returns early, the connection is closed instead of going back to the
 /// pool, which ends the session and frees the lock.
 struct SendLock {
-    conn: Option<PoolConnection<Postgres>>,
+    conn: PoolConnection<Postgres>,
     key: String,
+    released: bool,
 }
 
 impl SendLock {
@@ -258,30 +262,27 @@ impl SendLock {
             .bind(key)
             .fetch_one(&mut *conn)
             .await?;
-        Ok(got.then(|| Self { conn: Some(conn), key: key.to_string() }))
+        Ok(got.then(|| Self { conn, key: key.to_string(), released: false }))
     }
 
     fn conn(&mut self) -> &mut sqlx::PgConnection {
-        self.conn.as_mut().expect("held until released")
+        &mut self.conn
     }
 
     async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 1937))")
-                .bind(&self.key)
-                .execute(&mut *conn)
-                .await;
-            if unlocked.is_err() {
-                drop(conn.detach());
-            }
-        }
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 1937))")
+            .bind(&self.key)
+            .execute(&mut *self.conn)
+            .await;
+        // Unlocked: the connection may go back to the pool (Drop sees it).
+        self.released = unlocked.is_ok();
     }
 }
 
 impl Drop for SendLock {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            drop(conn.detach());
+        if !self.released {
+            self.conn.close_on_drop();
         }
     }
 }

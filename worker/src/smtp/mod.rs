@@ -77,7 +77,7 @@ pub struct Smtp {
 impl Smtp {
     /// A sender for every configuration in `config`, counting into `stats`.
     pub fn new(config: MailConfig, stats: Arc<stats::MailStats>) -> Self {
-        let idle = config.smtp.keys().map(|name| (name.clone(), Mutex::new(Vec::new()))).collect();
+        let idle = config.all().map(|c| (c.name.clone(), Mutex::new(Vec::new()))).collect();
         Self { config, hello: ClientId::default(), idle, stats }
     }
 
@@ -205,7 +205,7 @@ impl Smtp {
 /// Checks what can be checked of the SMTP configurations before any mail is
 /// sent: every From address parses.
 pub fn check_config(config: &MailConfig) -> Result<(), String> {
-    for c in config.smtp.values() {
+    for c in config.all() {
         c.from.parse::<lettre::message::Mailbox>().map_err(|e| {
             format!(
                 "DKL_SMTP_{}_FROM={:?} is not an address ({e}); e.g. De Koninklijke Loop <info@dekoninklijkeloop.nl>",

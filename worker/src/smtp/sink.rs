@@ -4,6 +4,7 @@
 //! commands with a 4xx (`-r`) or 5xx (`-f`). `smtp-source`, postfix's load
 //! generator, measures the ceiling in `dklctl bench send`.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,8 +24,8 @@ impl Drop for Reaper {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+fn free_port() -> io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port())
 }
 
 /// A running `smtp-sink`; stopped when dropped.
@@ -37,41 +38,44 @@ pub struct SmtpSink {
 }
 
 /// Installs postfix's tools if they are missing (a fresh machine).
-pub fn ensure_installed() {
+pub fn ensure_installed() -> io::Result<()> {
     // Tests start sinks from many threads at once; one apt-get at a time.
     static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if Path::new(SMTP_SINK).exists() {
-        return;
+        return Ok(());
     }
     let script = "echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections \
                   && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null \
                   || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null)";
-    let status = Command::new("sh").arg("-c").arg(script).status().expect("run apt-get");
-    assert!(status.success() && Path::new(SMTP_SINK).exists(), "could not install postfix (for smtp-sink)");
+    let status = Command::new("sh").arg("-c").arg(script).status()?;
+    if !status.success() || !Path::new(SMTP_SINK).exists() {
+        return Err(io::Error::other(format!("could not install postfix (for {SMTP_SINK}): apt-get ended with {status}")));
+    }
+    Ok(())
 }
 
 impl SmtpSink {
     /// Starts a sink on a free port; `flags` go to smtp-sink (e.g. `["-f", "rcpt"]`).
-    pub fn start(flags: &[&str]) -> Self {
-        Self::start_on(free_port(), flags)
+    pub fn start(flags: &[&str]) -> io::Result<Self> {
+        Self::start_on(free_port()?, flags)
     }
 
     /// Starts a sink on `port`.
-    pub fn start_on(port: u16, flags: &[&str]) -> Self {
+    pub fn start_on(port: u16, flags: &[&str]) -> io::Result<Self> {
         Self::start_with(port, flags, true)
     }
 
     /// Starts a sink that keeps no messages (for benchmarks: no disk writes).
-    pub fn start_discarding(flags: &[&str]) -> Self {
-        Self::start_with(free_port(), flags, false)
+    pub fn start_discarding(flags: &[&str]) -> io::Result<Self> {
+        Self::start_with(free_port()?, flags, false)
     }
 
-    fn start_with(port: u16, flags: &[&str], keep: bool) -> Self {
-        ensure_installed();
+    fn start_with(port: u16, flags: &[&str], keep: bool) -> io::Result<Self> {
+        ensure_installed()?;
         let dir = std::env::temp_dir().join(format!("dkl-smtp-sink-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("sink dir");
+        std::fs::create_dir_all(&dir)?;
         // smtp-sink drops to `nobody`, who must be able to write there.
         let _ = Command::new("chmod").arg("777").arg(&dir).status();
         let dump = format!("{}/%Y%m%d%H%M%S.", dir.display());
@@ -82,13 +86,15 @@ impl SmtpSink {
         }
         cmd.args(flags).arg(format!("127.0.0.1:{port}")).arg("256");
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        let child = Reaper(cmd.spawn().expect("start smtp-sink"));
+        let child = Reaper(cmd.spawn()?);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "smtp-sink did not listen on {port}");
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(io::Error::other(format!("smtp-sink did not listen on 127.0.0.1:{port} within 10 s")));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { port, dir, _child: child }
+        Ok(Self { port, dir, _child: child })
     }
 
     /// Stops the server, then returns every message it accepted (none is

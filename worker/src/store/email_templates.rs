@@ -65,6 +65,15 @@ pub async fn all(executor: impl PgExecutor<'_>) -> Result<Vec<TemplateRow>, sqlx
     sqlx::query_as(concat!("SELECT ", row_columns!(), " FROM email_templates t ORDER BY name")).fetch_all(executor).await
 }
 
+/// Binds $1..$5 as name, subject, HTML, text and variables.
+fn bind_template<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    template: &'q MailTemplate,
+    variables: &'q serde_json::Value,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query.bind(&template.name).bind(&template.subject).bind(&template.html).bind(&template.text).bind(variables)
+}
+
 /// What sync did with one template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncOutcome {
@@ -108,33 +117,17 @@ pub async fn sync(
     .await?;
     let outcome = match existing {
         None => {
-            sqlx::query(
-                "INSERT INTO email_templates (name, subject, html_content, text_content, variables)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&template.name)
-            .bind(&template.subject)
-            .bind(&template.html)
-            .bind(&template.text)
-            .bind(&variables)
-            .execute(&mut *tx)
-            .await?;
+            let insert = "INSERT INTO email_templates (name, subject, html_content, text_content, variables)
+                          VALUES ($1, $2, $3, $4, $5)";
+            bind_template(sqlx::query(insert), template, &variables).execute(&mut *tx).await?;
             SyncOutcome::Inserted
         }
         Some((_, true)) => SyncOutcome::Unchanged,
         Some((false, false)) if !force => SyncOutcome::KeptAdminChanges,
         Some((untouched, false)) => {
-            sqlx::query(
-                "UPDATE email_templates SET subject = $2, html_content = $3, text_content = $4, variables = $5
-                  WHERE name = $1",
-            )
-            .bind(&template.name)
-            .bind(&template.subject)
-            .bind(&template.html)
-            .bind(&template.text)
-            .bind(&variables)
-            .execute(&mut *tx)
-            .await?;
+            let update = "UPDATE email_templates SET subject = $2, html_content = $3, text_content = $4, variables = $5
+                           WHERE name = $1";
+            bind_template(sqlx::query(update), template, &variables).execute(&mut *tx).await?;
             if untouched { SyncOutcome::Updated } else { SyncOutcome::Overwritten }
         }
     };
