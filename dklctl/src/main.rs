@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use commands::{bench, bench_schedule, bench_send, database, jobs, mail, schedules, status, templates};
+use commands::{
+    bench, bench_schedule, bench_send, database, jobs, mail, schedules, status, templates,
+};
 use dkl_shared::config::Config;
 use dkl_shared::jobs::JobClient;
 use dkl_shared::kinds::Ping;
@@ -19,7 +21,11 @@ use dkl_shared::monitor::JobFilter;
 use dkl_shared::{db, startup};
 
 #[derive(Parser)]
-#[command(name = "dklctl", version, about = "Admin CLI for dkl-mail-worker (reads DATABASE_URL and DKL_* like the binaries)")]
+#[command(
+    name = "dklctl",
+    version,
+    about = "Admin CLI for dkl-mail-worker (reads DATABASE_URL and DKL_* like the binaries)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -270,12 +276,45 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => database::migrate(&pool).await?,
         Command::Check => database::check(),
-        Command::Ping { message, fail_attempts, sleep_ms, at } => {
-            jobs::ping(&client, Ping { message, sleep_ms, fail_attempts, permanent_error: None }, at).await?
+        Command::Ping {
+            message,
+            fail_attempts,
+            sleep_ms,
+            at,
+        } => {
+            jobs::ping(
+                &client,
+                Ping {
+                    message,
+                    sleep_ms,
+                    fail_attempts,
+                    permanent_error: None,
+                },
+                at,
+            )
+            .await?
         }
-        Command::Enqueue { kind, payload, queue, at, dedup, max_attempts } => {
+        Command::Enqueue {
+            kind,
+            payload,
+            queue,
+            at,
+            dedup,
+            max_attempts,
+        } => {
             let payload = commands::parse_payload(&payload)?;
-            jobs::enqueue(&client, jobs::EnqueueRequest { kind, payload, queue, at, dedup, max_attempts }).await?
+            jobs::enqueue(
+                &client,
+                jobs::EnqueueRequest {
+                    kind,
+                    payload,
+                    queue,
+                    at,
+                    dedup,
+                    max_attempts,
+                },
+            )
+            .await?
         }
         Command::Cancel { id } => match id.parse::<uuid::Uuid>() {
             Ok(row_id) => schedules::cancel_row(&pool, row_id).await?,
@@ -283,33 +322,106 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         },
         Command::Retry { id } => jobs::retry(&client, &id).await?,
         Command::Status { recent } => status::print_status(&pool, recent).await?,
-        Command::Jobs { state, kind, queue, schedule, limit } => {
-            status::print_jobs(&pool, &JobFilter { state, kind, queue, schedule, limit }).await?
+        Command::Jobs {
+            state,
+            kind,
+            queue,
+            schedule,
+            limit,
+        } => {
+            status::print_jobs(
+                &pool,
+                &JobFilter {
+                    state,
+                    kind,
+                    queue,
+                    schedule,
+                    limit,
+                },
+            )
+            .await?
         }
         Command::Show { id } => jobs::show(&client, &id).await?,
         Command::Schedules => status::print_schedules(&pool).await?,
         Command::Pause { schedule } => schedules::set_enabled(&pool, &schedule, false).await?,
         Command::Resume { schedule } => schedules::set_enabled(&pool, &schedule, true).await?,
         Command::RunNow { schedule } => schedules::run_now(&pool, &schedule).await?,
-        Command::Schedule { kind, at, payload, note, created_by } => {
+        Command::Schedule {
+            kind,
+            at,
+            payload,
+            note,
+            created_by,
+        } => {
             let payload = commands::parse_payload(&payload)?;
-            schedules::schedule(&pool, schedules::ScheduleRequest { kind, at, payload, note, created_by }).await?
+            schedules::schedule(
+                &pool,
+                schedules::ScheduleRequest {
+                    kind,
+                    at,
+                    payload,
+                    note,
+                    created_by,
+                },
+            )
+            .await?
         }
         Command::Prune => jobs::prune(&client).await?,
-        Command::Mail { what: MailCommand::Send { template, to, vars, dedup, kind } } => {
-            let req = mail::SendRequest { template: &template, to: &to, vars: vars.as_deref(), dedup: dedup.as_deref(), kind: &kind };
+        Command::Mail {
+            what:
+                MailCommand::Send {
+                    template,
+                    to,
+                    vars,
+                    dedup,
+                    kind,
+                },
+        } => {
+            let req = mail::SendRequest {
+                template: &template,
+                to: &to,
+                vars: vars.as_deref(),
+                dedup: dedup.as_deref(),
+                kind: &kind,
+            };
             mail::send(&pool, req).await?
         }
-        Command::Mail { what: MailCommand::Log { status, to, since, limit } } => mail::log(&pool, status, to, since, limit).await?,
-        Command::Mail { what: MailCommand::Resend { id } } => mail::resend(&pool, &client, id).await?,
-        Command::Suppress { address, reason, scope } => mail::suppress(&pool, &address, &reason, &scope).await?,
+        Command::Mail {
+            what:
+                MailCommand::Log {
+                    status,
+                    to,
+                    since,
+                    limit,
+                },
+        } => mail::log(&pool, status, to, since, limit).await?,
+        Command::Mail {
+            what: MailCommand::Resend { id },
+        } => mail::resend(&pool, &client, id).await?,
+        Command::Suppress {
+            address,
+            reason,
+            scope,
+        } => mail::suppress(&pool, &address, &reason, &scope).await?,
         Command::Unsuppress { address } => mail::unsuppress(&pool, &address).await?,
-        Command::Templates { what: TemplatesCommand::Sync { dir, force } } => templates::sync(&pool, &dir, force).await?,
-        Command::Templates { what: TemplatesCommand::Check } => templates::check(&pool).await?,
-        Command::Templates { what: TemplatesCommand::Render { name, vars } } => templates::render(&pool, &name, &vars).await?,
-        Command::Bench { what: BenchCommand::Queue(args) } => bench::queue(&pool, &config, args).await?,
-        Command::Bench { what: BenchCommand::Schedule(args) } => bench_schedule::run(&pool, &config, args).await?,
-        Command::Bench { what: BenchCommand::Send(args) } => bench_send::run(&pool, &config, args).await?,
+        Command::Templates {
+            what: TemplatesCommand::Sync { dir, force },
+        } => templates::sync(&pool, &dir, force).await?,
+        Command::Templates {
+            what: TemplatesCommand::Check,
+        } => templates::check(&pool).await?,
+        Command::Templates {
+            what: TemplatesCommand::Render { name, vars },
+        } => templates::render(&pool, &name, &vars).await?,
+        Command::Bench {
+            what: BenchCommand::Queue(args),
+        } => bench::queue(&pool, &config, args).await?,
+        Command::Bench {
+            what: BenchCommand::Schedule(args),
+        } => bench_schedule::run(&pool, &config, args).await?,
+        Command::Bench {
+            what: BenchCommand::Send(args),
+        } => bench_send::run(&pool, &config, args).await?,
     }
     Ok(())
 }

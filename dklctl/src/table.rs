@@ -9,7 +9,10 @@ pub struct Table {
 impl Table {
     /// A table with these column headers.
     pub fn new(headers: &[&str]) -> Self {
-        Self { headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+        Self {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     /// Adds a row (one cell per header).
@@ -49,5 +52,9 @@ impl Table {
 /// Cuts `s` to `n` characters, marking the cut, on one line.
 pub fn truncate(s: &str, n: usize) -> String {
     let s = s.replace('\n', " ");
-    if s.chars().count() <= n { s } else { format!("{}…", s.chars().take(n).collect::<String>()) }
+    if s.chars().count() <= n {
+        s
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
 }

@@ -15,7 +15,11 @@ fn dklctl(url: &str, args: &[&str]) -> Output {
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "dklctl failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dklctl failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -28,24 +32,60 @@ async fn admin_commands_do_what_they_say(pool: PgPool) {
     assert!(String::from_utf8_lossy(&before.stderr).contains("run `dklctl migrate`"));
 
     assert_eq!(stdout(&dklctl(&url, &["migrate"])), "database migrated");
-    assert_eq!(stdout(&dklctl(&url, &["migrate"])), "database migrated", "migrate is repeatable");
+    assert_eq!(
+        stdout(&dklctl(&url, &["migrate"])),
+        "database migrated",
+        "migrate is repeatable"
+    );
     stdout(&dklctl(&url, &["check"]));
 
-    let id = stdout(&dklctl(&url, &["ping", "hello", "--at", "2099-01-01T00:00:00Z"]));
+    let id = stdout(&dklctl(
+        &url,
+        &["ping", "hello", "--at", "2099-01-01T00:00:00Z"],
+    ));
     assert_eq!(id.len(), 26, "a ULID: {id}");
     let shown = stdout(&dklctl(&url, &["show", &id]));
-    assert!(shown.contains("job_type: \"ping\"") && shown.contains("status: \"Pending\""), "{shown}");
+    assert!(
+        shown.contains("job_type: \"ping\"") && shown.contains("status: \"Pending\""),
+        "{shown}"
+    );
 
     let status = stdout(&dklctl(&url, &["status"]));
-    assert!(status.contains("default") && status.contains("scheduled"), "{status}");
+    assert!(
+        status.contains("default") && status.contains("scheduled"),
+        "{status}"
+    );
 
     assert!(stdout(&dklctl(&url, &["cancel", &id])).contains("CancelledBeforeStart"));
     let status = stdout(&dklctl(&url, &["status"]));
     assert!(status.contains("cancelled"), "{status}");
 
-    let first = stdout(&dklctl(&url, &["enqueue", "ping", "--payload", r#"{"message":"x"}"#, "--dedup", "k1"]));
-    let second = stdout(&dklctl(&url, &["enqueue", "ping", "--payload", r#"{"message":"x"}"#, "--dedup", "k1"]));
-    assert!(second.starts_with(&first) && second.contains("existing live job"), "{first} / {second}");
+    let first = stdout(&dklctl(
+        &url,
+        &[
+            "enqueue",
+            "ping",
+            "--payload",
+            r#"{"message":"x"}"#,
+            "--dedup",
+            "k1",
+        ],
+    ));
+    let second = stdout(&dklctl(
+        &url,
+        &[
+            "enqueue",
+            "ping",
+            "--payload",
+            r#"{"message":"x"}"#,
+            "--dedup",
+            "k1",
+        ],
+    ));
+    assert!(
+        second.starts_with(&first) && second.contains("existing live job"),
+        "{first} / {second}"
+    );
 
     let bad = dklctl(&url, &["enqueue", "ping", "--payload", "{not json"]);
     assert_eq!(bad.status.code(), Some(1));
@@ -61,42 +101,87 @@ async fn scheduling_commands_do_what_they_say(pool: PgPool) {
     stdout(&dklctl(&url, &["migrate"]));
 
     // An admin row, listed, then cancelled before it runs.
-    let out = stdout(&dklctl(&url, &[
-        "schedule", "ping", "--at", "2099-01-01T00:00:00Z", "--payload", r#"{"message":"later"}"#,
-        "--note", "cli test", "--created-by", "anna",
-    ]));
+    let out = stdout(&dklctl(
+        &url,
+        &[
+            "schedule",
+            "ping",
+            "--at",
+            "2099-01-01T00:00:00Z",
+            "--payload",
+            r#"{"message":"later"}"#,
+            "--note",
+            "cli test",
+            "--created-by",
+            "anna",
+        ],
+    ));
     let row = out.split_whitespace().next().unwrap().to_string();
     assert_eq!(row.len(), 36, "a UUID: {out}");
     let status = stdout(&dklctl(&url, &["status"]));
-    assert!(status.contains(&row) && status.contains("pending") && status.contains("anna"), "{status}");
-    assert!(status.contains("SCHEDULER LEADER: none"), "no scheduler runs in this test: {status}");
+    assert!(
+        status.contains(&row) && status.contains("pending") && status.contains("anna"),
+        "{status}"
+    );
+    assert!(
+        status.contains("SCHEDULER LEADER: none"),
+        "no scheduler runs in this test: {status}"
+    );
     assert!(stdout(&dklctl(&url, &["cancel", &row])).contains("cancelled; it will not run"));
-    assert!(stdout(&dklctl(&url, &["cancel", &row])).contains("cancelled"), "cancel is idempotent");
+    assert!(
+        stdout(&dklctl(&url, &["cancel", &row])).contains("cancelled"),
+        "cancel is idempotent"
+    );
     let missing = dklctl(&url, &["cancel", "00000000-0000-0000-0000-000000000000"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no scheduled_jobs row with id"));
 
     // The CLI refuses what the scheduler would reject.
     let bad = dklctl(&url, &["schedule", "sned_mail"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown job kind `sned_mail`"));
-    let bad = dklctl(&url, &["schedule", "ping", "--payload", r#"{"sleep_ms":"x"}"#]);
+    let bad = dklctl(
+        &url,
+        &["schedule", "ping", "--payload", r#"{"sleep_ms":"x"}"#],
+    );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not decode as job kind `ping`"));
 
     // Schedules: listed; run-now enqueues; jobs filters by schedule.
     let schedules = stdout(&dklctl(&url, &["schedules"]));
-    for name in ["fetch-mail", "retention", "leaderboard-recompute", "session-expiry", "prune-jobs"] {
+    for name in [
+        "fetch-mail",
+        "retention",
+        "leaderboard-recompute",
+        "session-expiry",
+        "prune-jobs",
+    ] {
         assert!(schedules.contains(name), "{name} missing: {schedules}");
     }
     let job = stdout(&dklctl(&url, &["run-now", "prune-jobs"]));
     let listed = stdout(&dklctl(&url, &["jobs", "--schedule", "prune-jobs"]));
-    assert!(listed.contains(&job) && listed.contains("schedule prune-jobs"), "{listed}");
+    assert!(
+        listed.contains(&job) && listed.contains("schedule prune-jobs"),
+        "{listed}"
+    );
     assert!(stdout(&dklctl(&url, &["pause", "fetch-mail"])).contains("paused"));
-    let enabled: bool = sqlx::query_scalar("SELECT enabled FROM job_schedules WHERE name = 'fetch-mail'").fetch_one(&pool).await.unwrap();
+    let enabled: bool =
+        sqlx::query_scalar("SELECT enabled FROM job_schedules WHERE name = 'fetch-mail'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(!enabled);
     assert!(stdout(&dklctl(&url, &["resume", "fetch-mail"])).contains("resumed"));
     let (enabled, next): (bool, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as("SELECT enabled, next_run_at FROM job_schedules WHERE name = 'fetch-mail'").fetch_one(&pool).await.unwrap();
-    assert!(enabled && next.is_none(), "resuming starts from the next tick after now");
-    assert!(String::from_utf8_lossy(&dklctl(&url, &["pause", "nope"]).stderr).contains("no schedule named `nope`"));
+        sqlx::query_as("SELECT enabled, next_run_at FROM job_schedules WHERE name = 'fetch-mail'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        enabled && next.is_none(),
+        "resuming starts from the next tick after now"
+    );
+    assert!(
+        String::from_utf8_lossy(&dklctl(&url, &["pause", "nope"]).stderr)
+            .contains("no schedule named `nope`")
+    );
     let unknown = dklctl(&url, &["run-now", "prune-job"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no schedule named `prune-job`"));
 
@@ -125,11 +210,27 @@ async fn enqueue_uses_the_kinds_own_attempts(pool: PgPool) {
                 .unwrap()
         }
     };
-    let prune = stdout(&dklctl(&url, &["enqueue", "prune_jobs", "--at", "2099-01-01T00:00:00Z"]));
+    let prune = stdout(&dklctl(
+        &url,
+        &["enqueue", "prune_jobs", "--at", "2099-01-01T00:00:00Z"],
+    ));
     assert_eq!(max_attempts(prune).await, 3, "prune_jobs allows 3 attempts");
-    let ping = stdout(&dklctl(&url, &["enqueue", "ping", "--at", "2099-01-01T00:00:00Z"]));
+    let ping = stdout(&dklctl(
+        &url,
+        &["enqueue", "ping", "--at", "2099-01-01T00:00:00Z"],
+    ));
     assert_eq!(max_attempts(ping).await, 5);
-    let chosen = stdout(&dklctl(&url, &["enqueue", "prune_jobs", "--max-attempts", "7", "--at", "2099-01-01T00:00:00Z"]));
+    let chosen = stdout(&dklctl(
+        &url,
+        &[
+            "enqueue",
+            "prune_jobs",
+            "--max-attempts",
+            "7",
+            "--at",
+            "2099-01-01T00:00:00Z",
+        ],
+    ));
     assert_eq!(max_attempts(chosen).await, 7);
 }
 
@@ -142,13 +243,20 @@ fn scripts_never_print_a_database_url() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         for line in text.lines().map(str::trim_start) {
-            let prints = line.starts_with("log ") || line.starts_with("echo ") || line.starts_with("printf ");
+            let prints = line.starts_with("log ")
+                || line.starts_with("echo ")
+                || line.starts_with("printf ");
             for var in ["DATABASE_URL", "PG_SERVER_URL", "url"] {
                 let plain = format!("${var}");
                 let braced = format!("${{{var}}}");
                 let redacted = format!("${{{var}##*@}}");
-                let shown = line.contains(&plain) || (line.contains(&braced) && !line.contains(&redacted));
-                assert!(!(prints && shown), "{} prints ${var}: {line}", path.display());
+                let shown =
+                    line.contains(&plain) || (line.contains(&braced) && !line.contains(&redacted));
+                assert!(
+                    !(prints && shown),
+                    "{} prints ${var}: {line}",
+                    path.display()
+                );
             }
         }
     }
@@ -163,7 +271,11 @@ fn templates_copy(name: &str) -> std::path::PathBuf {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     let dst = std::env::temp_dir().join(format!("dkl-templates-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dst);
-    for entry in std::fs::read_dir(&src).unwrap().map(Result::unwrap).filter(|e| e.path().is_dir()) {
+    for entry in std::fs::read_dir(&src)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.path().is_dir())
+    {
         let to = dst.join(entry.file_name());
         std::fs::create_dir_all(&to).unwrap();
         for file in std::fs::read_dir(entry.path()).unwrap().map(Result::unwrap) {
@@ -181,40 +293,96 @@ async fn templates_sync_check_and_render(pool: PgPool) {
     let dir_s = dir.to_str().unwrap();
 
     let first = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
-    assert_eq!(first.lines().filter(|l| l.ends_with(" added")).count(), 8, "{first}");
+    assert_eq!(
+        first.lines().filter(|l| l.ends_with(" added")).count(),
+        8,
+        "{first}"
+    );
     let again = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
-    assert_eq!(again.lines().filter(|l| l.ends_with(" unchanged")).count(), 8, "{again}");
+    assert_eq!(
+        again.lines().filter(|l| l.ends_with(" unchanged")).count(),
+        8,
+        "{again}"
+    );
 
     // An admin edits a template in the database: sync keeps it ...
-    sqlx::query("UPDATE email_templates SET subject = 'Dank je, {{naam}}!' WHERE name = 'contact_email'").execute(&pool).await.unwrap();
+    sqlx::query(
+        "UPDATE email_templates SET subject = 'Dank je, {{naam}}!' WHERE name = 'contact_email'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     std::fs::write(dir.join("contact_email/subject.hbs"), "Bedankt, {{naam}}\n").unwrap();
     let kept = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
-    assert!(kept.contains("contact_email") && kept.contains("kept: changed in the database") && kept.contains("--force"), "{kept}");
+    assert!(
+        kept.contains("contact_email")
+            && kept.contains("kept: changed in the database")
+            && kept.contains("--force"),
+        "{kept}"
+    );
     let subject = || async {
-        sqlx::query_scalar::<_, String>("SELECT subject FROM email_templates WHERE name = 'contact_email'").fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar::<_, String>(
+            "SELECT subject FROM email_templates WHERE name = 'contact_email'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
     };
     assert_eq!(subject().await, "Dank je, {{naam}}!");
     // ... a file change to an untouched template goes in ...
-    std::fs::write(dir.join("auto_response/subject.hbs"), "Automatisch antwoord: {{onderwerp}}\n").unwrap();
+    std::fs::write(
+        dir.join("auto_response/subject.hbs"),
+        "Automatisch antwoord: {{onderwerp}}\n",
+    )
+    .unwrap();
     let updated = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s]));
-    assert!(updated.lines().any(|l| l.starts_with("auto_response") && l.ends_with("updated")), "{updated}");
+    assert!(
+        updated
+            .lines()
+            .any(|l| l.starts_with("auto_response") && l.ends_with("updated")),
+        "{updated}"
+    );
     // ... and --force replaces the admin's version.
-    let forced = stdout(&dklctl(&url, &["templates", "sync", "--dir", dir_s, "--force"]));
+    let forced = stdout(&dklctl(
+        &url,
+        &["templates", "sync", "--dir", dir_s, "--force"],
+    ));
     assert!(forced.contains("overwritten (--force)"), "{forced}");
     assert_eq!(subject().await, "Bedankt, {{naam}}");
 
     // A broken file: refused with the file and line, nothing written.
-    std::fs::write(dir.join("newsletter/body.html.hbs"), "<h1>{{titel}}</h1>\n{{#if inhoud}}\n{{{inhoud}}}\n<a href=\"{{afmeld_link}}\">x</a>\n").unwrap();
-    std::fs::write(dir.join("contact_email/subject.hbs"), "Nog anders, {{naam}}\n").unwrap();
+    std::fs::write(
+        dir.join("newsletter/body.html.hbs"),
+        "<h1>{{titel}}</h1>\n{{#if inhoud}}\n{{{inhoud}}}\n<a href=\"{{afmeld_link}}\">x</a>\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("contact_email/subject.hbs"),
+        "Nog anders, {{naam}}\n",
+    )
+    .unwrap();
     let refused = dklctl(&url, &["templates", "sync", "--dir", dir_s]);
     assert_eq!(refused.status.code(), Some(1));
     let err = stderr(&refused);
-    assert!(err.contains("newsletter/body.html.hbs") && err.contains("line") && err.contains("nothing written"), "{err}");
-    assert_eq!(subject().await, "Bedankt, {{naam}}", "a refused sync writes nothing");
+    assert!(
+        err.contains("newsletter/body.html.hbs")
+            && err.contains("line")
+            && err.contains("nothing written"),
+        "{err}"
+    );
+    assert_eq!(
+        subject().await,
+        "Bedankt, {{naam}}",
+        "a refused sync writes nothing"
+    );
 
     // Check: all rows fine, then an admin saves a broken one.
     let checked = stdout(&dklctl(&url, &["templates", "check"]));
-    assert_eq!(checked.lines().filter(|l| l.ends_with(" ok")).count(), 8, "{checked}");
+    assert_eq!(
+        checked.lines().filter(|l| l.ends_with(" ok")).count(),
+        8,
+        "{checked}"
+    );
     sqlx::query("INSERT INTO email_templates (name, subject, html_content, variables) VALUES ('kapot', 'Hoi {{naam', '<p>x</p>', '[\"naam\"]')")
         .execute(&pool)
         .await
@@ -222,17 +390,48 @@ async fn templates_sync_check_and_render(pool: PgPool) {
     let broken = dklctl(&url, &["templates", "check"]);
     assert_eq!(broken.status.code(), Some(1));
     let out = String::from_utf8_lossy(&broken.stdout);
-    assert!(out.contains("kapot") && out.contains("BROKEN") && out.contains("subject"), "{out}");
+    assert!(
+        out.contains("kapot") && out.contains("BROKEN") && out.contains("subject"),
+        "{out}"
+    );
 
     // Render with variables from a file.
     let vars = dir.join("vars.json");
     std::fs::write(&vars, r#"{"naam": "Anna <de Vries>", "ontvangen_op": "2026-05-17T09:30:00+02:00", "bericht": "Hallo"}"#).unwrap();
-    let shown = stdout(&dklctl(&url, &["templates", "render", "contact_email", "--vars", vars.to_str().unwrap()]));
-    assert!(shown.starts_with("Subject: Bedankt, Anna <de Vries>"), "{shown}");
-    assert!(shown.contains("Anna &lt;de Vries&gt;") && shown.contains("17 mei 2026 om 09:30"), "{shown}");
+    let shown = stdout(&dklctl(
+        &url,
+        &[
+            "templates",
+            "render",
+            "contact_email",
+            "--vars",
+            vars.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        shown.starts_with("Subject: Bedankt, Anna <de Vries>"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Anna &lt;de Vries&gt;") && shown.contains("17 mei 2026 om 09:30"),
+        "{shown}"
+    );
     std::fs::write(&vars, r#"{"naam": "Anna"}"#).unwrap();
-    let missing = dklctl(&url, &["templates", "render", "contact_email", "--vars", vars.to_str().unwrap()]);
-    assert!(stderr(&missing).contains("variable `ontvangen_op` is missing"), "{}", stderr(&missing));
+    let missing = dklctl(
+        &url,
+        &[
+            "templates",
+            "render",
+            "contact_email",
+            "--vars",
+            vars.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&missing).contains("variable `ontvangen_op` is missing"),
+        "{}",
+        stderr(&missing)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -241,26 +440,105 @@ async fn mail_send_log_and_suppressions(pool: PgPool) {
     let url = url_of(&pool).await;
     stdout(&dklctl(&url, &["migrate"]));
     let dir = templates_copy("mail");
-    stdout(&dklctl(&url, &["templates", "sync", "--dir", dir.to_str().unwrap()]));
+    stdout(&dklctl(
+        &url,
+        &["templates", "sync", "--dir", dir.to_str().unwrap()],
+    ));
     let vars = dir.join("vars.json");
-    std::fs::write(&vars, r#"{"naam": "Anna", "ontvangen_op": "2026-05-17T09:30:00+02:00", "bericht": "Hallo"}"#).unwrap();
+    std::fs::write(
+        &vars,
+        r#"{"naam": "Anna", "ontvangen_op": "2026-05-17T09:30:00+02:00", "bericht": "Hallo"}"#,
+    )
+    .unwrap();
     let vars = vars.to_str().unwrap();
 
-    let job = stdout(&dklctl(&url, &["mail", "send", "--template", "contact_email", "--to", "anna@example.org", "--vars", vars]));
-    let kind: String = sqlx::query_scalar("SELECT job_type FROM apalis.jobs WHERE id = $1").bind(&job).fetch_one(&pool).await.unwrap();
+    let job = stdout(&dklctl(
+        &url,
+        &[
+            "mail",
+            "send",
+            "--template",
+            "contact_email",
+            "--to",
+            "anna@example.org",
+            "--vars",
+            vars,
+        ],
+    ));
+    let kind: String = sqlx::query_scalar("SELECT job_type FROM apalis.jobs WHERE id = $1")
+        .bind(&job)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(kind, "send_email");
-    let bad = dklctl(&url, &["mail", "send", "--template", "contact", "--to", "anna@example.org"]);
-    assert!(stderr(&bad).contains("no active template named \"contact\""), "{}", stderr(&bad));
-    let bad = dklctl(&url, &["mail", "send", "--template", "contact_email", "--to", "anna"]);
-    assert!(stderr(&bad).contains("\"anna\" is not an e-mail address"), "{}", stderr(&bad));
+    let bad = dklctl(
+        &url,
+        &[
+            "mail",
+            "send",
+            "--template",
+            "contact",
+            "--to",
+            "anna@example.org",
+        ],
+    );
+    assert!(
+        stderr(&bad).contains("no active template named \"contact\""),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = dklctl(
+        &url,
+        &[
+            "mail",
+            "send",
+            "--template",
+            "contact_email",
+            "--to",
+            "anna",
+        ],
+    );
+    assert!(
+        stderr(&bad).contains("\"anna\" is not an e-mail address"),
+        "{}",
+        stderr(&bad)
+    );
 
-    assert!(stdout(&dklctl(&url, &["suppress", "Bram@Example.org", "--reason", "unsubscribe", "--scope", "bulk"])).contains("suppressed (bulk, unsubscribe)"));
-    let (scope, reason): (String, String) =
-        sqlx::query_as("SELECT scope, reason FROM email_suppressions WHERE address = 'bram@example.org'").fetch_one(&pool).await.unwrap();
+    assert!(
+        stdout(&dklctl(
+            &url,
+            &[
+                "suppress",
+                "Bram@Example.org",
+                "--reason",
+                "unsubscribe",
+                "--scope",
+                "bulk"
+            ]
+        ))
+        .contains("suppressed (bulk, unsubscribe)")
+    );
+    let (scope, reason): (String, String) = sqlx::query_as(
+        "SELECT scope, reason FROM email_suppressions WHERE address = 'bram@example.org'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!((scope.as_str(), reason.as_str()), ("bulk", "unsubscribe"));
-    assert!(stderr(&dklctl(&url, &["suppress", "x@example.org", "--reason", "bored"])).contains("unknown reason `bored`"));
-    assert!(stdout(&dklctl(&url, &["unsuppress", "bram@example.org"])).contains("no longer suppressed"));
-    assert!(stderr(&dklctl(&url, &["unsuppress", "bram@example.org"])).contains("not on the suppression list"));
+    assert!(
+        stderr(&dklctl(
+            &url,
+            &["suppress", "x@example.org", "--reason", "bored"]
+        ))
+        .contains("unknown reason `bored`")
+    );
+    assert!(
+        stdout(&dklctl(&url, &["unsuppress", "bram@example.org"])).contains("no longer suppressed")
+    );
+    assert!(
+        stderr(&dklctl(&url, &["unsuppress", "bram@example.org"]))
+            .contains("not on the suppression list")
+    );
 
     sqlx::query(
         "INSERT INTO verzonden_emails (recipient_email, subject, status, mail_kind, smtp_config, smtp_code, error_message)
@@ -270,7 +548,12 @@ async fn mail_send_log_and_suppressions(pool: PgPool) {
     .await
     .unwrap();
     let log = stdout(&dklctl(&url, &["mail", "log", "--status", "failed"]));
-    assert!(log.contains("cees@example.org") && log.contains("550 no such user") && log.contains("STATUS"), "{log}");
+    assert!(
+        log.contains("cees@example.org")
+            && log.contains("550 no such user")
+            && log.contains("STATUS"),
+        "{log}"
+    );
     // Resend: the job that sent a message is re-enqueued under a new key.
     let row: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO verzonden_emails (recipient_email, subject, status, mail_kind, job_id, dedup_key)
@@ -283,14 +566,35 @@ async fn mail_send_log_and_suppressions(pool: PgPool) {
     let resent = stdout(&dklctl(&url, &["mail", "resend", &row.to_string()]));
     assert!(resent.contains("was unknown"), "{resent}");
     let new_job = resent.split_whitespace().next().unwrap();
-    let payload: serde_json::Value =
-        sqlx::query_scalar("SELECT convert_from(job, 'UTF8')::jsonb FROM apalis.jobs WHERE id = $1").bind(new_job).fetch_one(&pool).await.unwrap();
+    let payload: serde_json::Value = sqlx::query_scalar(
+        "SELECT convert_from(job, 'UTF8')::jsonb FROM apalis.jobs WHERE id = $1",
+    )
+    .bind(new_job)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(payload["to"], "anna@example.org");
-    assert!(payload["dedup_key"].as_str().unwrap().starts_with(&format!("resend:{row}:")), "{payload}");
-    let missing = dklctl(&url, &["mail", "resend", "00000000-0000-0000-0000-000000000000"]);
-    assert!(stderr(&missing).contains("no verzonden_emails row"), "{}", stderr(&missing));
+    assert!(
+        payload["dedup_key"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("resend:{row}:")),
+        "{payload}"
+    );
+    let missing = dklctl(
+        &url,
+        &["mail", "resend", "00000000-0000-0000-0000-000000000000"],
+    );
+    assert!(
+        stderr(&missing).contains("no verzonden_emails row"),
+        "{}",
+        stderr(&missing)
+    );
 
-    let none = stdout(&dklctl(&url, &["mail", "log", "--to", "nobody@example.org"]));
+    let none = stdout(&dklctl(
+        &url,
+        &["mail", "log", "--to", "nobody@example.org"],
+    ));
     assert!(none.contains("no mail logged yet"), "{none}");
     let _ = std::fs::remove_dir_all(&dir);
 }

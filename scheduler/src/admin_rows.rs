@@ -26,7 +26,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: Cancellation
     while !shutdown.is_cancelled() {
         let pause = match bounded(ctx.step_limit(), take_due(&ctx)).await {
             Ok(n) if n as i64 >= BATCH => Duration::ZERO,
-            Ok(taken) => match bounded(ctx.step_limit(), store::next_scheduled_job_due_in(&ctx.pool)).await {
+            Ok(taken) => match bounded(
+                ctx.step_limit(),
+                store::next_scheduled_job_due_in(&ctx.pool),
+            )
+            .await
+            {
                 // Due rows we could not take are locked by another scheduler
                 // (or an admin's open transaction): look again after a poll,
                 // not at once, or this loop would spin until they are free.

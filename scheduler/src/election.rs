@@ -39,7 +39,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: Cancellation
         match bounded(ctx.step_limit(), store::try_leader_lock(&mut conn)).await {
             Ok(true) => lead(&ctx, conn, &wake, &shutdown).await,
             Ok(false) => {
-                match bounded(ctx.step_limit(), store::depose_stale_leader(&mut conn, ctx.config.leader_stale_after)).await {
+                match bounded(
+                    ctx.step_limit(),
+                    store::depose_stale_leader(&mut conn, ctx.config.leader_stale_after),
+                )
+                .await
+                {
                     Ok(true) => {
                         tracing::warn!(
                             stale_after_s = ctx.config.leader_stale_after.as_secs(),
@@ -49,7 +54,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, shutdown: Cancellation
                     }
                     Ok(false) => candidate = Some(conn),
                     // A connection that does not answer is dropped, not kept.
-                    Err(StepError::Stalled(_)) => tracing::warn!("candidate connection does not answer; reconnecting"),
+                    Err(StepError::Stalled(_)) => {
+                        tracing::warn!("candidate connection does not answer; reconnecting")
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot check the leader's heartbeat");
                         candidate = Some(conn);
@@ -70,7 +77,9 @@ async fn pause(ctx: &Ctx, shutdown: &CancellationToken) {
 }
 
 async fn connect(ctx: &Ctx) -> Result<PgConnection, sqlx::Error> {
-    let opts = (*ctx.pool.connect_options()).clone().application_name("dkl-scheduler leader");
+    let opts = (*ctx.pool.connect_options())
+        .clone()
+        .application_name("dkl-scheduler leader");
     let mut conn = opts.connect().await?;
     // Let the server notice a vanished leader host within ~25 s and free the
     // lock (ignored on Unix sockets, where the kernel tells it at once).

@@ -97,8 +97,21 @@ impl Scheduler {
     /// A scheduler that enqueues kinds of `catalog`.
     pub fn new(pool: PgPool, catalog: Catalog, config: SchedulerConfig) -> Self {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        let id = format!("{}-{}-{}", host.trim(), std::process::id(), ulid::Ulid::generate());
-        Self { ctx: Arc::new(Ctx { pool, catalog, config, id, leading: Arc::default() }) }
+        let id = format!(
+            "{}-{}-{}",
+            host.trim(),
+            std::process::id(),
+            ulid::Ulid::generate()
+        );
+        Self {
+            ctx: Arc::new(Ctx {
+                pool,
+                catalog,
+                config,
+                id,
+                leading: Arc::default(),
+            }),
+        }
     }
 
     /// This scheduler's id (in `scheduler_leader` and `job_schedule_runs`).
@@ -128,8 +141,16 @@ impl Scheduler {
             vec![recurring_wake.clone(), rows_wake.clone()],
             shutdown.clone(),
         ));
-        let election = tokio::spawn(election::run(self.ctx.clone(), recurring_wake, shutdown.clone()));
-        let rows = tokio::spawn(admin_rows::run(self.ctx.clone(), rows_wake, shutdown.clone()));
+        let election = tokio::spawn(election::run(
+            self.ctx.clone(),
+            recurring_wake,
+            shutdown.clone(),
+        ));
+        let rows = tokio::spawn(admin_rows::run(
+            self.ctx.clone(),
+            rows_wake,
+            shutdown.clone(),
+        ));
         let _ = tokio::join!(listener, election, rows);
         tracing::info!(scheduler_id = %self.ctx.id, "scheduler stopped");
     }
@@ -138,7 +159,10 @@ impl Scheduler {
 /// Wakes the loops when a schedule or admin row changes (and after every
 /// reconnect). Lost notifications only delay work until the next poll.
 async fn listen(pool: PgPool, wakers: Vec<Arc<Notify>>, stop: CancellationToken) {
-    dkl_shared::db::listen(&pool, &[CHANGED_CHANNEL], &stop, |_| wakers.iter().for_each(|w| w.notify_one())).await;
+    dkl_shared::db::listen(&pool, &[CHANGED_CHANNEL], &stop, |_| {
+        wakers.iter().for_each(|w| w.notify_one())
+    })
+    .await;
 }
 
 /// How long to sleep for something due in `secs` seconds, at most `cap`.
@@ -148,7 +172,9 @@ pub(crate) fn sleep_for(secs: Option<f64>, cap: Duration) -> Duration {
         // the due time would find nothing and sleep again.
         Some(s) if !s.is_finite() => cap,
         Some(s) if s <= 0.0 => Duration::ZERO,
-        Some(s) => Duration::from_secs_f64(s).saturating_add(Duration::from_millis(1)).min(cap),
+        Some(s) => Duration::from_secs_f64(s)
+            .saturating_add(Duration::from_millis(1))
+            .min(cap),
         None => cap,
     }
 }

@@ -15,6 +15,8 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let pool = db::connect_migrated(&config).await?;
     let shutdown = telemetry::shutdown_on_signals();
-    Scheduler::new(pool, dkl_shared::kinds::catalog(), config.scheduler).run(shutdown).await;
+    Scheduler::new(pool, dkl_shared::kinds::catalog(), config.scheduler)
+        .run(shutdown)
+        .await;
     Ok(())
 }

@@ -55,7 +55,10 @@ pub(crate) async fn pass(
             bounded(limit, store::leader_heartbeat(conn, &ctx.id)).await?;
             beat = Instant::now();
         }
-        let recently_bad = bad.0.get(&s.id).is_some_and(|at| at.elapsed() < RECHECK_BAD_AFTER);
+        let recently_bad = bad
+            .0
+            .get(&s.id)
+            .is_some_and(|at| at.elapsed() < RECHECK_BAD_AFTER);
         if s.last_error.is_some() && recently_bad {
             continue;
         }
@@ -71,10 +74,14 @@ pub(crate) async fn pass(
             Err(TickError::BadSchedule(msg)) => {
                 bad.0.insert(s.id, Instant::now());
                 match bounded(limit, store::set_schedule_error(conn, s.id, &msg)).await {
-                    Ok(true) => tracing::warn!(schedule = %s.name, error = %msg, "schedule cannot run; fix the row (see job_schedules.last_error)"),
+                    Ok(true) => {
+                        tracing::warn!(schedule = %s.name, error = %msg, "schedule cannot run; fix the row (see job_schedules.last_error)")
+                    }
                     Ok(false) => {}
                     Err(StepError::Stalled(d)) => return Err(StepError::Stalled(d)),
-                    Err(e) => tracing::warn!(schedule = %s.name, error = %e, "cannot record why the schedule cannot run"),
+                    Err(e) => {
+                        tracing::warn!(schedule = %s.name, error = %e, "cannot record why the schedule cannot run")
+                    }
                 }
             }
         }
@@ -128,7 +135,11 @@ async fn run_schedule(
         store::set_next_run(conn, s, next).await?;
         return Ok(next);
     };
-    let next = cron.next_after(if s.catch_up == CatchUp::Every { last_tick } else { now })?;
+    let next = cron.next_after(if s.catch_up == CatchUp::Every {
+        last_tick
+    } else {
+        now
+    })?;
 
     let mut tx = conn.begin().await?;
     let mut last_job = None;
@@ -136,7 +147,16 @@ async fn run_schedule(
     // `skip_if_running` sees it (catch_up = 'every').
     let mut s = s.clone();
     for tick in ticks {
-        let result = enqueue_tick(&mut tx, spec, &s, tick, RunOutcome::Enqueued, missed as i32, &ctx.id).await?;
+        let result = enqueue_tick(
+            &mut tx,
+            spec,
+            &s,
+            tick,
+            RunOutcome::Enqueued,
+            missed as i32,
+            &ctx.id,
+        )
+        .await?;
         match result {
             TickResult::Enqueued(job_id) => {
                 tracing::info!(schedule = %s.name, %tick, %job_id, ticks_missed = missed, "enqueued scheduled job");

@@ -14,18 +14,27 @@ use dkl_tests::{disable_default_schedules, migrate, url_of, wait_for};
 use sqlx::PgPool;
 
 fn spawn_scheduler(url: &str, name: &str) -> Reaper {
-    process::spawn_logged(process::command(env!("CARGO_BIN_EXE_dkl-scheduler"), url), &log_path(name))
+    process::spawn_logged(
+        process::command(env!("CARGO_BIN_EXE_dkl-scheduler"), url),
+        &log_path(name),
+    )
 }
 
 /// The pid inside a scheduler id (`host-pid-ulid`).
 fn pid_of(scheduler_id: &str) -> u32 {
     let mut parts = scheduler_id.rsplitn(3, '-');
     parts.next();
-    parts.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in scheduler id {scheduler_id}"))
+    parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in scheduler id {scheduler_id}"))
 }
 
 async fn db_now(pool: &PgPool) -> DateTime<Utc> {
-    sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -41,7 +50,10 @@ async fn two_schedulers_enqueue_each_tick_once_and_hand_over_after_kill_9(pool: 
     .unwrap();
     let url = url_of(&pool).await;
     // Two minutes by default; DKL_TEST_SCHEDULER_SECS shortens it while developing.
-    let total: u64 = std::env::var("DKL_TEST_SCHEDULER_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let total: u64 = std::env::var("DKL_TEST_SCHEDULER_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
 
     let mut running: HashMap<u32, Reaper> = HashMap::new();
     for name in ["sched-a", "sched-b"] {
@@ -73,7 +85,10 @@ async fn two_schedulers_enqueue_each_tick_once_and_hand_over_after_kill_9(pool: 
         signal(&p.0, libc::SIGTERM);
     }
     for p in running.values_mut() {
-        assert!(wait_exit(&mut p.0, Duration::from_secs(10)).success(), "SIGTERM exits cleanly");
+        assert!(
+            wait_exit(&mut p.0, Duration::from_secs(10)).success(),
+            "SIGTERM exits cleanly"
+        );
     }
 
     // Jobs per tick, read from the job table itself (not the tick records).
@@ -88,7 +103,10 @@ async fn two_schedulers_enqueue_each_tick_once_and_hand_over_after_kill_9(pool: 
     let jobs: i64 = per_tick.iter().map(|(_, n)| n).sum();
 
     let runs = store::runs_of(&pool, "every-second").await.unwrap();
-    assert!(runs.iter().all(|r| r.job_id.is_some() && r.outcome == "enqueued"));
+    assert!(
+        runs.iter()
+            .all(|r| r.job_id.is_some() && r.outcome == "enqueued")
+    );
     let first = runs.first().unwrap().tick_at;
     let last = runs.last().unwrap().tick_at;
     let span = (last - first).num_seconds() + 1;
@@ -96,9 +114,16 @@ async fn two_schedulers_enqueue_each_tick_once_and_hand_over_after_kill_9(pool: 
     let gaps: Vec<_> = runs
         .windows(2)
         .filter(|w| (w[1].tick_at - w[0].tick_at).num_seconds() > 1)
-        .map(|w| ((w[1].tick_at - w[0].tick_at).num_seconds() - 1, w[1].ticks_missed, w[1].tick_at))
+        .map(|w| {
+            (
+                (w[1].tick_at - w[0].tick_at).num_seconds() - 1,
+                w[1].ticks_missed,
+                w[1].tick_at,
+            )
+        })
         .collect();
-    let leaders: std::collections::BTreeSet<_> = runs.iter().map(|r| r.scheduler_id.clone()).collect();
+    let leaders: std::collections::BTreeSet<_> =
+        runs.iter().map(|r| r.scheduler_id.clone()).collect();
     let summary = format!(
         "two schedulers, {total} s: {} ticks in {span} s, {jobs} jobs, {} ticks doubled, {} leaders, handover {handover:.2} s after kill -9, \
          ticks lost in handover {missed} (caught up by one run each: {gaps:?})",
@@ -108,17 +133,37 @@ async fn two_schedulers_enqueue_each_tick_once_and_hand_over_after_kill_9(pool: 
     );
     println!("{summary}");
     // CI prints this file, so the counts are on record even when the test passes.
-    let _ = std::fs::write(process::log_path("two-schedulers-summary").with_extension("txt"), &summary);
+    let _ = std::fs::write(
+        process::log_path("two-schedulers-summary").with_extension("txt"),
+        &summary,
+    );
 
     assert!(doubled.is_empty(), "ticks enqueued twice: {doubled:?}");
     assert_eq!(jobs as usize, runs.len(), "one job per recorded tick");
-    assert!(span >= total as i64 - 5, "ticks ran for the whole test ({span} s of {total} s)");
-    assert_eq!(runs.len() as i64 + missed, span, "every tick is enqueued or counted in a catch-up run");
+    assert!(
+        span >= total as i64 - 5,
+        "ticks ran for the whole test ({span} s of {total} s)"
+    );
+    assert_eq!(
+        runs.len() as i64 + missed,
+        span,
+        "every tick is enqueued or counted in a catch-up run"
+    );
     for (lost, recorded, at) in &gaps {
-        assert_eq!(lost, &i64::from(*recorded), "the catch-up run at {at} stands for the ticks lost before it");
-        assert!(*at >= killed_at && (*at - killed_at).num_seconds() <= 10, "a gap outside the handover: {gaps:?}");
+        assert_eq!(
+            lost,
+            &i64::from(*recorded),
+            "the catch-up run at {at} stands for the ticks lost before it"
+        );
+        assert!(
+            *at >= killed_at && (*at - killed_at).num_seconds() <= 10,
+            "a gap outside the handover: {gaps:?}"
+        );
     }
-    assert!(leaders.len() == 2 && leaders.contains(&old_leader), "the killed leader, then one other: {leaders:?}");
+    assert!(
+        leaders.len() == 2 && leaders.contains(&old_leader),
+        "the killed leader, then one other: {leaders:?}"
+    );
     assert!(handover <= 10.0, "handover took {handover} s");
 }
 
@@ -149,13 +194,20 @@ async fn a_frozen_leader_is_deposed_and_cannot_double_a_tick_when_it_wakes(pool:
     let frozen_pid = pid_of(&leader);
     signal_pid(frozen_pid, libc::SIGSTOP);
     let frozen_at = db_now(&pool).await;
-    let after = wait_for(Duration::from_secs(20), "the other scheduler to lead", || async {
-        let l = monitor::leadership(&pool).await.unwrap();
-        (l.lock_held && l.scheduler_id.as_deref().is_some_and(|id| id != leader)).then_some(l)
-    })
+    let after = wait_for(
+        Duration::from_secs(20),
+        "the other scheduler to lead",
+        || async {
+            let l = monitor::leadership(&pool).await.unwrap();
+            (l.lock_held && l.scheduler_id.as_deref().is_some_and(|id| id != leader)).then_some(l)
+        },
+    )
     .await;
     let takeover = (after.since.unwrap() - frozen_at).num_milliseconds() as f64 / 1000.0;
-    assert!(takeover < 3.0 + 5.0, "took over {takeover} s after the freeze (stale after 3 s)");
+    assert!(
+        takeover < 3.0 + 5.0,
+        "took over {takeover} s after the freeze (stale after 3 s)"
+    );
 
     // The old leader wakes up: its session is gone, so it cannot enqueue.
     signal_pid(frozen_pid, libc::SIGCONT);
@@ -164,8 +216,13 @@ async fn a_frozen_leader_is_deposed_and_cannot_double_a_tick_when_it_wakes(pool:
         signal(&p.0, libc::SIGTERM);
         assert!(wait_exit(&mut p.0, Duration::from_secs(10)).success());
     }
-    assert_eq!(dkl_tests::doubled_ticks(&pool, "every-second").await, 0, "a woken leader enqueued a tick again");
+    assert_eq!(
+        dkl_tests::doubled_ticks(&pool, "every-second").await,
+        0,
+        "a woken leader enqueued a tick again"
+    );
     let runs = store::runs_of(&pool, "every-second").await.unwrap();
-    let leaders: std::collections::BTreeSet<_> = runs.iter().map(|r| r.scheduler_id.as_str()).collect();
+    let leaders: std::collections::BTreeSet<_> =
+        runs.iter().map(|r| r.scheduler_id.as_str()).collect();
     assert_eq!(leaders.len(), 2, "{leaders:?}");
 }

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use std::str::FromStr;
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgPool};
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::config::{Config, redact_url};
 
@@ -26,7 +26,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The server could not be reached, refused the login, or lacks the database.
-    #[error("cannot connect to PostgreSQL at {url} (is it running, and does the database exist? scripts/demo.sh starts and creates it)")]
+    #[error(
+        "cannot connect to PostgreSQL at {url} (is it running, and does the database exist? scripts/demo.sh starts and creates it)"
+    )]
     Connect {
         /// The URL without its password.
         url: String,
@@ -35,7 +37,9 @@ pub enum DbError {
         cause: sqlx::Error,
     },
     /// The URL does not parse.
-    #[error("DATABASE_URL {url} does not parse ({cause}); percent-encode special characters in the user name and password (`?` as %3F, `/` as %2F, `#` as %23, `@` as %40, `:` as %3A)")]
+    #[error(
+        "DATABASE_URL {url} does not parse ({cause}); percent-encode special characters in the user name and password (`?` as %3F, `/` as %2F, `#` as %23, `@` as %40, `:` as %3A)"
+    )]
     BadUrl {
         /// The URL without its password.
         url: String,
@@ -69,9 +73,14 @@ pub async fn connect(config: &Config) -> Result<PgPool, DbError> {
 /// One direct connection first, so a wrong host, password or database name
 /// fails at once with the server's own words instead of a pool timeout.
 pub async fn connect_url(url: &str, max: u32) -> Result<PgPool, DbError> {
-    let fail = |cause| DbError::Connect { url: redact_url(url), cause };
-    let options =
-        PgConnectOptions::from_str(url).map_err(|cause| DbError::BadUrl { url: redact_url(url), cause })?;
+    let fail = |cause| DbError::Connect {
+        url: redact_url(url),
+        cause,
+    };
+    let options = PgConnectOptions::from_str(url).map_err(|cause| DbError::BadUrl {
+        url: redact_url(url),
+        cause,
+    })?;
     let probe = options.connect().await.map_err(fail)?;
     probe.close().await.map_err(fail)?;
     Ok(PgPoolOptions::new()
@@ -116,7 +125,9 @@ pub async fn ensure_migrated(pool: &PgPool) -> Result<(), DbError> {
             .fetch_one(pool)
             .await?;
     if !table_exists {
-        return Err(DbError::NotMigrated { missing: "no migrations applied yet".into() });
+        return Err(DbError::NotMigrated {
+            missing: "no migrations applied yet".into(),
+        });
     }
     let applied: HashSet<i64> =
         sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success")
@@ -130,7 +141,9 @@ pub async fn ensure_migrated(pool: &PgPool) -> Result<(), DbError> {
         .map(|m| format!("{} {}", m.version, m.description))
         .collect();
     if !missing.is_empty() {
-        return Err(DbError::NotMigrated { missing: format!("missing: {}", missing.join(", ")) });
+        return Err(DbError::NotMigrated {
+            missing: format!("missing: {}", missing.join(", ")),
+        });
     }
     Ok(())
 }
@@ -188,7 +201,10 @@ pub async fn listen(
     }
 }
 
-async fn connect_listener(pool: &PgPool, channels: &[&str]) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+async fn connect_listener(
+    pool: &PgPool,
+    channels: &[&str],
+) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
     listener.listen_all(channels.iter().copied()).await?;
     Ok(listener)

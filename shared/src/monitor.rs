@@ -56,10 +56,21 @@ pub struct JobFilter {
 }
 
 /// The states `job_status.state` takes.
-pub const STATES: &[&str] = &["scheduled", "pending", "retrying", "running", "done", "discarded", "cancelled"];
+pub const STATES: &[&str] = &[
+    "scheduled",
+    "pending",
+    "retrying",
+    "running",
+    "done",
+    "discarded",
+    "cancelled",
+];
 
 /// `job_status` rows matching `filter`, newest first.
-pub async fn jobs(executor: impl PgExecutor<'_>, filter: &JobFilter) -> Result<Vec<JobStatus>, sqlx::Error> {
+pub async fn jobs(
+    executor: impl PgExecutor<'_>,
+    filter: &JobFilter,
+) -> Result<Vec<JobStatus>, sqlx::Error> {
     sqlx::query_as(
         "SELECT job_id, kind, queue, state, attempts, max_attempts, run_at, started_at, finished_at, last_error,
                 schedule, schedule_tick, scheduled_job_id
@@ -104,7 +115,10 @@ pub struct QueueSummary {
 /// How long the oldest due job of each of `queues` has waited, in seconds
 /// (queues with no due job are absent). One index probe per queue
 /// (`jobs_next_due`), whatever the backlog: `/healthz` asks it every second.
-pub async fn oldest_due(executor: impl PgExecutor<'_>, queues: &[String]) -> Result<Vec<(String, f64)>, sqlx::Error> {
+pub async fn oldest_due(
+    executor: impl PgExecutor<'_>,
+    queues: &[String],
+) -> Result<Vec<(String, f64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT q.queue, extract(epoch FROM now() - d.run_at)::float8
            FROM unnest($1::text[]) AS q(queue)
@@ -120,7 +134,9 @@ pub async fn oldest_due(executor: impl PgExecutor<'_>, queues: &[String]) -> Res
 }
 
 /// The `queue_summary` view, by queue name.
-pub async fn queue_summary(executor: impl PgExecutor<'_>) -> Result<Vec<QueueSummary>, sqlx::Error> {
+pub async fn queue_summary(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<QueueSummary>, sqlx::Error> {
     sqlx::query_as(
         "SELECT queue, pending, scheduled, running, done, discarded, cancelled, oldest_pending_age_s, finished_last_5m
            FROM queue_summary ORDER BY queue",

@@ -17,7 +17,9 @@ macro_rules! decode_from_text {
         }
 
         impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $ty {
-            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
                 let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
                 text.parse::<$ty>().map_err(|e| e.to_string().into())
             }

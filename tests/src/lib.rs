@@ -19,14 +19,21 @@ use tokio_util::sync::CancellationToken;
 
 /// Applies every migration to the test database.
 pub async fn migrate(pool: &PgPool) {
-    dkl_shared::db::migrate(pool).await.expect("migrations apply");
+    dkl_shared::db::migrate(pool)
+        .await
+        .expect("migrations apply");
 }
 
 /// A URL for the test database, for processes the test spawns.
 pub async fn url_of(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await.expect("db name");
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("db name");
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
-    let (server, _) = base.rsplit_once('/').expect("DATABASE_URL has a database part");
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database part");
     format!("{server}/{db}")
 }
 
@@ -59,7 +66,10 @@ impl RunningRuntime {
     /// Shuts down and waits for the runtime to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.handle.await.expect("runtime task").expect("runtime ran cleanly");
+        self.handle
+            .await
+            .expect("runtime task")
+            .expect("runtime ran cleanly");
     }
 }
 
@@ -70,7 +80,12 @@ pub fn start(pool: &PgPool, registry: Registry, config: JobsConfig) -> RunningRu
     let stats = runtime.stats();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(runtime.run(shutdown.clone()));
-    RunningRuntime { shutdown, handle, worker_id, stats }
+    RunningRuntime {
+        shutdown,
+        handle,
+        worker_id,
+        stats,
+    }
 }
 
 /// Runs the next due job of `queue` once through the engine (claim, handler,
@@ -78,12 +93,17 @@ pub fn start(pool: &PgPool, registry: Registry, config: JobsConfig) -> RunningRu
 /// when nothing is due. For testing one handler against a real database
 /// without a running worker.
 pub async fn work_one(pool: &PgPool, registry: Registry, queue: &str) -> Option<JobRecord> {
-    store::work_one(pool, registry, queue, fast_config()).await.expect("work_one")
+    store::work_one(pool, registry, queue, fast_config())
+        .await
+        .expect("work_one")
 }
 
 /// Reads a job row.
 pub async fn job(pool: &PgPool, id: &JobId) -> JobRecord {
-    store::job(pool, &id.0).await.expect("query").expect("job exists")
+    store::job(pool, &id.0)
+        .await
+        .expect("query")
+        .expect("job exists")
 }
 
 /// Polls `check` every 20 ms until it yields `Some`, or panics after `timeout`.
@@ -97,7 +117,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -114,10 +137,11 @@ pub async fn wait_status(pool: &PgPool, id: &JobId, status: &str, timeout: Durat
 /// Waits until every job in the database is `Done`.
 pub async fn wait_all_done(pool: &PgPool, timeout: Duration) {
     wait_for(timeout, "every job to be Done", || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
-            .fetch_one(pool)
-            .await
-            .expect("count jobs");
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+                .fetch_one(pool)
+                .await
+                .expect("count jobs");
         (left == 0).then_some(())
     })
     .await
@@ -168,12 +192,20 @@ pub fn start_scheduler(pool: &PgPool) -> RunningScheduler {
     let id = scheduler.id().to_string();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(scheduler.run(shutdown.clone()));
-    RunningScheduler { shutdown, handle, leading, id }
+    RunningScheduler {
+        shutdown,
+        handle,
+        leading,
+        id,
+    }
 }
 
 /// Disables the seeded default schedules, so a test sees only its own.
 pub async fn disable_default_schedules(pool: &PgPool) {
-    sqlx::query("UPDATE job_schedules SET enabled = false").execute(pool).await.expect("disable schedules");
+    sqlx::query("UPDATE job_schedules SET enabled = false")
+        .execute(pool)
+        .await
+        .expect("disable schedules");
 }
 
 /// How many ticks of `schedule` have more than one job, counted from the job
@@ -202,13 +234,20 @@ impl Outage {
     /// Starts the outage of `pool`'s database.
     pub async fn begin(pool: &PgPool) -> Self {
         use sqlx::Connection;
-        let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await.expect("db name");
-        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
-        let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect to the maintenance database");
-        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")))
-            .execute(&mut admin)
+        let db: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(pool)
             .await
-            .expect("refuse connections");
+            .expect("db name");
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
+        let mut admin = sqlx::PgConnection::connect(&url)
+            .await
+            .expect("connect to the maintenance database");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("refuse connections");
         sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
             .bind(&db)
             .execute(&mut admin)
@@ -219,9 +258,12 @@ impl Outage {
 
     /// Lets connections in again.
     pub async fn end(mut self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", self.db)))
-            .execute(&mut self.admin)
-            .await
-            .expect("allow connections");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            self.db
+        )))
+        .execute(&mut self.admin)
+        .await
+        .expect("allow connections");
     }
 }

@@ -50,7 +50,10 @@ pub fn spawn_logged(mut cmd: Command, log: &std::path::Path) -> Reaper {
 pub fn log_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
     std::fs::create_dir_all(&dir).expect("create target/tmp");
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     dir.join(format!("dkl-{name}-{}-{nanos}.log", std::process::id()))
 }
 
@@ -73,14 +76,20 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status;
         }
-        assert!(start.elapsed() < timeout, "process did not exit within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "process did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A plain HTTP/1.1 GET against 127.0.0.1:`port`; returns (status, headers, body).
@@ -93,6 +102,10 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String, St
     stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     Ok((status, head.to_string(), body.to_string()))
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use dkl_shared::jobs::testing as store;
 use dkl_shared::jobs::{EnqueueOptions, JobClient, JobError, JobId, JobKind, Registry};
 use dkl_shared::kinds::Ping;
-use dkl_worker::handlers::ping;
 use dkl_tests::{Outage, fast_config, job, migrate, start, wait_for, wait_status};
+use dkl_worker::handlers::ping;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -24,7 +24,11 @@ fn pings() -> Registry {
 }
 
 async fn enqueue_json(client: &JobClient, payload: serde_json::Value) -> JobId {
-    client.enqueue_raw("ping", "default", &payload, 5, EnqueueOptions::default()).await.unwrap().id
+    client
+        .enqueue_raw("ping", "default", &payload, 5, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id
 }
 
 /// Defect 1: an error text with a NUL byte made PostgreSQL refuse the whole
@@ -46,14 +50,25 @@ async fn nul_bytes_in_error_texts_never_stall_outcome_writes(pool: PgPool) {
         wait_status(&pool, id, "Done", T).await;
     }
     let row = wait_status(&pool, &nul_error, "Killed", T).await;
-    assert_eq!(row.last_error.as_deref(), Some("bad\\0x"), "the NUL is shown, the rest kept");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("bad\\0x"),
+        "the NUL is shown, the rest kept"
+    );
     let row = wait_status(&pool, &nul_key, "Killed", T).await;
     let error = row.last_error.unwrap();
-    assert!(error.contains("bad\\0key") && error.contains("does not decode"), "{error}");
+    assert!(
+        error.contains("bad\\0key") && error.contains("does not decode"),
+        "{error}"
+    );
     // Nothing is left for the writer: a stop is prompt.
     let stopping = Instant::now();
     rt.stop().await;
-    assert!(stopping.elapsed() < Duration::from_secs(5), "stop took {:?}", stopping.elapsed());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -67,11 +82,21 @@ impl JobKind for AskForever {
 async fn a_huge_retry_delay_is_capped_not_refused(pool: PgPool) {
     migrate(&pool).await;
     let mut registry = pings();
-    registry.register::<AskForever, _, _>(|_, _| async { Err(JobError::retry_after("come back never", Duration::MAX)) });
+    registry.register::<AskForever, _, _>(|_, _| async {
+        Err(JobError::retry_after("come back never", Duration::MAX))
+    });
     let client = JobClient::new(pool.clone());
     let rt = start(&pool, registry, fast_config());
-    let forever = client.enqueue(&AskForever, EnqueueOptions::default()).await.unwrap().id;
-    let ping = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    let forever = client
+        .enqueue(&AskForever, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let ping = client
+        .enqueue(&Ping::default(), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     wait_status(&pool, &ping, "Done", T).await;
     let row = wait_for(T, "the retry to be written", || async {
         let j = job(&pool, &forever).await;
@@ -79,7 +104,10 @@ async fn a_huge_retry_delay_is_capped_not_refused(pool: PgPool) {
     })
     .await;
     let days = (row.run_at - chrono::Utc::now()).num_days();
-    assert!((29..=30).contains(&days), "retry put off by the cap (30 days), got {days} days");
+    assert!(
+        (29..=30).contains(&days),
+        "retry put off by the cap (30 days), got {days} days"
+    );
     assert_eq!(row.last_error.as_deref(), Some("come back never"));
     rt.stop().await;
 }
@@ -105,17 +133,26 @@ async fn a_refused_outcome_row_is_discarded_and_the_rest_of_its_batch_written(po
         .await
         .unwrap();
     let mut registry = Registry::new();
-    registry.register::<FailWith, _, _>(|job, _| async move { Err(JobError::permanent(job.message)) });
+    registry
+        .register::<FailWith, _, _>(|job, _| async move { Err(JobError::permanent(job.message)) });
     let client = JobClient::new(pool.clone());
-    let jobs: Vec<FailWith> =
-        (0..300).map(|i| FailWith { message: if i % 30 == 0 { format!("poison {i}") } else { format!("fine {i}") } }).collect();
+    let jobs: Vec<FailWith> = (0..300)
+        .map(|i| FailWith {
+            message: if i % 30 == 0 {
+                format!("poison {i}")
+            } else {
+                format!("fine {i}")
+            },
+        })
+        .collect();
     let ids = client.enqueue_many(&jobs).await.unwrap();
     let rt = start(&pool, registry, fast_config());
     wait_for(T, "every job to be discarded", || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Killed'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Killed'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         (left == 0).then_some(())
     })
     .await;
@@ -123,7 +160,10 @@ async fn a_refused_outcome_row_is_discarded_and_the_rest_of_its_batch_written(po
     for (job_spec, id) in jobs.iter().zip(&ids) {
         let error = job(&pool, id).await.last_error.unwrap();
         if job_spec.message.starts_with("poison") {
-            assert!(error.contains("could not be stored") && error.contains("test_refusal"), "{error}");
+            assert!(
+                error.contains("could not be stored") && error.contains("test_refusal"),
+                "{error}"
+            );
         } else {
             assert_eq!(error, job_spec.message);
         }
@@ -136,17 +176,33 @@ async fn a_refused_outcome_row_is_discarded_and_the_rest_of_its_batch_written(po
 async fn an_old_cancel_does_not_kill_a_retried_job(pool: PgPool) {
     migrate(&pool).await;
     let client = JobClient::new(pool.clone());
-    let id = client.enqueue(&Ping { sleep_ms: 300, ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    let id = client
+        .enqueue(
+            &Ping {
+                sleep_ms: 300,
+                ..Default::default()
+            },
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
     // Another worker ("elsewhere", alive) claims it first ...
-    store::register_worker(&pool, "elsewhere", "default=1").await.unwrap();
-    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.dkl_claim('default', 1, 'elsewhere')")
-        .fetch_one(&pool)
+    store::register_worker(&pool, "elsewhere", "default=1")
         .await
         .unwrap();
+    let claimed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM apalis.dkl_claim('default', 1, 'elsewhere')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(claimed, 1);
     // ... while this runtime listens.
     let rt = start(&pool, pings(), fast_config());
-    wait_for(T, "the runtime's first heartbeat", || async { rt.stats.snapshot().since_heartbeat }).await;
+    wait_for(T, "the runtime's first heartbeat", || async {
+        rt.stats.snapshot().since_heartbeat
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.cancel(&id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -199,7 +255,10 @@ async fn a_database_outage_does_not_make_live_workers_jobs_run_twice(pool: PgPoo
     let mut config = fast_config();
     config.queue_concurrency.insert("default".into(), 2);
     let client = JobClient::new(pool.clone());
-    client.enqueue_many(&(0..4).map(|n| Long { n }).collect::<Vec<_>>()).await.unwrap();
+    client
+        .enqueue_many(&(0..4).map(|n| Long { n }).collect::<Vec<_>>())
+        .await
+        .unwrap();
     let a = start(&pool, registry(), config.clone());
     let b = start(&pool, registry(), config);
     let per_worker: Vec<(String, i64)> = wait_for(T, "both workers to run two jobs each", || async {
@@ -223,11 +282,15 @@ async fn a_database_outage_does_not_make_live_workers_jobs_run_twice(pool: PgPoo
     b.stop().await;
     let starts = starts.lock().unwrap().clone();
     assert_eq!(starts.len(), 4);
-    assert!(starts.values().all(|n| *n == 1), "a live worker's job ran again: starts per job {starts:?}");
-    let (attempts, rescues): (i64, i64) = sqlx::query_as("SELECT sum(attempts), sum(rescues) FROM apalis.jobs")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    assert!(
+        starts.values().all(|n| *n == 1),
+        "a live worker's job ran again: starts per job {starts:?}"
+    );
+    let (attempts, rescues): (i64, i64) =
+        sqlx::query_as("SELECT sum(attempts), sum(rescues) FROM apalis.jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!((attempts, rescues), (4, 0));
 }
 
@@ -237,9 +300,17 @@ async fn a_database_outage_does_not_make_live_workers_jobs_run_twice(pool: PgPoo
 async fn an_idle_fetcher_backs_off_from_a_locked_due_row(pool: PgPool) {
     migrate(&pool).await;
     let client = JobClient::new(pool.clone());
-    let id = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
+    let id = client
+        .enqueue(&Ping::default(), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM apalis.jobs WHERE id = $1 FOR UPDATE").bind(&id.0).execute(&mut *tx).await.unwrap();
+    sqlx::query("SELECT 1 FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+        .bind(&id.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
 
     let rt = start(&pool, pings(), fast_config());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -248,7 +319,10 @@ async fn an_idle_fetcher_backs_off_from_a_locked_due_row(pool: PgPool) {
     let claims = rt.stats.snapshot().claim_queries - before;
     // Two fetch loops per queue, each backing off to the 200 ms poll: ~20.
     // Spinning made thousands.
-    assert!(claims < 100, "{claims} claim queries in 2 s while the only due row was locked");
+    assert!(
+        claims < 100,
+        "{claims} claim queries in 2 s while the only due row was locked"
+    );
     assert_eq!(job(&pool, &id).await.status, "Pending");
 
     tx.commit().await.unwrap();
@@ -286,23 +360,42 @@ async fn hung_jobs_time_out_and_free_their_slots(pool: PgPool) {
     config.queue_concurrency.insert("stuck".into(), 2);
     let client = JobClient::new(pool.clone());
     let hung = [
-        client.enqueue(&Hang, EnqueueOptions::default()).await.unwrap().id,
-        client.enqueue(&Hang, EnqueueOptions::default()).await.unwrap().id,
+        client
+            .enqueue(&Hang, EnqueueOptions::default())
+            .await
+            .unwrap()
+            .id,
+        client
+            .enqueue(&Hang, EnqueueOptions::default())
+            .await
+            .unwrap()
+            .id,
     ];
     let rt = start(&pool, registry, config);
     for id in &hung {
         wait_status(&pool, id, "Running", T).await;
     }
     let queued_at = Instant::now();
-    let quick = client.enqueue(&Quick, EnqueueOptions::default()).await.unwrap().id;
+    let quick = client
+        .enqueue(&Quick, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     wait_status(&pool, &quick, "Done", T).await;
     // Timeout 1 s + cancel grace 1 s, then the slot is free.
-    assert!(queued_at.elapsed() < Duration::from_secs(5), "the third job waited {:?}", queued_at.elapsed());
+    assert!(
+        queued_at.elapsed() < Duration::from_secs(5),
+        "the third job waited {:?}",
+        queued_at.elapsed()
+    );
     for id in &hung {
         let row = wait_status(&pool, id, "Killed", T).await;
         assert_eq!(row.attempts, 2, "each timeout counts as an attempt");
         let error = row.last_error.unwrap();
-        assert!(error.contains("timed out after 1s") && error.contains("DKL_JOB_TIMEOUTS"), "{error}");
+        assert!(
+            error.contains("timed out after 1s") && error.contains("DKL_JOB_TIMEOUTS"),
+            "{error}"
+        );
     }
     rt.stop().await;
 }
@@ -312,10 +405,21 @@ async fn hung_jobs_time_out_and_free_their_slots(pool: PgPool) {
 async fn a_configured_timeout_overrides_the_kinds_own(pool: PgPool) {
     migrate(&pool).await;
     let mut config = fast_config();
-    config.kind_timeouts.insert("ping".into(), Duration::from_secs(1));
+    config
+        .kind_timeouts
+        .insert("ping".into(), Duration::from_secs(1));
     let client = JobClient::new(pool.clone());
     let id = client
-        .enqueue(&Ping { sleep_ms: 60_000, ..Default::default() }, EnqueueOptions { max_attempts: Some(1), ..Default::default() })
+        .enqueue(
+            &Ping {
+                sleep_ms: 60_000,
+                ..Default::default()
+            },
+            EnqueueOptions {
+                max_attempts: Some(1),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .id;
@@ -336,11 +440,19 @@ async fn apalis_insert_trigger_is_gone(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(triggers, vec!["jobs_notify_pending".to_string()]);
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
     listener.listen("apalis::job::insert").await.unwrap();
-    JobClient::new(pool.clone()).enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap();
+    JobClient::new(pool.clone())
+        .enqueue(&Ping::default(), EnqueueOptions::default())
+        .await
+        .unwrap();
     let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
-    assert!(heard.is_err(), "apalis's channel still hears inserts: {heard:?}");
+    assert!(
+        heard.is_err(),
+        "apalis's channel still hears inserts: {heard:?}"
+    );
 }
 
 /// Review of defect 1/10: an outcome write waited for ever on a job row
@@ -352,21 +464,51 @@ async fn a_locked_job_row_does_not_hold_back_other_outcomes(pool: PgPool) {
     migrate(&pool).await;
     let client = JobClient::new(pool.clone());
     let rt = start(&pool, pings(), fast_config());
-    let held = client.enqueue(&Ping { sleep_ms: 300, ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    let held = client
+        .enqueue(
+            &Ping {
+                sleep_ms: 300,
+                ..Default::default()
+            },
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
     wait_status(&pool, &held, "Running", T).await;
     let mut admin = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM apalis.jobs WHERE id = $1 FOR UPDATE").bind(&held.0).execute(&mut *admin).await.unwrap();
+    sqlx::query("SELECT 1 FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+        .bind(&held.0)
+        .execute(&mut *admin)
+        .await
+        .unwrap();
     // Its outcome is now stuck behind the lock; the next jobs' outcomes may
     // share its batch.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut others = Vec::new();
     for i in 0..20 {
-        others.push(client.enqueue(&Ping { message: format!("behind the lock {i}"), ..Default::default() }, EnqueueOptions::default()).await.unwrap().id);
+        others.push(
+            client
+                .enqueue(
+                    &Ping {
+                        message: format!("behind the lock {i}"),
+                        ..Default::default()
+                    },
+                    EnqueueOptions::default(),
+                )
+                .await
+                .unwrap()
+                .id,
+        );
     }
     for id in &others {
         wait_status(&pool, id, "Done", Duration::from_secs(15)).await;
     }
-    assert_eq!(job(&pool, &held).await.status, "Running", "its outcome waits for the lock");
+    assert_eq!(
+        job(&pool, &held).await.status,
+        "Running",
+        "its outcome waits for the lock"
+    );
     admin.commit().await.unwrap();
     wait_status(&pool, &held, "Done", Duration::from_secs(30)).await;
     rt.stop().await;

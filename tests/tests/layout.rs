@@ -38,7 +38,10 @@ fn production_code_does_not_reach_the_engines_test_door() {
             offenders.push(file.display().to_string());
         }
     }
-    assert!(offenders.is_empty(), "production code uses dkl_shared::jobs::testing: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "production code uses dkl_shared::jobs::testing: {offenders:?}"
+    );
 }
 
 /// `dkl-shared` (linked by the scheduler and dklctl) carries no network
@@ -46,7 +49,18 @@ fn production_code_does_not_reach_the_engines_test_door() {
 #[test]
 fn shared_has_no_network_clients() {
     let manifest = std::fs::read_to_string(root().join("shared/Cargo.toml")).unwrap();
-    for client in ["lettre", "async-imap", "reqwest", "mail-parser", "handlebars", "hyper", "axum"] {
-        assert!(!manifest.contains(client), "shared/Cargo.toml depends on {client}");
+    for client in [
+        "lettre",
+        "async-imap",
+        "reqwest",
+        "mail-parser",
+        "handlebars",
+        "hyper",
+        "axum",
+    ] {
+        assert!(
+            !manifest.contains(client),
+            "shared/Cargo.toml depends on {client}"
+        );
     }
 }

@@ -80,7 +80,10 @@ impl AppState {
             return r.figures.clone();
         }
         let figures = read_figures(&self.monitoring.pool).await;
-        *cache = Some(Reading { at: Instant::now(), figures: figures.clone() });
+        *cache = Some(Reading {
+            at: Instant::now(),
+            figures: figures.clone(),
+        });
         figures
     }
 }
@@ -95,8 +98,19 @@ impl AppState {
         {
             return result.clone();
         }
-        let queues: Vec<String> = self.monitoring.stats.snapshot().queues.into_keys().collect();
-        let result = match tokio::time::timeout(DB_TIMEOUT, monitor::oldest_due(&self.monitoring.pool, &queues)).await {
+        let queues: Vec<String> = self
+            .monitoring
+            .stats
+            .snapshot()
+            .queues
+            .into_keys()
+            .collect();
+        let result = match tokio::time::timeout(
+            DB_TIMEOUT,
+            monitor::oldest_due(&self.monitoring.pool, &queues),
+        )
+        .await
+        {
             Ok(Ok(ages)) => Ok(ages),
             Ok(Err(e)) => Err(format!("error: {e}")),
             Err(_) => Err(format!("error: no answer within {}s", DB_TIMEOUT.as_secs())),
@@ -129,7 +143,11 @@ pub async fn bind(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
-        .with_state(AppState { monitoring: Arc::new(monitoring), cache: Arc::default(), ping: Arc::default() });
+        .with_state(AppState {
+            monitoring: Arc::new(monitoring),
+            cache: Arc::default(),
+            ping: Arc::default(),
+        });
     Ok((local, async move { axum::serve(listener, app).await }))
 }
 
@@ -152,8 +170,17 @@ async fn healthz(State(app): State<AppState>) -> Response {
     let due_ages = app.database_answers().await;
     let snap = app.monitoring.stats.snapshot();
     let (healthy, body) = judge_health(&snap, &due_ages, &app.monitoring);
-    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Whether the worker is healthy, and the JSON that says which part is not.
@@ -166,7 +193,12 @@ fn judge_health(
         Ok(_) => "ok".to_string(),
         Err(e) => e.clone(),
     };
-    let stopped: Vec<&String> = snap.queues.iter().filter(|(_, up)| !**up).map(|(q, _)| q).collect();
+    let stopped: Vec<&String> = snap
+        .queues
+        .iter()
+        .filter(|(_, up)| !**up)
+        .map(|(q, _)| q)
+        .collect();
     let workers = if snap.queues.is_empty() {
         "error: not started".to_string()
     } else if stopped.is_empty() {
@@ -181,10 +213,16 @@ fn judge_health(
     };
     let outcomes = match (snap.outcome_writer_failing_for, snap.outcome_write_busy_for) {
         (Some(d), _) if d > OUTCOME_WRITER_STUCK_AFTER => {
-            format!("error: job outcomes cannot be written for {}s (see the log)", d.as_secs())
+            format!(
+                "error: job outcomes cannot be written for {}s (see the log)",
+                d.as_secs()
+            )
         }
         (_, Some(d)) if d > OUTCOME_WRITER_STUCK_AFTER => {
-            format!("error: a write of job outcomes has hung for {}s (a lock or a dead connection)", d.as_secs())
+            format!(
+                "error: a write of job outcomes has hung for {}s (a lock or a dead connection)",
+                d.as_secs()
+            )
         }
         _ => "ok".to_string(),
     };
@@ -192,7 +230,9 @@ fn judge_health(
         (Ok(ages), Some(limit)) => {
             let late: Vec<String> = ages
                 .iter()
-                .filter(|(queue, age)| snap.queues.get(queue) == Some(&true) && *age > limit.as_secs_f64())
+                .filter(|(queue, age)| {
+                    snap.queues.get(queue) == Some(&true) && *age > limit.as_secs_f64()
+                })
                 .map(|(queue, age)| format!("{queue} ({age:.0}s)"))
                 .collect();
             if late.is_empty() {
@@ -207,7 +247,9 @@ fn judge_health(
         }
         _ => "ok".to_string(),
     };
-    let healthy = [&database, &workers, &heartbeat, &outcomes, &waiting].iter().all(|s| *s == "ok");
+    let healthy = [&database, &workers, &heartbeat, &outcomes, &waiting]
+        .iter()
+        .all(|s| *s == "ok");
     let body = serde_json::json!({
         "status": if healthy { "ok" } else { "unhealthy" },
         "database": database,
@@ -228,7 +270,11 @@ async fn metrics_page(State(app): State<AppState>) -> Response {
             None
         }
     };
-    let body = metrics::render(&app.monitoring.stats.snapshot(), &app.monitoring.mail.snapshot(), figures.as_deref());
+    let body = metrics::render(
+        &app.monitoring.stats.snapshot(),
+        &app.monitoring.mail.snapshot(),
+        figures.as_deref(),
+    );
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -238,7 +284,9 @@ mod tests {
 
     fn monitoring() -> Monitoring {
         Monitoring {
-            pool: sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap(),
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+                .unwrap(),
             stats: Arc::default(),
             mail: Arc::default(),
             heartbeat_stale_after: Duration::from_secs(30),
@@ -264,30 +312,54 @@ mod tests {
         let mut snap = running_snapshot();
         assert!(judge_health(&snap, &figures(), &m).0);
         snap.outcome_writer_failing_for = Some(Duration::from_secs(5));
-        assert!(judge_health(&snap, &figures(), &m).0, "a short hiccup is not a failure");
+        assert!(
+            judge_health(&snap, &figures(), &m).0,
+            "a short hiccup is not a failure"
+        );
         snap.outcome_writer_failing_for = Some(Duration::from_secs(20));
         let (healthy, body) = judge_health(&snap, &figures(), &m);
         assert!(!healthy);
-        assert!(body["outcomes"].as_str().unwrap().contains("cannot be written for 20s"), "{body}");
+        assert!(
+            body["outcomes"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be written for 20s"),
+            "{body}"
+        );
         // A write that hangs (a row lock, a dead connection) without failing.
         snap.outcome_writer_failing_for = None;
         snap.outcome_write_busy_for = Some(Duration::from_secs(20));
         let (healthy, body) = judge_health(&snap, &figures(), &m);
         assert!(!healthy);
-        assert!(body["outcomes"].as_str().unwrap().contains("has hung for 20s"), "{body}");
+        assert!(
+            body["outcomes"]
+                .as_str()
+                .unwrap()
+                .contains("has hung for 20s"),
+            "{body}"
+        );
     }
 
     #[tokio::test]
     async fn a_due_job_waiting_too_long_on_a_served_queue_makes_the_worker_unhealthy() {
         let m = monitoring();
         let snap = running_snapshot();
-        let ages: Result<DueAges, String> = Ok(vec![("default".into(), 700.0), ("elsewhere".into(), 9000.0)]);
+        let ages: Result<DueAges, String> = Ok(vec![
+            ("default".into(), 700.0),
+            ("elsewhere".into(), 9000.0),
+        ]);
         let (healthy, body) = judge_health(&snap, &ages, &m);
         assert!(!healthy);
         let waiting = body["waiting"].as_str().unwrap();
-        assert!(waiting.contains("default (700s)") && !waiting.contains("elsewhere"), "{body}");
+        assert!(
+            waiting.contains("default (700s)") && !waiting.contains("elsewhere"),
+            "{body}"
+        );
         let down: Result<DueAges, String> = Err("error: connection refused".into());
         let (healthy, body) = judge_health(&snap, &down, &m);
-        assert!(!healthy && body["database"] == "error: connection refused", "{body}");
+        assert!(
+            !healthy && body["database"] == "error: connection refused",
+            "{body}"
+        );
     }
 }

@@ -19,8 +19,8 @@
 //! join as modules of their own with the mail work (ARCHITECTURE.md).
 
 pub mod handlers;
+pub mod http;
+pub mod metrics;
 pub mod smtp;
 pub mod store;
 pub mod templates;
-pub mod http;
-pub mod metrics;

@@ -36,9 +36,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 heartbeat_stale_after: config.jobs.rescue_after,
                 config: config.monitor.clone(),
             };
-            let (bound, server) = http::bind(addr, monitoring)
-                .await
-                .with_context(|| format!("cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"))?;
+            let (bound, server) = http::bind(addr, monitoring).await.with_context(|| {
+                format!(
+                    "cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"
+                )
+            })?;
             tracing::info!(addr = %bound, "serving /healthz and /metrics");
             Some(tokio::spawn(http::serve_until(server, http_stop.clone())))
         }

@@ -25,31 +25,82 @@ pub struct DatabaseFigures {
 pub fn render(stats: &StatsSnapshot, mail: &MailSnapshot, db: Option<&DatabaseFigures>) -> String {
     let mut out = String::new();
     render_mail(&mut out, mail);
-    header(&mut out, "dkl_jobs_total", "counter", "Job attempts run by this worker process, by kind and outcome.");
+    header(
+        &mut out,
+        "dkl_jobs_total",
+        "counter",
+        "Job attempts run by this worker process, by kind and outcome.",
+    );
     for ((kind, outcome), n) in &stats.outcomes {
-        let _ = writeln!(out, "dkl_jobs_total{{kind=\"{}\",outcome=\"{}\"}} {n}", esc(kind), outcome.as_str());
+        let _ = writeln!(
+            out,
+            "dkl_jobs_total{{kind=\"{}\",outcome=\"{}\"}} {n}",
+            esc(kind),
+            outcome.as_str()
+        );
     }
 
-    header(&mut out, "dkl_job_duration_seconds", "histogram", "How long job attempts took, by kind.");
+    header(
+        &mut out,
+        "dkl_job_duration_seconds",
+        "histogram",
+        "How long job attempts took, by kind.",
+    );
     for (kind, h) in &stats.durations {
         histogram(&mut out, "dkl_job_duration_seconds", "kind", kind, h);
     }
 
-    header(&mut out, "dkl_worker_queue_running", "gauge", "1 while this process's worker for the queue runs.");
+    header(
+        &mut out,
+        "dkl_worker_queue_running",
+        "gauge",
+        "1 while this process's worker for the queue runs.",
+    );
     for (queue, running) in &stats.queues {
-        let _ = writeln!(out, "dkl_worker_queue_running{{queue=\"{}\"}} {}", esc(queue), u8::from(*running));
+        let _ = writeln!(
+            out,
+            "dkl_worker_queue_running{{queue=\"{}\"}} {}",
+            esc(queue),
+            u8::from(*running)
+        );
     }
 
-    header(&mut out, "dkl_claim_queries_total", "counter", "Claim queries run by this process's fetchers.");
+    header(
+        &mut out,
+        "dkl_claim_queries_total",
+        "counter",
+        "Claim queries run by this process's fetchers.",
+    );
     let _ = writeln!(out, "dkl_claim_queries_total {}", stats.claim_queries);
-    header(&mut out, "dkl_outcome_writer_failing_seconds", "gauge", "How long job outcomes have failed to be written (0 = writing fine).");
-    let _ = writeln!(out, "dkl_outcome_writer_failing_seconds {}", stats.outcome_writer_failing_for.map_or(0.0, |d| d.as_secs_f64()));
+    header(
+        &mut out,
+        "dkl_outcome_writer_failing_seconds",
+        "gauge",
+        "How long job outcomes have failed to be written (0 = writing fine).",
+    );
+    let _ = writeln!(
+        out,
+        "dkl_outcome_writer_failing_seconds {}",
+        stats
+            .outcome_writer_failing_for
+            .map_or(0.0, |d| d.as_secs_f64())
+    );
 
-    header(&mut out, "dkl_database_up", "gauge", "1 if the database answered (figures are cached for DKL_MONITOR_CACHE_MS).");
+    header(
+        &mut out,
+        "dkl_database_up",
+        "gauge",
+        "1 if the database answered (figures are cached for DKL_MONITOR_CACHE_MS).",
+    );
     let _ = writeln!(out, "dkl_database_up {}", u8::from(db.is_some()));
     let Some(db) = db else { return out };
 
-    header(&mut out, "dkl_queue_jobs", "gauge", "Jobs in the table by queue and state (all workers).");
+    header(
+        &mut out,
+        "dkl_queue_jobs",
+        "gauge",
+        "Jobs in the table by queue and state (all workers).",
+    );
     for q in &db.queues {
         let queue = esc(&q.queue);
         for (state, n) in [
@@ -60,48 +111,129 @@ pub fn render(stats: &StatsSnapshot, mail: &MailSnapshot, db: Option<&DatabaseFi
             ("discarded", q.discarded),
             ("cancelled", q.cancelled),
         ] {
-            let _ = writeln!(out, "dkl_queue_jobs{{queue=\"{queue}\",state=\"{state}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "dkl_queue_jobs{{queue=\"{queue}\",state=\"{state}\"}} {n}"
+            );
         }
     }
-    header(&mut out, "dkl_queue_depth", "gauge", "Jobs due and waiting for a worker, by queue.");
+    header(
+        &mut out,
+        "dkl_queue_depth",
+        "gauge",
+        "Jobs due and waiting for a worker, by queue.",
+    );
     for q in &db.queues {
-        let _ = writeln!(out, "dkl_queue_depth{{queue=\"{}\"}} {}", esc(&q.queue), q.pending);
+        let _ = writeln!(
+            out,
+            "dkl_queue_depth{{queue=\"{}\"}} {}",
+            esc(&q.queue),
+            q.pending
+        );
     }
-    header(&mut out, "dkl_queue_oldest_pending_age_seconds", "gauge", "How long the oldest due job has waited, by queue.");
+    header(
+        &mut out,
+        "dkl_queue_oldest_pending_age_seconds",
+        "gauge",
+        "How long the oldest due job has waited, by queue.",
+    );
     for q in &db.queues {
-        let _ = writeln!(out, "dkl_queue_oldest_pending_age_seconds{{queue=\"{}\"}} {}", esc(&q.queue), q.oldest_pending_age_s);
+        let _ = writeln!(
+            out,
+            "dkl_queue_oldest_pending_age_seconds{{queue=\"{}\"}} {}",
+            esc(&q.queue),
+            q.oldest_pending_age_s
+        );
     }
-    header(&mut out, "dkl_queue_finished_last_5m", "gauge", "Jobs finished in the last five minutes, by queue.");
+    header(
+        &mut out,
+        "dkl_queue_finished_last_5m",
+        "gauge",
+        "Jobs finished in the last five minutes, by queue.",
+    );
     for q in &db.queues {
-        let _ = writeln!(out, "dkl_queue_finished_last_5m{{queue=\"{}\"}} {}", esc(&q.queue), q.finished_last_5m);
+        let _ = writeln!(
+            out,
+            "dkl_queue_finished_last_5m{{queue=\"{}\"}} {}",
+            esc(&q.queue),
+            q.finished_last_5m
+        );
     }
 
     let l = &db.leadership;
-    header(&mut out, "dkl_scheduler_leader_present", "gauge", "1 if some dkl-scheduler holds the leader lock.");
-    let _ = writeln!(out, "dkl_scheduler_leader_present {}", u8::from(l.lock_held));
-    header(&mut out, "dkl_scheduler_leader_heartbeat_age_seconds", "gauge", "Seconds since the leading scheduler's last pass.");
+    header(
+        &mut out,
+        "dkl_scheduler_leader_present",
+        "gauge",
+        "1 if some dkl-scheduler holds the leader lock.",
+    );
+    let _ = writeln!(
+        out,
+        "dkl_scheduler_leader_present {}",
+        u8::from(l.lock_held)
+    );
+    header(
+        &mut out,
+        "dkl_scheduler_leader_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since the leading scheduler's last pass.",
+    );
     if let Some(age) = l.heartbeat_age_s {
         let _ = writeln!(out, "dkl_scheduler_leader_heartbeat_age_seconds {age}");
     }
-    header(&mut out, "dkl_scheduler_leader_info", "gauge", "The leading scheduler (value 1), by id.");
+    header(
+        &mut out,
+        "dkl_scheduler_leader_info",
+        "gauge",
+        "The leading scheduler (value 1), by id.",
+    );
     if let Some(id) = &l.scheduler_id {
-        let _ = writeln!(out, "dkl_scheduler_leader_info{{scheduler_id=\"{}\"}} 1", esc(id));
+        let _ = writeln!(
+            out,
+            "dkl_scheduler_leader_info{{scheduler_id=\"{}\"}} 1",
+            esc(id)
+        );
     }
     out
 }
 
 fn render_mail(out: &mut String, mail: &MailSnapshot) {
-    header(out, "dkl_mail_messages_total", "counter", "Mail message attempts by SMTP configuration, mail kind and outcome (sent, failed, deferred, suppressed).");
+    header(
+        out,
+        "dkl_mail_messages_total",
+        "counter",
+        "Mail message attempts by SMTP configuration, mail kind and outcome (sent, failed, deferred, suppressed).",
+    );
     for ((config, kind, outcome), n) in &mail.outcomes {
-        let _ = writeln!(out, "dkl_mail_messages_total{{smtp=\"{}\",kind=\"{kind}\",outcome=\"{}\"}} {n}", esc(config), outcome.as_str());
+        let _ = writeln!(
+            out,
+            "dkl_mail_messages_total{{smtp=\"{}\",kind=\"{kind}\",outcome=\"{}\"}} {n}",
+            esc(config),
+            outcome.as_str()
+        );
     }
-    header(out, "dkl_smtp_send_duration_seconds", "histogram", "How long SMTP transactions took, by configuration.");
+    header(
+        out,
+        "dkl_smtp_send_duration_seconds",
+        "histogram",
+        "How long SMTP transactions took, by configuration.",
+    );
     for (config, h) in &mail.durations {
         histogram(out, "dkl_smtp_send_duration_seconds", "smtp", config, h);
     }
-    header(out, "dkl_smtp_reachable", "gauge", "1 if the configuration's SMTP server answered the last attempt to send.");
+    header(
+        out,
+        "dkl_smtp_reachable",
+        "gauge",
+        "1 if the configuration's SMTP server answered the last attempt to send.",
+    );
     for (config, up) in &mail.reachable {
-        let _ = writeln!(out, "dkl_smtp_reachable{{smtp=\"{}\"}} {}", esc(config), u8::from(*up));
+        let _ = writeln!(
+            out,
+            "dkl_smtp_reachable{{smtp=\"{}\"}} {}",
+            esc(config),
+            u8::from(*up)
+        );
     }
 }
 
@@ -112,9 +244,16 @@ fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogr
     let mut cumulative = 0;
     for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
         cumulative += h.buckets.get(i).copied().unwrap_or(0);
-        let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {cumulative}"
+        );
     }
-    let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+        h.count
+    );
     let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum);
     let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
@@ -126,7 +265,9 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Escapes a label value as the format requires.
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -144,10 +285,22 @@ mod tests {
         stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(2));
         stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(20));
         let text = render(&stats.snapshot(), &MailSnapshot::default(), None);
-        assert!(text.contains("dkl_jobs_total{kind=\"ping\",outcome=\"done\"} 2\n"), "{text}");
-        assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.005\"} 1\n"), "{text}");
-        assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.025\"} 2\n"), "{text}");
-        assert!(text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"+Inf\"} 2\n"), "{text}");
+        assert!(
+            text.contains("dkl_jobs_total{kind=\"ping\",outcome=\"done\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"0.025\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dkl_job_duration_seconds_bucket{kind=\"ping\",le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("dkl_database_up 0\n"), "{text}");
     }
 
@@ -169,7 +322,10 @@ mod tests {
             "dkl_smtp_reachable{smtp=\"default\"} 1",
             "dkl_smtp_reachable{smtp=\"newsletter\"} 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
         }
     }
 

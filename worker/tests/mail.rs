@@ -8,8 +8,8 @@ use std::time::Duration;
 use dkl_shared::config::Config;
 use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId};
 use dkl_shared::kinds::{MailKind, SendEmail};
-use dkl_worker::smtp::sink::SmtpSink;
 use dkl_tests::{fast_config, migrate, wait_for, wait_status};
+use dkl_worker::smtp::sink::SmtpSink;
 use dkl_worker::store::email_templates;
 use dkl_worker::templates::files;
 use sqlx::PgPool;
@@ -25,7 +25,9 @@ async fn sync_templates(pool: &PgPool) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     let mut conn = pool.acquire().await.unwrap();
     for f in files::load_dir(&dir).unwrap() {
-        email_templates::sync(&mut conn, &f.template, &f.variables, false).await.unwrap();
+        email_templates::sync(&mut conn, &f.template, &f.variables, false)
+            .await
+            .unwrap();
     }
 }
 
@@ -46,7 +48,9 @@ struct Row {
 }
 
 async fn row(pool: &PgPool, dedup_key: &str) -> Row {
-    try_row(pool, dedup_key).await.expect("a verzonden_emails row")
+    try_row(pool, dedup_key)
+        .await
+        .expect("a verzonden_emails row")
 }
 
 async fn try_row(pool: &PgPool, dedup_key: &str) -> Option<Row> {
@@ -70,12 +74,23 @@ async fn a_mail_asked_for_in_sql_is_rendered_recorded_and_sent_once(pool: PgPool
 
     // Rolled back: nothing is sent.
     let mut tx = pool.begin().await.unwrap();
-    let _: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&mut *tx).await.unwrap();
+    let _: String = sqlx::query_scalar(ask)
+        .bind(vars)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs").fetch_one(&pool).await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(jobs, 0);
 
-    let job: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&pool).await.unwrap();
+    let job: String = sqlx::query_scalar(ask)
+        .bind(vars)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let job_id_first = job.clone();
     let rt = start_worker(&pool, sink.port);
     wait_status(&pool, &JobId(job), "Done", T).await;
@@ -85,20 +100,40 @@ async fn a_mail_asked_for_in_sql_is_rendered_recorded_and_sent_once(pool: PgPool
     assert!(sent.smtp_reply.is_some());
     assert_eq!(sent.subject, "Bedankt voor je bericht, Anna <de Vries>");
     let message_id = sent.message_id.unwrap();
-    assert!(message_id.starts_with('<') && message_id.ends_with("@dekoninklijkeloop.nl>"), "{message_id}");
+    assert!(
+        message_id.starts_with('<') && message_id.ends_with("@dekoninklijkeloop.nl>"),
+        "{message_id}"
+    );
     let messages = sink.messages();
     assert_eq!(messages.len(), 1);
     let text = &messages[0];
-    assert!(text.contains(&format!("Message-ID: {message_id}")), "{text}");
-    assert!(text.contains("multipart/alternative") && text.contains("Anna &lt;de Vries&gt;"), "{text}");
+    assert!(
+        text.contains(&format!("Message-ID: {message_id}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("multipart/alternative") && text.contains("Anna &lt;de Vries&gt;"),
+        "{text}"
+    );
 
     // The job status view says what the send job did.
     let (mail_status, mail_to): (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT mail_status, mail_to FROM job_status WHERE job_id = $1").bind(&job_id_first).fetch_one(&pool).await.unwrap();
-    assert_eq!((mail_status.as_deref(), mail_to.as_deref()), (Some("sent"), Some("anna@example.org")));
+        sqlx::query_as("SELECT mail_status, mail_to FROM job_status WHERE job_id = $1")
+            .bind(&job_id_first)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (mail_status.as_deref(), mail_to.as_deref()),
+        (Some("sent"), Some("anna@example.org"))
+    );
 
     // The same key again (the web app retried): no second mail.
-    let again: String = sqlx::query_scalar(ask).bind(vars).fetch_one(&pool).await.unwrap();
+    let again: String = sqlx::query_scalar(ask)
+        .bind(vars)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     wait_status(&pool, &JobId(again), "Done", T).await;
     assert_eq!(sink.messages().len(), 1, "one message per dedup key");
     rt.stop().await;
@@ -108,18 +143,28 @@ async fn a_mail_asked_for_in_sql_is_rendered_recorded_and_sent_once(pool: PgPool
 async fn the_sql_function_refuses_unknown_templates_and_bad_addresses(pool: PgPool) {
     migrate(&pool).await;
     sync_templates(&pool).await;
-    let err = sqlx::query_scalar::<_, String>("SELECT dkl_send_email('contact_mail', 'anna@example.org')")
-        .fetch_one(&pool)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("no active template named \"contact_mail\""), "{err}");
-    let err = sqlx::query_scalar::<_, String>("SELECT dkl_send_email('contact_email', 'anna.example.org')")
-        .fetch_one(&pool)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("\"anna.example.org\" is not an e-mail address"), "{err}");
+    let err = sqlx::query_scalar::<_, String>(
+        "SELECT dkl_send_email('contact_mail', 'anna@example.org')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no active template named \"contact_mail\""),
+        "{err}"
+    );
+    let err = sqlx::query_scalar::<_, String>(
+        "SELECT dkl_send_email('contact_email', 'anna.example.org')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("\"anna.example.org\" is not an e-mail address"),
+        "{err}"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -134,7 +179,11 @@ async fn a_5xx_fails_at_once_with_the_servers_words(pool: PgPool) {
         dedup_key: Some("hard".into()),
         ..Default::default()
     };
-    let job = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
+    let job = client
+        .enqueue(&mail, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     let rt = start_worker(&pool, sink.port);
     let done = wait_status(&pool, &job, "Killed", T).await;
     assert_eq!(done.attempts, 1, "a 5xx is not retried");
@@ -173,12 +222,24 @@ async fn two_jobs_for_one_message_send_it_once(pool: PgPool) {
         dedup_key: Some("once".into()),
         ..Default::default()
     };
-    let a = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
-    let b = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
+    let a = client
+        .enqueue(&mail, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let b = client
+        .enqueue(&mail, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     let rt = start_worker(&pool, sink.port);
     wait_status(&pool, &a, "Done", Duration::from_secs(30)).await;
     wait_status(&pool, &b, "Done", Duration::from_secs(30)).await;
-    assert_eq!(sink.messages().len(), 1, "one message, whatever the number of jobs");
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "one message, whatever the number of jobs"
+    );
     assert_eq!(row(&pool, "once").await.status, "sent");
     rt.stop().await;
 }
@@ -188,14 +249,28 @@ async fn a_dedup_key_cannot_be_reused_for_another_recipient(pool: PgPool) {
     migrate(&pool).await;
     sync_templates(&pool).await;
     let ask = "SELECT dkl_send_email('auto_response', $1, '{\"naam\": \"A\", \"onderwerp\": \"x\"}', 'same-key')";
-    let _: String = sqlx::query_scalar(ask).bind("anna@example.org").fetch_one(&pool).await.unwrap();
-    let err = sqlx::query_scalar::<_, String>(ask).bind("bram@example.org").fetch_one(&pool).await.unwrap_err().to_string();
-    assert!(err.contains("already used for a mail to anna@example.org, not to bram@example.org"), "{err}");
-    let err = sqlx::query_scalar::<_, String>("SELECT dkl_send_email('auto_response', 'a@example.org', '{}', '')")
+    let _: String = sqlx::query_scalar(ask)
+        .bind("anna@example.org")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let err = sqlx::query_scalar::<_, String>(ask)
+        .bind("bram@example.org")
         .fetch_one(&pool)
         .await
         .unwrap_err()
         .to_string();
+    assert!(
+        err.contains("already used for a mail to anna@example.org, not to bram@example.org"),
+        "{err}"
+    );
+    let err = sqlx::query_scalar::<_, String>(
+        "SELECT dkl_send_email('auto_response', 'a@example.org', '{}', '')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("dedup key is empty"), "{err}");
 }
 
@@ -212,15 +287,25 @@ async fn a_4xx_is_retried_with_backoff_then_sent(pool: PgPool) {
         dedup_key: Some("soft".into()),
         ..Default::default()
     };
-    let job = client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id;
+    let job = client
+        .enqueue(&mail, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     let rt = start_worker(&pool, port);
     wait_for(T, "a 4xx to be recorded", || async {
-        try_row(&pool, "soft").await.filter(|r| r.retry_count >= 1).map(drop)
+        try_row(&pool, "soft")
+            .await
+            .filter(|r| r.retry_count >= 1)
+            .map(drop)
     })
     .await;
     let waiting = row(&pool, "soft").await;
     assert_eq!(waiting.status, "queued");
-    assert!((400..500).contains(&waiting.smtp_code.unwrap()), "{waiting:?}");
+    assert!(
+        (400..500).contains(&waiting.smtp_code.unwrap()),
+        "{waiting:?}"
+    );
     // The server recovers.
     drop(busy);
     let ok = SmtpSink::start_on(port, &[]).expect("start smtp-sink");
@@ -259,10 +344,18 @@ async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
         ("BULK-only@Example.org", MailKind::Newsletter, "b"),
         ("gone@example.org", MailKind::Transactional, "c"),
     ] {
-        let job = client.enqueue(&mail(to, kind, key), EnqueueOptions::default()).await.unwrap().id;
+        let job = client
+            .enqueue(&mail(to, kind, key), EnqueueOptions::default())
+            .await
+            .unwrap()
+            .id;
         wait_status(&pool, &job, "Done", T).await;
     }
-    assert_eq!(row(&pool, "a").await.status, "sent", "transactional mail ignores a bulk-only suppression");
+    assert_eq!(
+        row(&pool, "a").await.status,
+        "sent",
+        "transactional mail ignores a bulk-only suppression"
+    );
     let b = row(&pool, "b").await;
     assert_eq!(b.status, "suppressed");
     assert!(b.error_message.unwrap().contains("unsubscribe"));
@@ -274,7 +367,9 @@ async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
 /// The SMTP server down for 30 s in the middle of 1,000 mails: every mail
 /// is sent afterwards, none twice, and the rows count the retries.
 #[sqlx::test(migrations = false)]
-async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubles_none(pool: PgPool) {
+async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubles_none(
+    pool: PgPool,
+) {
     migrate(&pool).await;
     let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     let port = sink.port;
@@ -295,31 +390,66 @@ async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubl
         retry_max: Duration::from_secs(10),
         ..fast_config()
     };
-    let rt = dkl_tests::start(&pool, dkl_worker::handlers::registry(&pool, &config(port)), jobs);
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &config(port)),
+        jobs,
+    );
     let sent = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM verzonden_emails WHERE status = 'sent'").fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM verzonden_emails WHERE status = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
     };
-    wait_for(Duration::from_secs(60), "some mail to be sent", || async { (sent(pool.clone()).await >= 200).then_some(()) }).await;
+    wait_for(Duration::from_secs(60), "some mail to be sent", || async {
+        (sent(pool.clone()).await >= 200).then_some(())
+    })
+    .await;
     let before = sink.stop_and_collect();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE retry_count > 0").fetch_one(&pool).await.unwrap();
+    let retried: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE retry_count > 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let back = SmtpSink::start_on(port, &[]).expect("start smtp-sink");
     dkl_tests::wait_all_done(&pool, Duration::from_secs(120)).await;
     rt.stop().await;
     let mut copies = vec![0u32; 1000];
     // A message the server was receiving when it was killed is a partial
     // file and was never accepted (no 250): the client sends it again.
-    let complete = |m: &&String| m.lines().any(|l| l.len() > 4 && l.starts_with("--") && l.ends_with("--"));
-    for message in before.iter().chain(back.stop_and_collect().iter()).filter(complete) {
+    let complete = |m: &&String| {
+        m.lines()
+            .any(|l| l.len() > 4 && l.starts_with("--") && l.ends_with("--"))
+    };
+    for message in before
+        .iter()
+        .chain(back.stop_and_collect().iter())
+        .filter(complete)
+    {
         let n: usize = message
             .lines()
             .find_map(|l| l.strip_prefix("Subject: mail "))
             .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("a message without our subject ({} bytes): {message:?}", message.len()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "a message without our subject ({} bytes): {message:?}",
+                    message.len()
+                )
+            });
         copies[n] += 1;
     }
     assert!(retried > 0, "the outage must have made mail wait");
-    assert!(copies.iter().all(|c| *c == 1), "each mail exactly once: {:?}", copies.iter().enumerate().filter(|(_, c)| **c != 1).take(10).collect::<Vec<_>>());
+    assert!(
+        copies.iter().all(|c| *c == 1),
+        "each mail exactly once: {:?}",
+        copies
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != 1)
+            .take(10)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(sent(pool.clone()).await, 1000);
 }
 
@@ -329,8 +459,11 @@ async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubl
 async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
     migrate(&pool).await;
     let sink = SmtpSink::start(&[]).expect("start smtp-sink");
-    let vars: BTreeMap<&str, String> =
-        [("DKL_SMTP_DEFAULT_PORT", sink.port.to_string()), ("DKL_SMTP_DEFAULT_RATE_PER_HOUR", "2".into())].into();
+    let vars: BTreeMap<&str, String> = [
+        ("DKL_SMTP_DEFAULT_PORT", sink.port.to_string()),
+        ("DKL_SMTP_DEFAULT_RATE_PER_HOUR", "2".into()),
+    ]
+    .into();
     let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
     let client = JobClient::new(pool.clone());
     let mut ids = Vec::new();
@@ -342,9 +475,19 @@ async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
             dedup_key: Some(format!("h{i}")),
             ..Default::default()
         };
-        ids.push(client.enqueue(&mail, EnqueueOptions::default()).await.unwrap().id);
+        ids.push(
+            client
+                .enqueue(&mail, EnqueueOptions::default())
+                .await
+                .unwrap()
+                .id,
+        );
     }
-    let rt = dkl_tests::start(&pool, dkl_worker::handlers::registry(&pool, &config), fast_config());
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &config),
+        fast_config(),
+    );
     let snoozed = wait_for(T, "two sent and one snoozed", || async {
         let mut done = 0;
         let mut waiting = None;
@@ -352,7 +495,11 @@ async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
             let j = dkl_tests::job(&pool, id).await;
             if j.status == "Done" {
                 done += 1;
-            } else if j.status == "Pending" && j.last_error.as_deref().is_some_and(|e| e.contains("hourly limit")) {
+            } else if j.status == "Pending"
+                && j.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("hourly limit"))
+            {
                 waiting = Some(j);
             }
         }
@@ -361,6 +508,9 @@ async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
     .await;
     rt.stop().await;
     assert_eq!(snoozed.attempts, 0, "a snooze uses no attempt");
-    assert!(snoozed.run_at > chrono::Utc::now(), "it waits for the next hour");
+    assert!(
+        snoozed.run_at > chrono::Utc::now(),
+        "it waits for the next hour"
+    );
     assert_eq!(sink.messages().len(), 2);
 }

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dkl_shared::kinds::Ping;
 use dkl_shared::jobs::{EnqueueOptions, JobClient};
+use dkl_shared::kinds::Ping;
 use dkl_tests::process::{self, Reaper, log_path, signal, wait_exit};
 use dkl_tests::{migrate, url_of, wait_status};
 use sqlx::PgPool;
@@ -25,7 +25,14 @@ async fn kill_9_mid_job_is_rescued_and_finished_with_attempts_unchanged(pool: Pg
     let url = url_of(&pool).await;
     let client = JobClient::new(pool.clone());
     let id = client
-        .enqueue(&Ping { message: "survive".into(), sleep_ms: 3_000, ..Default::default() }, EnqueueOptions::default())
+        .enqueue(
+            &Ping {
+                message: "survive".into(),
+                sleep_ms: 3_000,
+                ..Default::default()
+            },
+            EnqueueOptions::default(),
+        )
         .await
         .unwrap()
         .id;
@@ -36,14 +43,24 @@ async fn kill_9_mid_job_is_rescued_and_finished_with_attempts_unchanged(pool: Pg
     signal(&first.0, libc::SIGKILL);
     let status = wait_exit(&mut first.0, Duration::from_secs(5));
     assert!(!status.success(), "SIGKILL must not look like a clean exit");
-    assert_eq!(crate::job_status(&pool, &id).await, "Running", "a killed worker cannot clean up");
+    assert_eq!(
+        crate::job_status(&pool, &id).await,
+        "Running",
+        "a killed worker cannot clean up"
+    );
 
     let killed_at = Instant::now();
     let _second = spawn_worker(&url, &log_path("kill9-second"));
     let done = wait_status(&pool, &id, "Done", Duration::from_secs(60)).await;
     assert!(killed_at.elapsed() < Duration::from_secs(60));
-    assert_eq!(done.attempts, 1, "the rescue must not count as a failed attempt");
-    assert_ne!(done.lock_by, running.lock_by, "the second worker finished it");
+    assert_eq!(
+        done.attempts, 1,
+        "the rescue must not count as a failed attempt"
+    );
+    assert_ne!(
+        done.lock_by, running.lock_by,
+        "the second worker finished it"
+    );
     assert!(done.last_error.is_none());
 }
 
@@ -57,7 +74,13 @@ async fn sigterm_mid_job_releases_it_and_exits_cleanly(pool: PgPool) {
     let url = url_of(&pool).await;
     let client = JobClient::new(pool.clone());
     let id = client
-        .enqueue(&Ping { sleep_ms: 4_000, ..Default::default() }, EnqueueOptions::default())
+        .enqueue(
+            &Ping {
+                sleep_ms: 4_000,
+                ..Default::default()
+            },
+            EnqueueOptions::default(),
+        )
         .await
         .unwrap()
         .id;
@@ -86,10 +109,15 @@ fn bad_config_stops_with_a_message_naming_the_variable() {
     assert!(stderr.contains("DKL_QUEUE_CONCURRENCY"), "{stderr}");
     assert!(stderr.contains("e.g. default=10,mail=4"), "{stderr}");
 
-    let out = worker("mysql://root:secret@localhost/x").output().expect("run dkl-worker");
+    let out = worker("mysql://root:secret@localhost/x")
+        .output()
+        .expect("run dkl-worker");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("DATABASE_URL") && !stderr.contains("secret"), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL") && !stderr.contains("secret"),
+        "{stderr}"
+    );
 
     // Durations: a multi-byte unit panicked (exit 101); huge ones were
     // accepted or wrapped around.
@@ -100,7 +128,10 @@ fn bad_config_stops_with_a_message_naming_the_variable() {
             .expect("run dkl-worker");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
-        assert!(stderr.contains("DKL_PRUNE_DONE_AFTER") && stderr.contains("from 1s to 3650d"), "{stderr}");
+        assert!(
+            stderr.contains("DKL_PRUNE_DONE_AFTER") && stderr.contains("from 1s to 3650d"),
+            "{stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
@@ -115,8 +146,15 @@ fn a_password_with_unencoded_characters_never_reaches_the_output() {
             .output()
             .expect("run dkl-worker");
         assert_eq!(out.status.code(), Some(1));
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!all.contains("s3cr") && !all.contains("tPW"), "password leaked: {all}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("s3cr") && !all.contains("tPW"),
+            "password leaked: {all}"
+        );
         assert!(all.contains("dkl:***@"), "{all}");
     }
 }
@@ -130,7 +168,14 @@ async fn a_job_that_keeps_killing_its_worker_is_discarded_after_max_rescues(pool
     let url = url_of(&pool).await;
     let client = JobClient::new(pool.clone());
     let id = client
-        .enqueue(&Ping { message: "crashes its worker".into(), sleep_ms: 600_000, ..Default::default() }, EnqueueOptions::default())
+        .enqueue(
+            &Ping {
+                message: "crashes its worker".into(),
+                sleep_ms: 600_000,
+                ..Default::default()
+            },
+            EnqueueOptions::default(),
+        )
         .await
         .unwrap()
         .id;
@@ -142,12 +187,19 @@ async fn a_job_that_keeps_killing_its_worker_is_discarded_after_max_rescues(pool
     // Three workers in turn each take the job and are killed running it.
     for round in 0..3 {
         let mut w = spawn(round);
-        let row = dkl_tests::wait_for(Duration::from_secs(30), "the job to run on this worker", || async {
-            let j = dkl_tests::job(&pool, &id).await;
-            (j.status == "Running" && j.rescues == round as i32).then_some(j)
-        })
+        let row = dkl_tests::wait_for(
+            Duration::from_secs(30),
+            "the job to run on this worker",
+            || async {
+                let j = dkl_tests::job(&pool, &id).await;
+                (j.status == "Running" && j.rescues == round as i32).then_some(j)
+            },
+        )
         .await;
-        assert_eq!(row.attempts, 1, "round {round}: a kill -9 never costs an attempt");
+        assert_eq!(
+            row.attempts, 1,
+            "round {round}: a kill -9 never costs an attempt"
+        );
         signal(&w.0, libc::SIGKILL);
         wait_exit(&mut w.0, Duration::from_secs(5));
     }
@@ -158,7 +210,12 @@ async fn a_job_that_keeps_killing_its_worker_is_discarded_after_max_rescues(pool
     assert_eq!(row.attempts, 1);
     assert!(row.cancelled_at.is_none());
     let error = row.last_error.unwrap_or_default();
-    assert!(error.contains("died 3 times") && error.contains("DKL_MAX_RESCUES=2") && error.contains("dklctl retry"), "{error}");
+    assert!(
+        error.contains("died 3 times")
+            && error.contains("DKL_MAX_RESCUES=2")
+            && error.contains("dklctl retry"),
+        "{error}"
+    );
 }
 
 /// Defect 9: `/metrics` read the slow views on the workers' own pool; 40
@@ -178,14 +235,20 @@ async fn scrapers_cannot_starve_jobs_or_health(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    sqlx::query("VACUUM ANALYZE apalis.jobs").execute(&pool).await.unwrap();
+    sqlx::query("VACUUM ANALYZE apalis.jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     let port = process::free_port();
     let mut cmd = worker(&url);
     cmd.env("DKL_HTTP_ADDR", format!("127.0.0.1:{port}"));
     let _w = process::spawn_logged(cmd, &log_path("scrapers"));
     dkl_tests::wait_for(Duration::from_secs(20), "a healthy /healthz", || async {
-        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
+        process::http_get(port, "/healthz")
+            .await
+            .ok()
+            .filter(|(code, _, _)| *code == 200)
     })
     .await;
 
@@ -197,7 +260,10 @@ async fn scrapers_cannot_starve_jobs_or_health(pool: PgPool) {
                 let mut ok = 0u32;
                 while !stop.is_cancelled() {
                     if let Ok((200, _, body)) = process::http_get(port, "/metrics").await {
-                        ok += u32::from(body.contains("dkl_queue_jobs{queue=\"default\",state=\"done\"} 500000"));
+                        ok +=
+                            u32::from(body.contains(
+                                "dkl_queue_jobs{queue=\"default\",state=\"done\"} 500000",
+                            ));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -211,7 +277,17 @@ async fn scrapers_cannot_starve_jobs_or_health(pool: PgPool) {
     let mut worst_start_ms = 0.0f64;
     let mut health = Vec::new();
     for i in 0..10 {
-        let id = client.enqueue(&Ping { message: format!("during scrapes {i}"), ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+        let id = client
+            .enqueue(
+                &Ping {
+                    message: format!("during scrapes {i}"),
+                    ..Default::default()
+                },
+                EnqueueOptions::default(),
+            )
+            .await
+            .unwrap()
+            .id;
         wait_status(&pool, &id, "Done", Duration::from_secs(20)).await;
         let start_ms: f64 = sqlx::query_scalar("SELECT extract(epoch FROM lock_at - run_at)::float8 * 1000 FROM apalis.jobs WHERE id = $1")
             .bind(&id.0)
@@ -219,7 +295,12 @@ async fn scrapers_cannot_starve_jobs_or_health(pool: PgPool) {
             .await
             .unwrap();
         worst_start_ms = worst_start_ms.max(start_ms);
-        health.push(process::http_get(port, "/healthz").await.map(|(code, _, _)| code).unwrap_or(0));
+        health.push(
+            process::http_get(port, "/healthz")
+                .await
+                .map(|(code, _, _)| code)
+                .unwrap_or(0),
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.cancel();
@@ -228,8 +309,14 @@ async fn scrapers_cannot_starve_jobs_or_health(pool: PgPool) {
         answered += s.await.unwrap();
     }
     assert!(answered > 200, "scrapes with the right figures: {answered}");
-    assert!(health.iter().all(|c| *c == 200), "/healthz during the scrapes: {health:?}");
-    assert!(worst_start_ms < 250.0, "a ping started {worst_start_ms:.0} ms after it was due while 40 clients scraped");
+    assert!(
+        health.iter().all(|c| *c == 200),
+        "/healthz during the scrapes: {health:?}"
+    );
+    assert!(
+        worst_start_ms < 250.0,
+        "a ping started {worst_start_ms:.0} ms after it was due while 40 clients scraped"
+    );
 }
 
 /// Defect 10: `/healthz` said ok while work was stuck. It fails while a due
@@ -247,17 +334,44 @@ async fn healthz_fails_while_a_due_job_waits_too_long(pool: PgPool) {
         .env("DKL_MONITOR_CACHE_MS", "200");
     let _w = process::spawn_logged(cmd, &log_path("health-waiting"));
     let client = JobClient::new(pool.clone());
-    let blocker = client.enqueue(&Ping { sleep_ms: 8_000, ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    let blocker = client
+        .enqueue(
+            &Ping {
+                sleep_ms: 8_000,
+                ..Default::default()
+            },
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
     wait_status(&pool, &blocker, "Running", Duration::from_secs(20)).await;
-    let waiting = client.enqueue(&Ping::default(), EnqueueOptions::default()).await.unwrap().id;
-    let (_, _, body) = dkl_tests::wait_for(Duration::from_secs(10), "/healthz to report the waiting job", || async {
-        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 503)
-    })
+    let waiting = client
+        .enqueue(&Ping::default(), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let (_, _, body) = dkl_tests::wait_for(
+        Duration::from_secs(10),
+        "/healthz to report the waiting job",
+        || async {
+            process::http_get(port, "/healthz")
+                .await
+                .ok()
+                .filter(|(code, _, _)| *code == 503)
+        },
+    )
     .await;
-    assert!(body.contains("DKL_HEALTH_MAX_DUE_AGE_SECS=2 on default"), "{body}");
+    assert!(
+        body.contains("DKL_HEALTH_MAX_DUE_AGE_SECS=2 on default"),
+        "{body}"
+    );
     wait_status(&pool, &waiting, "Done", Duration::from_secs(20)).await;
     dkl_tests::wait_for(Duration::from_secs(10), "/healthz to recover", || async {
-        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
+        process::http_get(port, "/healthz")
+            .await
+            .ok()
+            .filter(|(code, _, _)| *code == 200)
     })
     .await;
 }
@@ -276,17 +390,24 @@ async fn repeated_kill_9_loses_no_job_and_charges_no_attempt(pool: PgPool) {
     migrate(&pool).await;
     let url = url_of(&pool).await;
     let client = JobClient::new(pool.clone());
-    let jobs: Vec<Ping> = (0..300).map(|i| Ping { message: format!("job {i}"), sleep_ms: 40, ..Default::default() }).collect();
+    let jobs: Vec<Ping> = (0..300)
+        .map(|i| Ping {
+            message: format!("job {i}"),
+            sleep_ms: 40,
+            ..Default::default()
+        })
+        .collect();
     client.enqueue_many(&jobs).await.unwrap();
 
     // Three workers in turn, each killed with SIGKILL while it has jobs running.
     for round in 0..3 {
         let mut w = spawn_worker(&url, &log_path(&format!("repeat-{round}")));
         dkl_tests::wait_for(Duration::from_secs(20), "a worker to run jobs", || async {
-            let running: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Running'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let running: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Running'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
             (running > 0).then_some(())
         })
         .await;
@@ -313,9 +434,25 @@ async fn json_logs_are_json_and_carry_no_password(pool: PgPool) {
     let with_password = url.replacen("postgres://postgres@", "postgres://postgres:hunter2@", 1);
     let log = log_path("json");
     let file = std::fs::File::create(&log).unwrap();
-    let mut w = Reaper(worker(&with_password).env("LOG_FORMAT", "json").stderr(file).spawn().expect("spawn dkl-worker"));
+    let mut w = Reaper(
+        worker(&with_password)
+            .env("LOG_FORMAT", "json")
+            .stderr(file)
+            .spawn()
+            .expect("spawn dkl-worker"),
+    );
     let client = JobClient::new(pool.clone());
-    let id = client.enqueue(&Ping { message: "json please".into(), ..Default::default() }, EnqueueOptions::default()).await.unwrap().id;
+    let id = client
+        .enqueue(
+            &Ping {
+                message: "json please".into(),
+                ..Default::default()
+            },
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
     wait_status(&pool, &id, "Done", Duration::from_secs(20)).await;
     signal(&w.0, libc::SIGTERM);
     wait_exit(&mut w.0, Duration::from_secs(10));
@@ -327,10 +464,15 @@ async fn json_logs_are_json_and_carry_no_password(pool: PgPool) {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     assert!(
-        lines.iter().any(|l| l["message"] == "pong" && l["text"] == "json please" && l["span"]["job_id"] == id.0.as_str()),
+        lines.iter().any(|l| l["message"] == "pong"
+            && l["text"] == "json please"
+            && l["span"]["job_id"] == id.0.as_str()),
         "{stderr}"
     );
-    assert!(lines.iter().any(|l| l["message"] == "worker started"), "{stderr}");
+    assert!(
+        lines.iter().any(|l| l["message"] == "worker started"),
+        "{stderr}"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -338,11 +480,29 @@ async fn healthz_and_metrics_answer_with_the_right_content_and_figures(pool: PgP
     migrate(&pool).await;
     let url = url_of(&pool).await;
     let client = JobClient::new(pool.clone());
-    let ok = |m: &str| Ping { message: m.into(), ..Default::default() };
-    let a = client.enqueue(&ok("a"), EnqueueOptions::default()).await.unwrap().id;
-    let b = client.enqueue(&ok("b"), EnqueueOptions::default()).await.unwrap().id;
-    let bad = Ping { permanent_error: Some("broken on purpose".into()), ..Default::default() };
-    let c = client.enqueue(&bad, EnqueueOptions::default()).await.unwrap().id;
+    let ok = |m: &str| Ping {
+        message: m.into(),
+        ..Default::default()
+    };
+    let a = client
+        .enqueue(&ok("a"), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let b = client
+        .enqueue(&ok("b"), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let bad = Ping {
+        permanent_error: Some("broken on purpose".into()),
+        ..Default::default()
+    };
+    let c = client
+        .enqueue(&bad, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     // Two jobs due later make a queue depth the metrics must show.
     let later = EnqueueOptions::at(chrono::Utc::now() + chrono::Duration::hours(1));
     client.enqueue(&ok("later"), later.clone()).await.unwrap();
@@ -357,19 +517,33 @@ async fn healthz_and_metrics_answer_with_the_right_content_and_figures(pool: PgP
     }
     wait_status(&pool, &c, "Killed", Duration::from_secs(20)).await;
 
-    let (code, head, body) = dkl_tests::wait_for(Duration::from_secs(10), "a healthy /healthz", || async {
-        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
-    })
-    .await;
+    let (code, head, body) =
+        dkl_tests::wait_for(Duration::from_secs(10), "a healthy /healthz", || async {
+            process::http_get(port, "/healthz")
+                .await
+                .ok()
+                .filter(|(code, _, _)| *code == 200)
+        })
+        .await;
     assert_eq!(code, 200);
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
     let health: serde_json::Value = serde_json::from_str(&body).expect("healthz is JSON");
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["queues"]["default"], true, "{health}");
 
-    let (code, head, metrics) = process::http_get(port, "/metrics").await.expect("GET /metrics");
+    let (code, head, metrics) = process::http_get(port, "/metrics")
+        .await
+        .expect("GET /metrics");
     assert_eq!(code, 200);
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     for line in [
         "dkl_jobs_total{kind=\"ping\",outcome=\"done\"} 2",
         "dkl_jobs_total{kind=\"ping\",outcome=\"discarded\"} 1",
@@ -382,7 +556,10 @@ async fn healthz_and_metrics_answer_with_the_right_content_and_figures(pool: PgP
         "dkl_database_up 1",
         "dkl_scheduler_leader_present 0",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}` in:\n{metrics}"
+        );
     }
     // Every sample line is `name{labels} number`.
     for l in metrics.lines().filter(|l| !l.starts_with('#')) {
@@ -393,22 +570,50 @@ async fn healthz_and_metrics_answer_with_the_right_content_and_figures(pool: PgP
     // Database unreachable: no new connections, existing ones cut. Done from
     // the server's maintenance database, since this one refuses connections.
     use sqlx::Connection;
-    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
-    let mut admin = sqlx::PgConnection::connect(&std::env::var("DATABASE_URL").unwrap()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))).execute(&mut admin).await.unwrap();
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&std::env::var("DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
         .bind(&db)
         .execute(&mut admin)
         .await
         .unwrap();
-    let (_, _, body) = dkl_tests::wait_for(Duration::from_secs(15), "/healthz to report the database down", || async {
-        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 503)
-    })
+    let (_, _, body) = dkl_tests::wait_for(
+        Duration::from_secs(15),
+        "/healthz to report the database down",
+        || async {
+            process::http_get(port, "/healthz")
+                .await
+                .ok()
+                .filter(|(code, _, _)| *code == 503)
+        },
+    )
     .await;
-    assert!(body.contains("\"status\":\"unhealthy\"") && body.contains("\"database\":\"error"), "{body}");
-    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))).execute(&mut admin).await.unwrap();
+    assert!(
+        body.contains("\"status\":\"unhealthy\"") && body.contains("\"database\":\"error"),
+        "{body}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
     dkl_tests::wait_for(Duration::from_secs(15), "/healthz to recover", || async {
-        process::http_get(port, "/healthz").await.ok().filter(|(code, _, _)| *code == 200)
+        process::http_get(port, "/healthz")
+            .await
+            .ok()
+            .filter(|(code, _, _)| *code == 200)
     })
     .await;
 }
@@ -429,7 +634,11 @@ async fn kill_9_in_the_middle_of_1000_mails_sends_each_once_but_the_ones_in_flig
             to: format!("deelnemer{i}@example.org"),
             subject: Some(format!("mail {i}")),
             html: Some(format!("<p>bericht {i}</p>")),
-            kind: if i % 5 == 0 { MailKind::Newsletter } else { MailKind::Transactional },
+            kind: if i % 5 == 0 {
+                MailKind::Newsletter
+            } else {
+                MailKind::Transactional
+            },
             dedup_key: Some(format!("m{i}")),
             ..Default::default()
         })
@@ -441,10 +650,18 @@ async fn kill_9_in_the_middle_of_1000_mails_sends_each_once_but_the_ones_in_flig
         process::spawn_logged(cmd, &log_path(name))
     };
     let mut first = spawn("mail-kill-first");
-    dkl_tests::wait_for(Duration::from_secs(60), "a third of the mail to be sent", || async {
-        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status = 'sent'").fetch_one(&pool).await.unwrap();
-        (sent >= 300).then_some(())
-    })
+    dkl_tests::wait_for(
+        Duration::from_secs(60),
+        "a third of the mail to be sent",
+        || async {
+            let sent: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status = 'sent'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (sent >= 300).then_some(())
+        },
+    )
     .await;
     signal(&first.0, libc::SIGKILL);
     wait_exit(&mut first.0, Duration::from_secs(5));
@@ -469,8 +686,14 @@ async fn kill_9_in_the_middle_of_1000_mails_sends_each_once_but_the_ones_in_flig
         copies[n] += 1;
     }
     let (statuses, unknown): (Vec<(String, i64)>, i64) = (
-        sqlx::query_as("SELECT status, count(*) FROM verzonden_emails GROUP BY 1 ORDER BY 1").fetch_all(&pool).await.unwrap(),
-        sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status = 'unknown'").fetch_one(&pool).await.unwrap(),
+        sqlx::query_as("SELECT status, count(*) FROM verzonden_emails GROUP BY 1 ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap(),
+        sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status = 'unknown'")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
     );
     let doubled_transactional = (0..1000).filter(|i| i % 5 != 0 && copies[*i] > 1).count() as i64;
     let doubled_bulk = (0..1000).filter(|i| i % 5 == 0 && copies[*i] > 1).count();
@@ -480,17 +703,34 @@ async fn kill_9_in_the_middle_of_1000_mails_sends_each_once_but_the_ones_in_flig
          sent twice: {doubled_transactional} transactional, {doubled_bulk} newsletter; unknown: {unknown}; rows: {statuses:?}"
     );
     eprintln!("{summary}");
-    let _ = std::fs::write(log_path("mail-kill-summary").with_extension("txt"), &summary);
+    let _ = std::fs::write(
+        log_path("mail-kill-summary").with_extension("txt"),
+        &summary,
+    );
     assert_eq!(never_sent_transactional, 0, "{summary}");
-    assert_eq!(doubled_bulk, 0, "a newsletter is never sent twice: {summary}");
-    assert!(doubled_transactional <= in_flight_transactional, "only mail in flight at the kill may go twice: {summary}");
-    assert_eq!(unknown, in_flight_bulk, "newsletters in flight at the kill are marked unknown: {summary}");
-    let not_final: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails WHERE status NOT IN ('sent', 'unknown')")
+    assert_eq!(
+        doubled_bulk, 0,
+        "a newsletter is never sent twice: {summary}"
+    );
+    assert!(
+        doubled_transactional <= in_flight_transactional,
+        "only mail in flight at the kill may go twice: {summary}"
+    );
+    assert_eq!(
+        unknown, in_flight_bulk,
+        "newsletters in flight at the kill are marked unknown: {summary}"
+    );
+    let not_final: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM verzonden_emails WHERE status NOT IN ('sent', 'unknown')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(not_final, 0, "{summary}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(not_final, 0, "{summary}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails").fetch_one(&pool).await.unwrap();
     assert_eq!(rows, 1000);
 }
 
@@ -524,7 +764,10 @@ async fn two_workers_together_respect_one_smtp_rate_limit(pool: PgPool) {
     let _a = spawn("rate-a");
     let _b = spawn("rate-b");
     dkl_tests::wait_all_done(&pool, Duration::from_secs(60)).await;
-    let workers: i64 = sqlx::query_scalar("SELECT count(DISTINCT lock_by) FROM apalis.jobs").fetch_one(&pool).await.unwrap();
+    let workers: i64 = sqlx::query_scalar("SELECT count(DISTINCT lock_by) FROM apalis.jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(workers, 2, "both workers sent mail");
     let seconds = sink.arrival_seconds();
     assert_eq!(seconds.len(), 200);
@@ -537,10 +780,19 @@ async fn two_workers_together_respect_one_smtp_rate_limit(pool: PgPool) {
     }
     let max = per_second.iter().map(|(_, n)| *n).max().unwrap();
     // Whole seconds only: the first and last are partial.
-    let inner: Vec<usize> = per_second[1..per_second.len() - 1].iter().map(|(_, n)| *n).collect();
+    let inner: Vec<usize> = per_second[1..per_second.len() - 1]
+        .iter()
+        .map(|(_, n)| *n)
+        .collect();
     let mean = inner.iter().sum::<usize>() as f64 / inner.len() as f64;
-    let summary = format!("limit {LIMIT}/s: max {max} in a second, mean {mean:.1} over {} whole seconds: {per_second:?}", inner.len());
+    let summary = format!(
+        "limit {LIMIT}/s: max {max} in a second, mean {mean:.1} over {} whole seconds: {per_second:?}",
+        inner.len()
+    );
     eprintln!("{summary}");
     assert!(max <= LIMIT, "never above the limit: {summary}");
-    assert!(mean >= LIMIT as f64 * 0.9, "within 10% of the limit: {summary}");
+    assert!(
+        mean >= LIMIT as f64 * 0.9,
+        "within 10% of the limit: {summary}"
+    );
 }

@@ -58,7 +58,10 @@ impl JobKind for BenchProbe {
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(serde::Serialize)]
@@ -83,7 +86,9 @@ struct Report {
 /// Runs the three measurements and prints them.
 pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release -p dklctl -- bench queue`");
+        eprintln!(
+            "warning: this is a debug build; benchmark figures need `cargo run --release -p dklctl -- bench queue`"
+        );
     }
     clean(pool).await?;
     let client = JobClient::new(pool.clone());
@@ -105,7 +110,9 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
     jobs_config.queue_concurrency = BTreeMap::from([("bench".to_string(), args.concurrency)]);
 
     eprintln!("enqueueing {} no-op jobs ...", args.jobs);
-    let probes: Vec<BenchProbe> = (0..args.jobs as u64).map(|seq| BenchProbe { seq, t0_us: None }).collect();
+    let probes: Vec<BenchProbe> = (0..args.jobs as u64)
+        .map(|seq| BenchProbe { seq, t0_us: None })
+        .collect();
     for chunk in probes.chunks(5_000) {
         client.enqueue_many(chunk).await?;
     }
@@ -145,7 +152,15 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
     let mut commits = Vec::with_capacity(args.latency_samples);
     for seq in 0..args.latency_samples as u64 {
         let t0 = now_us();
-        client.enqueue(&BenchProbe { seq, t0_us: Some(t0) }, EnqueueOptions::default()).await?;
+        client
+            .enqueue(
+                &BenchProbe {
+                    seq,
+                    t0_us: Some(t0),
+                },
+                EnqueueOptions::default(),
+            )
+            .await?;
         let committed = now_us();
         let (_, t0, start) = tokio::time::timeout(Duration::from_secs(5), probe_rx.recv())
             .await
@@ -162,7 +177,15 @@ pub async fn queue(pool: &PgPool, config: &Config, args: QueueBenchArgs) -> anyh
         let ahead = Duration::from_millis(1000 + fastrand::u64(0..2000));
         let due = Utc::now() + ahead;
         let due_us = due.timestamp_micros();
-        client.enqueue(&BenchProbe { seq, t0_us: Some(due_us) }, EnqueueOptions::at(due)).await?;
+        client
+            .enqueue(
+                &BenchProbe {
+                    seq,
+                    t0_us: Some(due_us),
+                },
+                EnqueueOptions::at(due),
+            )
+            .await?;
     }
     let mut lateness = Vec::with_capacity(args.scheduled);
     while lateness.len() < args.scheduled {
@@ -213,12 +236,24 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 fn print_table(r: &Report) {
     println!("| measurement | value |");
     println!("|---|---|");
-    println!("| no-op jobs drained ({} jobs, concurrency {}) | {:.0} jobs/s ({:.2} s) |", r.jobs, r.concurrency, r.throughput_jobs_per_s, r.drain_seconds);
-    println!("| enqueue→start latency p50 ({} single jobs, idle queue) | {:.2} ms |", r.latency_samples, r.latency_p50_ms);
+    println!(
+        "| no-op jobs drained ({} jobs, concurrency {}) | {:.0} jobs/s ({:.2} s) |",
+        r.jobs, r.concurrency, r.throughput_jobs_per_s, r.drain_seconds
+    );
+    println!(
+        "| enqueue→start latency p50 ({} single jobs, idle queue) | {:.2} ms |",
+        r.latency_samples, r.latency_p50_ms
+    );
     println!("| enqueue→start latency p99 | {:.2} ms |", r.latency_p99_ms);
     println!("| enqueue→start latency max | {:.2} ms |", r.latency_max_ms);
-    println!("| of which the enqueue call (INSERT + commit) p50 / p99 | {:.2} / {:.2} ms |", r.enqueue_commit_p50_ms, r.enqueue_commit_p99_ms);
-    println!("| lateness p50 ({} jobs due 1–3 s ahead) | {:.2} ms |", r.scheduled, r.lateness_p50_ms);
+    println!(
+        "| of which the enqueue call (INSERT + commit) p50 / p99 | {:.2} / {:.2} ms |",
+        r.enqueue_commit_p50_ms, r.enqueue_commit_p99_ms
+    );
+    println!(
+        "| lateness p50 ({} jobs due 1–3 s ahead) | {:.2} ms |",
+        r.scheduled, r.lateness_p50_ms
+    );
     println!("| lateness p99 | {:.2} ms |", r.lateness_p99_ms);
     println!("| lateness max | {:.2} ms |", r.lateness_max_ms);
 }

@@ -15,8 +15,8 @@ use dkl_scheduler::Scheduler;
 use dkl_shared::config::Config;
 use dkl_shared::jobs::{Registry, WorkerRuntime, admin};
 use dkl_shared::kinds;
-use dkl_worker::handlers::ping;
 use dkl_shared::schedules::store::{self, NewScheduledJob};
+use dkl_worker::handlers::ping;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -51,23 +51,32 @@ struct Report {
 /// Runs the measurement and prints it.
 pub async fn run(pool: &PgPool, config: &Config, args: ScheduleBenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release -p dklctl -- bench schedule`");
+        eprintln!(
+            "warning: this is a debug build; benchmark figures need `cargo run --release -p dklctl -- bench schedule`"
+        );
     }
     let shutdown = CancellationToken::new();
     let mut registry = Registry::new();
     ping::register(&mut registry);
     let mut jobs_config = config.jobs.clone();
     jobs_config.queue_concurrency = BTreeMap::from([(QUEUE.to_string(), 50)]);
-    let runtime = tokio::spawn(WorkerRuntime::new(pool.clone(), registry, jobs_config).run(shutdown.clone()));
+    let runtime =
+        tokio::spawn(WorkerRuntime::new(pool.clone(), registry, jobs_config).run(shutdown.clone()));
     let scheduler = tokio::spawn(
-        Scheduler::new(pool.clone(), kinds::catalog(), config.scheduler.clone()).run(shutdown.clone()),
+        Scheduler::new(pool.clone(), kinds::catalog(), config.scheduler.clone())
+            .run(shutdown.clone()),
     );
 
-    eprintln!("scheduling {} admin rows 1–{} s ahead ...", args.rows, args.spread_secs);
+    eprintln!(
+        "scheduling {} admin rows 1–{} s ahead ...",
+        args.rows, args.spread_secs
+    );
     let payload = serde_json::json!({ "message": "bench schedule" });
     let mut ids = Vec::with_capacity(args.rows);
     for _ in 0..args.rows {
-        let ahead = chrono::Duration::milliseconds(1000 + fastrand::i64(0..(args.spread_secs.max(2) as i64 - 1) * 1000));
+        let ahead = chrono::Duration::milliseconds(
+            1000 + fastrand::i64(0..(args.spread_secs.max(2) as i64 - 1) * 1000),
+        );
         let row = NewScheduledJob {
             job_kind: "ping",
             payload: &payload,
@@ -87,7 +96,12 @@ pub async fn run(pool: &PgPool, config: &Config, args: ScheduleBenchArgs) -> any
             break done;
         }
         if started.elapsed() > Duration::from_secs(args.spread_secs + 60) {
-            bail!("only {} of {} rows ran within {} s", done.len(), ids.len(), args.spread_secs + 60);
+            bail!(
+                "only {} of {} rows ran within {} s",
+                done.len(),
+                ids.len(),
+                args.spread_secs + 60
+            );
         }
     };
     shutdown.cancel();
@@ -108,12 +122,27 @@ pub async fn run(pool: &PgPool, config: &Config, args: ScheduleBenchArgs) -> any
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("| measurement ({} admin rows due 1–{} s ahead) | value |", report.rows, args.spread_secs);
+        println!(
+            "| measurement ({} admin rows due 1–{} s ahead) | value |",
+            report.rows, args.spread_secs
+        );
         println!("|---|---|");
-        println!("| run_at → enqueued p50 / p99 | {:.2} / {:.2} ms |", report.enqueue_lag_p50_ms, report.enqueue_lag_p99_ms);
-        println!("| run_at → job started p50 | {:.2} ms |", report.start_lateness_p50_ms);
-        println!("| run_at → job started p99 | {:.2} ms |", report.start_lateness_p99_ms);
-        println!("| run_at → job started max | {:.2} ms |", report.start_lateness_max_ms);
+        println!(
+            "| run_at → enqueued p50 / p99 | {:.2} / {:.2} ms |",
+            report.enqueue_lag_p50_ms, report.enqueue_lag_p99_ms
+        );
+        println!(
+            "| run_at → job started p50 | {:.2} ms |",
+            report.start_lateness_p50_ms
+        );
+        println!(
+            "| run_at → job started p99 | {:.2} ms |",
+            report.start_lateness_p99_ms
+        );
+        println!(
+            "| run_at → job started max | {:.2} ms |",
+            report.start_lateness_max_ms
+        );
     }
     Ok(())
 }

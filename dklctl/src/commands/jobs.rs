@@ -6,7 +6,15 @@ use dkl_shared::kinds::{self, Ping, PruneJobs};
 
 /// Enqueues a diagnostic `ping` and prints its id.
 pub async fn ping(client: &JobClient, ping: Ping, at: Option<DateTime<Utc>>) -> anyhow::Result<()> {
-    let job = client.enqueue(&ping, EnqueueOptions { run_at: at, ..Default::default() }).await?;
+    let job = client
+        .enqueue(
+            &ping,
+            EnqueueOptions {
+                run_at: at,
+                ..Default::default()
+            },
+        )
+        .await?;
     println!("{}", job.id);
     Ok(())
 }
@@ -24,10 +32,20 @@ pub struct EnqueueRequest {
 /// Enqueues a job by kind name; queue and attempts default to the kind's.
 pub async fn enqueue(client: &JobClient, req: EnqueueRequest) -> anyhow::Result<()> {
     let spec = kinds::catalog().get(&req.kind).copied();
-    let queue = req.queue.unwrap_or_else(|| spec.map_or("default", |s| s.queue).to_string());
-    let max_attempts = req.max_attempts.unwrap_or_else(|| spec.map_or(5, |s| s.max_attempts));
-    let opts = EnqueueOptions { run_at: req.at, dedup_key: req.dedup, ..Default::default() };
-    let job = client.enqueue_raw(&req.kind, &queue, &req.payload, max_attempts, opts).await?;
+    let queue = req
+        .queue
+        .unwrap_or_else(|| spec.map_or("default", |s| s.queue).to_string());
+    let max_attempts = req
+        .max_attempts
+        .unwrap_or_else(|| spec.map_or(5, |s| s.max_attempts));
+    let opts = EnqueueOptions {
+        run_at: req.at,
+        dedup_key: req.dedup,
+        ..Default::default()
+    };
+    let job = client
+        .enqueue_raw(&req.kind, &queue, &req.payload, max_attempts, opts)
+        .await?;
     if job.created {
         println!("{}", job.id);
     } else {
@@ -64,7 +82,9 @@ pub async fn show(client: &JobClient, id: &str) -> anyhow::Result<()> {
 
 /// Enqueues the prune job now (or finds the one already waiting).
 pub async fn prune(client: &JobClient) -> anyhow::Result<()> {
-    let job = client.enqueue(&PruneJobs::default(), EnqueueOptions::dedup("prune_jobs")).await?;
+    let job = client
+        .enqueue(&PruneJobs::default(), EnqueueOptions::dedup("prune_jobs"))
+        .await?;
     println!("{}", job.id);
     Ok(())
 }

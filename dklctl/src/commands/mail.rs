@@ -24,8 +24,10 @@ pub struct SendRequest<'a> {
 pub async fn send(pool: &PgPool, req: SendRequest<'_>) -> anyhow::Result<()> {
     let vars: serde_json::Value = match req.vars {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?
         }
         None => serde_json::json!({}),
     };
@@ -46,9 +48,26 @@ pub async fn send(pool: &PgPool, req: SendRequest<'_>) -> anyhow::Result<()> {
 }
 
 /// The send log as a table.
-pub async fn log(pool: &PgPool, status: Option<String>, to: Option<String>, since: Option<DateTime<Utc>>, limit: i64) -> anyhow::Result<()> {
-    let rows = verzonden_emails::log(pool, &LogFilter { status, to, since, limit }).await?;
-    let mut table = Table::new(&["TIME", "STATUS", "TO", "KIND", "SMTP", "CODE", "RETRIES", "SUBJECT", "ERROR"]);
+pub async fn log(
+    pool: &PgPool,
+    status: Option<String>,
+    to: Option<String>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> anyhow::Result<()> {
+    let rows = verzonden_emails::log(
+        pool,
+        &LogFilter {
+            status,
+            to,
+            since,
+            limit,
+        },
+    )
+    .await?;
+    let mut table = Table::new(&[
+        "TIME", "STATUS", "TO", "KIND", "SMTP", "CODE", "RETRIES", "SUBJECT", "ERROR",
+    ]);
     for r in rows {
         table.row(vec![
             r.sent_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
@@ -67,9 +86,17 @@ pub async fn log(pool: &PgPool, status: Option<String>, to: Option<String>, sinc
 }
 
 /// Adds an address to the suppression list.
-pub async fn suppress(pool: &PgPool, address: &str, reason: &str, scope: &str) -> anyhow::Result<()> {
+pub async fn suppress(
+    pool: &PgPool,
+    address: &str,
+    reason: &str,
+    scope: &str,
+) -> anyhow::Result<()> {
     if !suppressions::REASONS.contains(&reason) {
-        anyhow::bail!("unknown reason `{reason}`; use one of: {}", suppressions::REASONS.join(", "));
+        anyhow::bail!(
+            "unknown reason `{reason}`; use one of: {}",
+            suppressions::REASONS.join(", ")
+        );
     }
     if !suppressions::SCOPES.contains(&scope) {
         anyhow::bail!("unknown scope `{scope}`; use `all` (no mail) or `bulk` (no newsletters)");
@@ -95,19 +122,36 @@ pub async fn unsuppress(pool: &PgPool, address: &str) -> anyhow::Result<()> {
 /// by a worker that died mid-send, or one a recipient lost): a new job with
 /// the original job's content under a new dedup key, so it gets a row of
 /// its own. Prints the new job id.
-pub async fn resend(pool: &PgPool, client: &dkl_shared::jobs::JobClient, id: uuid::Uuid) -> anyhow::Result<()> {
+pub async fn resend(
+    pool: &PgPool,
+    client: &dkl_shared::jobs::JobClient,
+    id: uuid::Uuid,
+) -> anyhow::Result<()> {
     let Some((status, payload)) = verzonden_emails::sending_job(pool, id).await? else {
         anyhow::bail!("no verzonden_emails row with id {id}; `dklctl mail log` lists them");
     };
     let Some(mut payload) = payload else {
-        anyhow::bail!("the job that sent {id} was pruned, so its content is gone; ask for the mail again (dkl_send_email) instead");
+        anyhow::bail!(
+            "the job that sent {id} was pruned, so its content is gone; ask for the mail again (dkl_send_email) instead"
+        );
     };
-    payload["dedup_key"] = serde_json::Value::String(format!("resend:{id}:{}", Utc::now().timestamp_millis()));
+    payload["dedup_key"] =
+        serde_json::Value::String(format!("resend:{id}:{}", Utc::now().timestamp_millis()));
     use dkl_shared::jobs::JobKind;
     use dkl_shared::kinds::SendEmail;
     let job = client
-        .enqueue_raw(SendEmail::KIND, SendEmail::QUEUE, &payload, SendEmail::MAX_ATTEMPTS, dkl_shared::jobs::EnqueueOptions::default())
+        .enqueue_raw(
+            SendEmail::KIND,
+            SendEmail::QUEUE,
+            &payload,
+            SendEmail::MAX_ATTEMPTS,
+            dkl_shared::jobs::EnqueueOptions::default(),
+        )
         .await?;
-    println!("{} (resending message {id}, which was {})", job.id, status.as_str());
+    println!(
+        "{} (resending message {id}, which was {})",
+        job.id,
+        status.as_str()
+    );
     Ok(())
 }

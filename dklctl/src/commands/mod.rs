@@ -14,7 +14,10 @@ use anyhow::Context;
 
 /// Who runs this command, for `created_by`.
 pub fn whoami() -> String {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).map_or_else(|| "dklctl".into(), |u| format!("{u} (dklctl)"))
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map_or_else(|| "dklctl".into(), |u| format!("{u} (dklctl)"))
 }
 
 /// A `--payload` argument as JSON.

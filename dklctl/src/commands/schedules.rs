@@ -13,13 +13,21 @@ pub async fn set_enabled(pool: &PgPool, name: &str, enabled: bool) -> anyhow::Re
     if !store::set_enabled(pool, name, enabled).await? {
         anyhow::bail!("no schedule named `{name}`; `dklctl schedules` lists them");
     }
-    println!("{name}: {}", if enabled { "resumed; it ticks from its next time after now" } else { "paused" });
+    println!(
+        "{name}: {}",
+        if enabled {
+            "resumed; it ticks from its next time after now"
+        } else {
+            "paused"
+        }
+    );
     Ok(())
 }
 
 /// Enqueues a schedule's job now.
 pub async fn run_now(pool: &PgPool, schedule: &str) -> anyhow::Result<()> {
-    let job_id = dkl_shared::schedules::run_now(pool, &kinds::catalog(), schedule, &whoami()).await?;
+    let job_id =
+        dkl_shared::schedules::run_now(pool, &kinds::catalog(), schedule, &whoami()).await?;
     println!("{job_id}");
     Ok(())
 }
@@ -35,7 +43,9 @@ pub struct ScheduleRequest {
 
 /// Inserts an admin row, refusing now what the scheduler would reject later.
 pub async fn schedule(pool: &PgPool, req: ScheduleRequest) -> anyhow::Result<()> {
-    kinds::catalog().resolve(&req.kind, &req.payload).map_err(anyhow::Error::msg)?;
+    kinds::catalog()
+        .resolve(&req.kind, &req.payload)
+        .map_err(anyhow::Error::msg)?;
     let created_by = req.created_by.unwrap_or_else(whoami);
     let row = NewScheduledJob {
         job_kind: &req.kind,
@@ -46,7 +56,11 @@ pub async fn schedule(pool: &PgPool, req: ScheduleRequest) -> anyhow::Result<()>
         queue: None,
     };
     let row = store::insert_scheduled_job(pool, &row).await?;
-    println!("{} (scheduled_jobs row; runs at {})", row.id, row.run_at.to_rfc3339());
+    println!(
+        "{} (scheduled_jobs row; runs at {})",
+        row.id,
+        row.run_at.to_rfc3339()
+    );
     Ok(())
 }
 
@@ -62,7 +76,10 @@ pub async fn cancel_row(pool: &PgPool, row_id: uuid::Uuid) -> anyhow::Result<()>
             Some(job_id) => anyhow::bail!(
                 "{row_id} was already enqueued as job {job_id}; cancel the job instead: dklctl cancel {job_id}"
             ),
-            None => anyhow::bail!("{row_id} is {}; only pending rows can be cancelled", row.status),
+            None => anyhow::bail!(
+                "{row_id} is {}; only pending rows can be cancelled",
+                row.status
+            ),
         },
     }
     Ok(())

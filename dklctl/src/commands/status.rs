@@ -21,7 +21,14 @@ pub async fn print_status(pool: &PgPool, recent: i64) -> anyhow::Result<()> {
     print!("{}", admin_rows_table(pool, 5).await?);
     println!();
     println!("RECENT JOBS");
-    let jobs = monitor::jobs(pool, &JobFilter { limit: recent, ..JobFilter::default() }).await?;
+    let jobs = monitor::jobs(
+        pool,
+        &JobFilter {
+            limit: recent,
+            ..JobFilter::default()
+        },
+    )
+    .await?;
     print!("{}", jobs_table(&jobs));
     Ok(())
 }
@@ -31,7 +38,10 @@ pub async fn print_jobs(pool: &PgPool, filter: &JobFilter) -> anyhow::Result<()>
     if let Some(state) = &filter.state
         && !monitor::STATES.contains(&state.as_str())
     {
-        anyhow::bail!("unknown state `{state}`; use one of: {}", monitor::STATES.join(", "));
+        anyhow::bail!(
+            "unknown state `{state}`; use one of: {}",
+            monitor::STATES.join(", ")
+        );
     }
     print!("{}", jobs_table(&monitor::jobs(pool, filter).await?));
     Ok(())
@@ -46,7 +56,15 @@ pub async fn print_schedules(pool: &PgPool) -> anyhow::Result<()> {
 
 async fn queues_table(pool: &PgPool) -> anyhow::Result<String> {
     let mut t = Table::new(&[
-        "QUEUE", "PENDING", "SCHEDULED", "RUNNING", "DONE", "DISCARDED", "CANCELLED", "OLDEST PENDING", "FINISHED/5m",
+        "QUEUE",
+        "PENDING",
+        "SCHEDULED",
+        "RUNNING",
+        "DONE",
+        "DISCARDED",
+        "CANCELLED",
+        "OLDEST PENDING",
+        "FINISHED/5m",
     ]);
     for q in monitor::queue_summary(pool).await? {
         t.row(vec![
@@ -57,7 +75,11 @@ async fn queues_table(pool: &PgPool) -> anyhow::Result<String> {
             q.done.to_string(),
             q.discarded.to_string(),
             q.cancelled.to_string(),
-            if q.pending > 0 { format!("{:.1}s", q.oldest_pending_age_s) } else { "-".into() },
+            if q.pending > 0 {
+                format!("{:.1}s", q.oldest_pending_age_s)
+            } else {
+                "-".into()
+            },
             q.finished_last_5m.to_string(),
         ]);
     }
@@ -78,7 +100,17 @@ async fn leader_line(pool: &PgPool) -> anyhow::Result<String> {
 }
 
 async fn schedules_table(pool: &PgPool) -> anyhow::Result<String> {
-    let mut t = Table::new(&["NAME", "CRON", "TIME ZONE", "KIND", "ON", "NEXT RUN", "LAST RUN", "LAST JOB", "ERROR"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "CRON",
+        "TIME ZONE",
+        "KIND",
+        "ON",
+        "NEXT RUN",
+        "LAST RUN",
+        "LAST JOB",
+        "ERROR",
+    ]);
     for s in schedules::all_schedules(pool).await? {
         t.row(vec![
             s.name,
@@ -96,7 +128,15 @@ async fn schedules_table(pool: &PgPool) -> anyhow::Result<String> {
 }
 
 async fn admin_rows_table(pool: &PgPool, limit: i64) -> anyhow::Result<String> {
-    let mut t = Table::new(&["ID", "KIND", "RUN AT", "STATUS", "JOB", "BY", "NOTE / REASON"]);
+    let mut t = Table::new(&[
+        "ID",
+        "KIND",
+        "RUN AT",
+        "STATUS",
+        "JOB",
+        "BY",
+        "NOTE / REASON",
+    ]);
     for r in schedules::recent_scheduled_jobs(pool, limit).await? {
         let note = r.rejected_reason.or(r.note).unwrap_or_default();
         t.row(vec![
@@ -113,7 +153,18 @@ async fn admin_rows_table(pool: &PgPool, limit: i64) -> anyhow::Result<String> {
 }
 
 fn jobs_table(jobs: &[JobStatus]) -> String {
-    let mut t = Table::new(&["JOB", "KIND", "QUEUE", "STATE", "ATTEMPT", "RUN AT", "STARTED", "FINISHED", "FROM", "LAST ERROR"]);
+    let mut t = Table::new(&[
+        "JOB",
+        "KIND",
+        "QUEUE",
+        "STATE",
+        "ATTEMPT",
+        "RUN AT",
+        "STARTED",
+        "FINISHED",
+        "FROM",
+        "LAST ERROR",
+    ]);
     for j in jobs {
         let from = match (&j.schedule, &j.scheduled_job_id) {
             (Some(s), _) => format!("schedule {s}"),

@@ -13,11 +13,20 @@ use sqlx::PgPool;
 /// one broken template stops the sync before anything is written. A row an
 /// admin changed since the last sync is kept unless `force`.
 pub async fn sync(pool: &PgPool, dir: &Path, force: bool) -> anyhow::Result<()> {
-    let all = files::load_dir(dir).with_context(|| format!("cannot read the templates in {}", dir.display()))?;
+    let all = files::load_dir(dir)
+        .with_context(|| format!("cannot read the templates in {}", dir.display()))?;
     let renderer = Renderer::new();
-    let broken: Vec<String> = all.iter().filter_map(|f| files::check(&renderer, f).err()).map(|e| e.to_string()).collect();
+    let broken: Vec<String> = all
+        .iter()
+        .filter_map(|f| files::check(&renderer, f).err())
+        .map(|e| e.to_string())
+        .collect();
     if !broken.is_empty() {
-        anyhow::bail!("refusing to sync: {} broken template(s), nothing written:\n  {}", broken.len(), broken.join("\n  "));
+        anyhow::bail!(
+            "refusing to sync: {} broken template(s), nothing written:\n  {}",
+            broken.len(),
+            broken.join("\n  ")
+        );
     }
     let mut conn = pool.acquire().await?;
     let mut kept = Vec::new();
@@ -27,7 +36,9 @@ pub async fn sync(pool: &PgPool, dir: &Path, force: bool) -> anyhow::Result<()> 
             SyncOutcome::Inserted => "added",
             SyncOutcome::Updated => "updated",
             SyncOutcome::Unchanged => "unchanged",
-            SyncOutcome::Overwritten => "overwritten (--force): the admin's changes in the database are replaced",
+            SyncOutcome::Overwritten => {
+                "overwritten (--force): the admin's changes in the database are replaced"
+            }
             SyncOutcome::KeptAdminChanges => {
                 kept.push(f.template.name.clone());
                 "kept: changed in the database since the last sync; use --force to replace it with the file"
@@ -36,7 +47,11 @@ pub async fn sync(pool: &PgPool, dir: &Path, force: bool) -> anyhow::Result<()> 
         println!("{:<26} {said}", f.template.name);
     }
     if !kept.is_empty() {
-        println!("{} template(s) kept as admins changed them: {}", kept.len(), kept.join(", "));
+        println!(
+            "{} template(s) kept as admins changed them: {}",
+            kept.len(),
+            kept.join(", ")
+        );
     }
     Ok(())
 }
@@ -56,7 +71,9 @@ pub async fn check(pool: &PgPool) -> anyhow::Result<()> {
         }
     }
     if broken > 0 {
-        anyhow::bail!("{broken} broken template(s) in email_templates; fix them in the database or run `dklctl templates sync --force`");
+        anyhow::bail!(
+            "{broken} broken template(s) in email_templates; fix them in the database or run `dklctl templates sync --force`"
+        );
     }
     Ok(())
 }
@@ -70,13 +87,22 @@ fn check_row(renderer: &Renderer, row: &TemplateRow) -> Result<(), String> {
         .into_iter()
         .collect();
     let mut used = BTreeSet::new();
-    for source in [Some(&template.subject), Some(&template.html), template.text.as_ref()].into_iter().flatten() {
+    for source in [
+        Some(&template.subject),
+        Some(&template.html),
+        template.text.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
         used.extend(used_variables(source).map_err(|e| e.to_string())?);
     }
     let undeclared: Vec<&String> = used.difference(&declared).collect();
     let unused: Vec<&String> = declared.difference(&used).collect();
     if !undeclared.is_empty() || !unused.is_empty() {
-        return Err(format!("variables: used but not declared {undeclared:?}, declared but not used {unused:?}"));
+        return Err(format!(
+            "variables: used but not declared {undeclared:?}, declared but not used {unused:?}"
+        ));
     }
     Ok(())
 }
@@ -85,11 +111,21 @@ fn check_row(renderer: &Renderer, row: &TemplateRow) -> Result<(), String> {
 pub async fn render(pool: &PgPool, name: &str, vars: &Path) -> anyhow::Result<()> {
     let row = email_templates::by_name(pool, name)
         .await?
-        .with_context(|| format!("no template named `{name}` in email_templates; `dklctl templates check` lists them"))?;
-    let text = std::fs::read_to_string(vars).with_context(|| format!("cannot read {}", vars.display()))?;
+        .with_context(|| {
+            format!(
+                "no template named `{name}` in email_templates; `dklctl templates check` lists them"
+            )
+        })?;
+    let text =
+        std::fs::read_to_string(vars).with_context(|| format!("cannot read {}", vars.display()))?;
     let data: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", vars.display()))?;
     let mail = Renderer::new().render(&row.template(), &data)?;
-    println!("Subject: {}\n\n--- text ---\n{}\n--- HTML ---\n{}", mail.subject, mail.text.trim_end(), mail.html.trim_end());
+    println!(
+        "Subject: {}\n\n--- text ---\n{}\n--- HTML ---\n{}",
+        mail.subject,
+        mail.text.trim_end(),
+        mail.html.trim_end()
+    );
     Ok(())
 }

@@ -25,7 +25,11 @@ pub struct MonitorConfig {
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        Self { cache_for: Duration::from_millis(5000), max_due_age: Some(Duration::from_secs(600)), db_connections: 2 }
+        Self {
+            cache_for: Duration::from_millis(5000),
+            max_due_age: Some(Duration::from_secs(600)),
+            db_connections: 2,
+        }
     }
 }
 
@@ -36,11 +40,23 @@ impl MonitorConfig {
         let max_due_secs = d.max_due_age.map_or(0, |a| a.as_secs());
         Ok(Self {
             cache_for: millis(get, "DKL_MONITOR_CACHE_MS", d.cache_for, 0, 300_000)?,
-            max_due_age: match number(get, "DKL_HEALTH_MAX_DUE_AGE_SECS", max_due_secs, 0, 30 * 86_400)? {
+            max_due_age: match number(
+                get,
+                "DKL_HEALTH_MAX_DUE_AGE_SECS",
+                max_due_secs,
+                0,
+                30 * 86_400,
+            )? {
                 0 => None,
                 n => Some(Duration::from_secs(n)),
             },
-            db_connections: number(get, "DKL_MONITOR_DB_CONNECTIONS", d.db_connections as u64, 1, 20)? as u32,
+            db_connections: number(
+                get,
+                "DKL_MONITOR_DB_CONNECTIONS",
+                d.db_connections as u64,
+                1,
+                20,
+            )? as u32,
         })
     }
 }
@@ -52,6 +68,8 @@ pub(crate) fn parse_http_addr(raw: &str) -> Result<Option<std::net::SocketAddr>,
     raw.parse().map(Some).map_err(|_| ConfigError {
         var: "DKL_HTTP_ADDR",
         value: raw.into(),
-        expected: "IP:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464, 127.0.0.1:0 for any free port) or `off`".into(),
+        expected:
+            "IP:PORT (e.g. 127.0.0.1:9464, 0.0.0.0:9464, 127.0.0.1:0 for any free port) or `off`"
+                .into(),
     })
 }

@@ -82,7 +82,13 @@ impl JobsConfig {
             },
             poll_interval: millis(get, "DKL_POLL_INTERVAL_MS", d.poll_interval, 10, 60_000)?,
             fetch_batch: number(get, "DKL_FETCH_BATCH", d.fetch_batch as u64, 1, 10_000)? as usize,
-            fetchers_per_queue: number(get, "DKL_FETCHERS_PER_QUEUE", d.fetchers_per_queue as u64, 1, 16)? as usize,
+            fetchers_per_queue: number(
+                get,
+                "DKL_FETCHERS_PER_QUEUE",
+                d.fetchers_per_queue as u64,
+                1,
+                16,
+            )? as usize,
             heartbeat_interval: secs(get, "DKL_HEARTBEAT_SECS", d.heartbeat_interval, 1, 300)?,
             rescue_after: secs(get, "DKL_RESCUE_AFTER_SECS", d.rescue_after, 2, 3600)?,
             shutdown_grace: secs(get, "DKL_SHUTDOWN_GRACE_SECS", d.shutdown_grace, 0, 3600)?,
@@ -120,7 +126,11 @@ fn parse_kind_timeouts(raw: &str) -> Result<BTreeMap<String, Duration>, ConfigEr
         range: 1..=86_400,
         example: "fetch_mail=120,send_email=60",
     };
-    Ok(pairs.parse(raw)?.into_iter().map(|(kind, secs)| (kind, Duration::from_secs(secs))).collect())
+    Ok(pairs
+        .parse(raw)?
+        .into_iter()
+        .map(|(kind, secs)| (kind, Duration::from_secs(secs)))
+        .collect())
 }
 
 /// Parses `mail=7,bulk=3` over the default queues.
@@ -133,7 +143,12 @@ fn parse_concurrency(raw: &str) -> Result<BTreeMap<String, usize>, ConfigError> 
         example: "default=10,mail=4,maintenance=2",
     };
     let mut map = default_queue_concurrency();
-    map.extend(pairs.parse(raw)?.into_iter().map(|(queue, n)| (queue, n as usize)));
+    map.extend(
+        pairs
+            .parse(raw)?
+            .into_iter()
+            .map(|(queue, n)| (queue, n as usize)),
+    );
     Ok(map)
 }
 
@@ -159,9 +174,15 @@ impl NamedNumbers {
         };
         let mut out = Vec::new();
         for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, n) = pair.split_once('=').ok_or_else(|| bad(format!("`{pair}` has no `=`")))?;
+            let (name, n) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{pair}` has no `=`")))?;
             let name = name.trim();
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(bad(format!("`{name}` is not a {}", self.name)));
             }
             let n: u64 = n

@@ -87,36 +87,58 @@ impl MailConfig {
     pub(crate) fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let names_raw = get("DKL_SMTP_CONFIGS").unwrap_or_else(|| "default".into());
         let mut named = BTreeMap::new();
-        for name in names_raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        for name in names_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(ConfigError {
                     var: "DKL_SMTP_CONFIGS",
                     value: names_raw.clone(),
-                    expected: format!("comma-separated names of letters, digits and _, e.g. default,registration,newsletter (`{name}` is not)"),
+                    expected: format!(
+                        "comma-separated names of letters, digits and _, e.g. default,registration,newsletter (`{name}` is not)"
+                    ),
                 });
             }
             if name != "default" && !named.contains_key(name) {
                 named.insert(name.to_string(), smtp_config(get, name)?);
             }
         }
-        Ok(Self { default: smtp_config(get, "default")?, named })
+        Ok(Self {
+            default: smtp_config(get, "default")?,
+            named,
+        })
     }
 }
 
-fn smtp_config(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<SmtpConfig, ConfigError> {
+fn smtp_config(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<SmtpConfig, ConfigError> {
     let upper = name.to_ascii_uppercase();
     // Variable names are built per configuration; `leak` gives the error the
     // `&'static str` it keeps (a handful of names, once, at start).
-    let var = |field: &str| -> &'static str { Box::leak(format!("DKL_SMTP_{upper}_{field}").into_boxed_str()) };
-    let value = |field: &str| get(var(field)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let var = |field: &str| -> &'static str {
+        Box::leak(format!("DKL_SMTP_{upper}_{field}").into_boxed_str())
+    };
+    let value = |field: &str| {
+        get(var(field))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     let host = value("HOST").unwrap_or_else(|| "127.0.0.1".into());
     let port = match value("PORT") {
         None => 1025,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| ConfigError {
-            var: var("PORT"),
-            value: p.clone(),
-            expected: "a port number from 1 to 65535".into(),
-        })?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ConfigError {
+                var: var("PORT"),
+                value: p.clone(),
+                expected: "a port number from 1 to 65535".into(),
+            })?,
     };
     let tls = match value("TLS").as_deref() {
         None | Some("plain") => TlsMode::Plain,
@@ -129,7 +151,10 @@ fn smtp_config(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Smtp
             });
         }
     };
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     let allow_plain = matches!(value("ALLOW_PLAIN").as_deref(), Some("true" | "1" | "yes"));
     if tls == TlsMode::Plain && !loopback && !allow_plain {
         return Err(ConfigError {
@@ -141,18 +166,27 @@ fn smtp_config(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Smtp
             ),
         });
     }
-    let from = value("FROM").unwrap_or_else(|| "De Koninklijke Loop <noreply@dekoninklijkeloop.nl>".into());
+    let from = value("FROM")
+        .unwrap_or_else(|| "De Koninklijke Loop <noreply@dekoninklijkeloop.nl>".into());
     if !from.contains('@') {
-        return Err(ConfigError { var: var("FROM"), value: from, expected: "an address, e.g. De Koninklijke Loop <info@dekoninklijkeloop.nl>".into() });
+        return Err(ConfigError {
+            var: var("FROM"),
+            value: from,
+            expected: "an address, e.g. De Koninklijke Loop <info@dekoninklijkeloop.nl>".into(),
+        });
     }
     let number = |field: &str, default: u64, max: u64| -> Result<u64, ConfigError> {
         match value(field) {
             None => Ok(default),
-            Some(v) => v.parse::<u64>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| ConfigError {
-                var: var(field),
-                value: v.clone(),
-                expected: format!("a whole number from 1 to {max} (default {default})"),
-            }),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ConfigError {
+                    var: var(field),
+                    value: v.clone(),
+                    expected: format!("a whole number from 1 to {max} (default {default})"),
+                }),
         }
     };
     Ok(SmtpConfig {
@@ -167,7 +201,13 @@ fn smtp_config(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Smtp
         connect_timeout: Duration::from_secs(number("CONNECT_TIMEOUT_SECS", 10, 300)?),
         pool_size: number("POOL_SIZE", 4, 100)? as usize,
         command_timeout: Duration::from_secs(number("COMMAND_TIMEOUT_SECS", 60, 600)?),
-        rate_per_second: value("RATE_PER_SECOND").map(|_| number("RATE_PER_SECOND", 0, 100_000)).transpose()?.map(|n| n as u32),
-        rate_per_hour: value("RATE_PER_HOUR").map(|_| number("RATE_PER_HOUR", 0, 10_000_000)).transpose()?.map(|n| n as u32),
+        rate_per_second: value("RATE_PER_SECOND")
+            .map(|_| number("RATE_PER_SECOND", 0, 100_000))
+            .transpose()?
+            .map(|n| n as u32),
+        rate_per_hour: value("RATE_PER_HOUR")
+            .map(|_| number("RATE_PER_HOUR", 0, 10_000_000))
+            .transpose()?
+            .map(|n| n as u32),
     })
 }

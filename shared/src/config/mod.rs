@@ -112,7 +112,9 @@ impl Config {
             return Err(ConfigError {
                 var: "DATABASE_URL",
                 value: redact_url(&database_url),
-                expected: "a URL starting with postgres:// (e.g. postgres://postgres@127.0.0.1:5432/dkl)".into(),
+                expected:
+                    "a URL starting with postgres:// (e.g. postgres://postgres@127.0.0.1:5432/dkl)"
+                        .into(),
             });
         }
         Ok(Self {
@@ -131,7 +133,9 @@ impl Config {
             },
             jobs: JobsConfig::from_lookup(&get)?,
             scheduler: SchedulerConfig::from_lookup(&get)?,
-            http_addr: parse_http_addr(get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR))?,
+            http_addr: parse_http_addr(
+                get("DKL_HTTP_ADDR").as_deref().unwrap_or(DEFAULT_HTTP_ADDR),
+            )?,
             monitor: MonitorConfig::from_lookup(&get)?,
             mail: MailConfig::from_lookup(&get)?,
         })
@@ -158,11 +162,17 @@ pub fn redact_url(url: &str) -> String {
     // container host names.
     let host_like = |after: &str| {
         let host = after.split(['/', '?', '#']).next().unwrap_or("");
-        host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:,[]%".contains(c))
+        host.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:,[]%".contains(c))
     };
     let ats: Vec<usize> = rest.match_indices('@').map(|(i, _)| i).collect();
     // No `@` followed by a host: hide up to the last `@` anyway.
-    if let Some(&at) = ats.iter().rev().find(|&&i| host_like(&rest[i + 1..])).or(ats.last()) {
+    if let Some(&at) = ats
+        .iter()
+        .rev()
+        .find(|&&i| host_like(&rest[i + 1..]))
+        .or(ats.last())
+    {
         let userinfo = &rest[..at];
         let from = match userinfo.split_once(':') {
             // A plain user name stays readable; anything odd goes too.
@@ -177,7 +187,10 @@ pub fn redact_url(url: &str) -> String {
     for (i, c) in rest.char_indices() {
         if c == '?' || c == '&' {
             key_start = i + 1;
-        } else if c == '=' && percent_decoded(&rest[key_start..i]).eq_ignore_ascii_case("password") && key_start > 0 {
+        } else if c == '='
+            && percent_decoded(&rest[key_start..i]).eq_ignore_ascii_case("password")
+            && key_start > 0
+        {
             let end = rest[i + 1..].find('&').map_or(rest.len(), |j| i + 1 + j);
             hidden[i + 1..end].iter_mut().for_each(|h| *h = true);
         }
@@ -224,8 +237,10 @@ mod tests {
     use super::*;
 
     fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: BTreeMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -243,11 +258,22 @@ mod tests {
             assert!(map.contains_key(*var), ".env.example lacks {var}");
         }
         // Every variable the code reads is in VARIABLES (checked against the module's sources).
-        let source = [include_str!("mod.rs"), include_str!("jobs.rs"), include_str!("scheduler.rs"), include_str!("http.rs"), include_str!("mail.rs")].concat();
+        let source = [
+            include_str!("mod.rs"),
+            include_str!("jobs.rs"),
+            include_str!("scheduler.rs"),
+            include_str!("http.rs"),
+            include_str!("mail.rs"),
+        ]
+        .concat();
         for quoted in source.split('"').skip(1).step_by(2) {
-            let looks_like_var = quoted.starts_with("DKL_") && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            let looks_like_var = quoted.starts_with("DKL_")
+                && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_');
             if looks_like_var {
-                assert!(VARIABLES.contains(&quoted), "{quoted} is read but not listed in VARIABLES");
+                assert!(
+                    VARIABLES.contains(&quoted),
+                    "{quoted} is read but not listed in VARIABLES"
+                );
             }
         }
         Config::from_lookup(|k| map.get(k).cloned()).expect(".env.example values are valid");
@@ -265,7 +291,10 @@ mod tests {
     fn bad_number_names_variable_and_range() {
         let e = with(&[("DKL_FETCH_BATCH", "lots")]).unwrap_err();
         assert_eq!(e.var, "DKL_FETCH_BATCH");
-        assert!(e.to_string().contains("a whole number from 1 to 10000"), "{e}");
+        assert!(
+            e.to_string().contains("a whole number from 1 to 10000"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -290,14 +319,28 @@ mod tests {
 
     #[test]
     fn leader_staleness_must_outlast_polls() {
-        let e = with(&[("DKL_SCHEDULER_POLL_MS", "20000"), ("DKL_SCHEDULER_LEADER_STALE_SECS", "30")]).unwrap_err();
+        let e = with(&[
+            ("DKL_SCHEDULER_POLL_MS", "20000"),
+            ("DKL_SCHEDULER_LEADER_STALE_SECS", "30"),
+        ])
+        .unwrap_err();
         assert_eq!(e.var, "DKL_SCHEDULER_LEADER_STALE_SECS");
-        assert!(with(&[("DKL_SCHEDULER_POLL_MS", "10000"), ("DKL_SCHEDULER_LEADER_STALE_SECS", "30")]).is_ok());
+        assert!(
+            with(&[
+                ("DKL_SCHEDULER_POLL_MS", "10000"),
+                ("DKL_SCHEDULER_LEADER_STALE_SECS", "30")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
     fn rescue_must_outlast_heartbeats() {
-        let e = with(&[("DKL_HEARTBEAT_SECS", "10"), ("DKL_RESCUE_AFTER_SECS", "15")]).unwrap_err();
+        let e = with(&[
+            ("DKL_HEARTBEAT_SECS", "10"),
+            ("DKL_RESCUE_AFTER_SECS", "15"),
+        ])
+        .unwrap_err();
         assert_eq!(e.var, "DKL_RESCUE_AFTER_SECS");
     }
 
@@ -305,23 +348,50 @@ mod tests {
     fn password_never_appears_in_errors() {
         let e = with(&[("DATABASE_URL", "mysql://u:hunter2@h/db")]).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
-        assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
         assert_eq!(redact_url("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
-        assert_eq!(redact_url("postgres://u@h/d?sslmode=require&password=x"), "postgres://u@h/d?sslmode=require&password=***");
+        assert_eq!(
+            redact_url("postgres://u@h/d?sslmode=require&password=x"),
+            "postgres://u@h/d?sslmode=require&password=***"
+        );
         assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
         // Unencoded `?`, `/`, `#` in a password: still hidden.
-        assert_eq!(redact_url("postgres://dkl:s3cr?tPW@db:5432/dkl"), "postgres://dkl:***@db:5432/dkl");
-        assert_eq!(redact_url("postgres://dkl:a/b#c?d@db/dkl?sslmode=require"), "postgres://dkl:***@db/dkl?sslmode=require");
+        assert_eq!(
+            redact_url("postgres://dkl:s3cr?tPW@db:5432/dkl"),
+            "postgres://dkl:***@db:5432/dkl"
+        );
+        assert_eq!(
+            redact_url("postgres://dkl:a/b#c?d@db/dkl?sslmode=require"),
+            "postgres://dkl:***@db/dkl?sslmode=require"
+        );
         // A password that looks like a parameter: hidden by both readings.
-        assert_eq!(redact_url("postgres://dkl:x?password=y@db/dkl"), "postgres://dkl:***");
-        for url in ["postgres://u:s3cr?tPW@h/d", "postgres://u:p@ss?w/rd@h/d?password=also&x=1"] {
+        assert_eq!(
+            redact_url("postgres://dkl:x?password=y@db/dkl"),
+            "postgres://dkl:***"
+        );
+        for url in [
+            "postgres://u:s3cr?tPW@h/d",
+            "postgres://u:p@ss?w/rd@h/d?password=also&x=1",
+        ] {
             let shown = redact_url(url);
-            assert!(!shown.contains("s3cr") && !shown.contains("tPW") && !shown.contains("rd@") && !shown.contains("also"), "{shown}");
+            assert!(
+                !shown.contains("s3cr")
+                    && !shown.contains("tPW")
+                    && !shown.contains("rd@")
+                    && !shown.contains("also"),
+                "{shown}"
+            );
         }
         // An `@` in the query (Azure-style user names) must not swallow the
         // query, or the `password=` parameter would go unmasked.
         let shown = redact_url("postgres://db/dkl?user=alice@corp&password=hunter2");
-        assert!(shown.ends_with("&password=***") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.ends_with("&password=***") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         assert_eq!(
             redact_url("postgres://dkl:pw@db/dkl?application_name=a@b&password=hunter2"),
             "postgres://dkl:***@db/dkl?application_name=a@b&password=***"
@@ -339,13 +409,28 @@ mod tests {
             "postgres://dkl:hunter2@db!weird/dkl",
         ] {
             let shown = redact_url(url);
-            assert!(!shown.contains("hunter2") && !shown.contains("ter2"), "{url} shown as {shown}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("ter2"),
+                "{url} shown as {shown}"
+            );
         }
     }
 
     #[test]
     fn bad_ages_are_refused_not_panicked_on_or_wrapped() {
-        for bad in ["7é", "é", "", "d", "-1d", "+1d", "3650000d", "213503982334602d", "18446744073709551615s", "1.5h", "0s"] {
+        for bad in [
+            "7é",
+            "é",
+            "",
+            "d",
+            "-1d",
+            "+1d",
+            "3650000d",
+            "213503982334602d",
+            "18446744073709551615s",
+            "1.5h",
+            "0s",
+        ] {
             assert_eq!(parse_age(bad), None, "{bad:?}");
             let e = with(&[("DKL_PRUNE_DONE_AFTER", bad)]).unwrap_err();
             assert_eq!(e.var, "DKL_PRUNE_DONE_AFTER");
@@ -364,8 +449,16 @@ mod tests {
             let e = with(&[("DKL_JOB_TIMEOUTS", bad)]).unwrap_err();
             assert_eq!(e.var, "DKL_JOB_TIMEOUTS", "{bad}");
         }
-        assert_eq!(with(&[("DKL_MAX_RESCUES", "0")]).unwrap_err().var, "DKL_MAX_RESCUES");
-        assert_eq!(with(&[("DKL_HEALTH_MAX_DUE_AGE_SECS", "0")]).unwrap().monitor.max_due_age, None);
+        assert_eq!(
+            with(&[("DKL_MAX_RESCUES", "0")]).unwrap_err().var,
+            "DKL_MAX_RESCUES"
+        );
+        assert_eq!(
+            with(&[("DKL_HEALTH_MAX_DUE_AGE_SECS", "0")])
+                .unwrap()
+                .monitor
+                .max_due_age,
+            None
+        );
     }
 }
-

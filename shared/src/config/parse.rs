@@ -12,7 +12,9 @@ pub(crate) fn number(
     min: u64,
     max: u64,
 ) -> Result<u64, ConfigError> {
-    let Some(raw) = get(var) else { return Ok(default) };
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
     match raw.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ConfigError {
@@ -48,7 +50,9 @@ pub(crate) fn age(
     var: &'static str,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    let Some(raw) = get(var) else { return Ok(default) };
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
     parse_age(&raw).ok_or(ConfigError {
         var,
         value: raw,

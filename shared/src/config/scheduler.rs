@@ -36,8 +36,20 @@ impl SchedulerConfig {
         let d = Self::default();
         let scheduler = Self {
             poll_interval: millis(get, "DKL_SCHEDULER_POLL_MS", d.poll_interval, 50, 60_000)?,
-            leader_retry: millis(get, "DKL_SCHEDULER_LEADER_RETRY_MS", d.leader_retry, 50, 60_000)?,
-            leader_stale_after: secs(get, "DKL_SCHEDULER_LEADER_STALE_SECS", d.leader_stale_after, 2, 3600)?,
+            leader_retry: millis(
+                get,
+                "DKL_SCHEDULER_LEADER_RETRY_MS",
+                d.leader_retry,
+                50,
+                60_000,
+            )?,
+            leader_stale_after: secs(
+                get,
+                "DKL_SCHEDULER_LEADER_STALE_SECS",
+                d.leader_stale_after,
+                2,
+                3600,
+            )?,
         };
         // A healthy leader updates its heartbeat once per pass and sleeps up
         // to a poll interval between passes.

@@ -5,13 +5,17 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-pub use super::store::Pruned;
 use super::store;
+pub use super::store::Pruned;
 
 /// Deletes done jobs older than `done_after` and discarded or cancelled jobs
 /// older than `discarded_after`, in chunks so no lock is held long, and
 /// worker rows silent for a day.
-pub async fn prune(pool: &PgPool, done_after: Duration, discarded_after: Duration) -> Result<Pruned, sqlx::Error> {
+pub async fn prune(
+    pool: &PgPool,
+    done_after: Duration,
+    discarded_after: Duration,
+) -> Result<Pruned, sqlx::Error> {
     store::prune(pool, done_after, discarded_after).await
 }
 

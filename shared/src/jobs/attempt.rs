@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tracing::Instrument;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::backoff::retry_delay;
 use super::error::JobError;
 use super::kind::JobId;
 use super::registry::{JobContext, Registry};
-use super::state::JobState;
 use super::runtime::Shared;
+use super::state::JobState;
 use super::stats::AttemptOutcome;
 use super::store::{self, ClaimRef, ClaimedJob, OutcomeRow};
 
@@ -35,7 +35,10 @@ pub struct Claimed {
 
 impl std::fmt::Debug for Claimed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Claimed").field("id", &self.job.id).field("kind", &self.job.job_type).finish()
+        f.debug_struct("Claimed")
+            .field("id", &self.job.id)
+            .field("kind", &self.job.job_type)
+            .finish()
     }
 }
 
@@ -47,14 +50,23 @@ pub(crate) struct OutcomeSlot {
 
 impl OutcomeSlot {
     pub(crate) fn new(job: &ClaimedJob, tx: mpsc::UnboundedSender<OutcomeRow>) -> Self {
-        Self { claim: Some(job.claim()), tx }
+        Self {
+            claim: Some(job.claim()),
+            tx,
+        }
     }
 
     fn finish(mut self, status: JobState, error: Option<String>, delay: Duration, refund: i32) {
         if let Some(claim) = self.claim.take() {
             // The writer only stops after every sender is gone, so this cannot fail
             // while the runtime runs; if it does, rescue recovers the job.
-            let _ = self.tx.send(OutcomeRow { claim, status, error, delay, refund });
+            let _ = self.tx.send(OutcomeRow {
+                claim,
+                status,
+                error,
+                delay,
+                refund,
+            });
         }
     }
 }
@@ -86,7 +98,11 @@ fn timed_out(timeout: Duration) -> JobError {
 
 /// Runs one claimed job to its end and records the outcome.
 pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, claimed: Claimed) {
-    let Claimed { job, outcome, _permit } = claimed;
+    let Claimed {
+        job,
+        outcome,
+        _permit,
+    } = claimed;
     let claim = job.claim();
     let cancel = shared.cancels.register(&claim);
     let ctx = JobContext {
@@ -95,7 +111,8 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         max_attempts: job.max_attempts,
         cancel: cancel.clone(),
     };
-    let span = tracing::info_span!("job", job_id = %job.id, kind = %job.job_type, attempt = job.attempts);
+    let span =
+        tracing::info_span!("job", job_id = %job.id, kind = %job.job_type, attempt = job.attempts);
     let started = std::time::Instant::now();
     let ending = match registry.get(&job.job_type) {
         None => Ending::Failed(JobError::permanent(format!(
@@ -106,11 +123,23 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         // Cancelled between claim and start: do not run it at all.
         Some(_) if cancel.is_cancelled() => Ending::Cancelled,
         Some(reg) => {
-            let timeout = shared.config.kind_timeouts.get(&job.job_type).copied().unwrap_or(reg.timeout);
+            let timeout = shared
+                .config
+                .kind_timeouts
+                .get(&job.job_type)
+                .copied()
+                .unwrap_or(reg.timeout);
             // A handler may panic before it returns its future, too.
             match std::panic::catch_unwind(AssertUnwindSafe(|| (reg.handler)(&job.job, ctx))) {
-                Ok(fut) => drive(fut, &cancel, timeout, &shared).instrument(span.clone()).await,
-                Err(panic) => Ending::Failed(JobError::retryable(format!("handler panicked: {}", panic_message(&panic)))),
+                Ok(fut) => {
+                    drive(fut, &cancel, timeout, &shared)
+                        .instrument(span.clone())
+                        .await
+                }
+                Err(panic) => Ending::Failed(JobError::retryable(format!(
+                    "handler panicked: {}",
+                    panic_message(&panic)
+                ))),
             }
         }
     };
@@ -121,7 +150,9 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         Ending::Done => AttemptOutcome::Done,
         Ending::Cancelled => AttemptOutcome::Cancelled,
         Ending::Released => AttemptOutcome::Released,
-        Ending::Failed(JobError::Retryable { .. }) if job.attempts < job.max_attempts => AttemptOutcome::Retried,
+        Ending::Failed(JobError::Retryable { .. }) if job.attempts < job.max_attempts => {
+            AttemptOutcome::Retried
+        }
         Ending::Failed(JobError::Snooze { .. }) => AttemptOutcome::Snoozed,
         Ending::Failed(_) => AttemptOutcome::Discarded,
     };
@@ -133,7 +164,12 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         }
         Ending::Cancelled => {
             tracing::info!(parent: &span, elapsed_ms, "job cancelled while running");
-            outcome.finish(JobState::Killed, Some("cancelled while running".into()), Duration::ZERO, 0);
+            outcome.finish(
+                JobState::Killed,
+                Some("cancelled while running".into()),
+                Duration::ZERO,
+                0,
+            );
         }
         Ending::Released => {
             tracing::info!(parent: &span, elapsed_ms, "job released at shutdown; it will run again");
@@ -145,15 +181,28 @@ pub(crate) async fn run_attempt(shared: Arc<Shared>, registry: Arc<Registry>, cl
         }
         Ending::Failed(JobError::Snooze { after, reason }) => {
             tracing::debug!(parent: &span, elapsed_ms, %reason, snooze_ms = after.as_millis() as u64, "job snoozed");
-            outcome.finish(JobState::Pending, Some(format!("snoozed: {reason}")), after, 1);
+            outcome.finish(
+                JobState::Pending,
+                Some(format!("snoozed: {reason}")),
+                after,
+                1,
+            );
         }
-        Ending::Failed(JobError::Retryable { message, retry_after }) => {
+        Ending::Failed(JobError::Retryable {
+            message,
+            retry_after,
+        }) => {
             if job.attempts >= job.max_attempts {
                 tracing::warn!(parent: &span, elapsed_ms, error = %message, "job discarded: attempts used up");
                 let msg = format!("{message} (gave up after {} attempts)", job.attempts);
                 outcome.finish(JobState::Killed, Some(msg), Duration::ZERO, 0);
             } else {
-                let delay = retry_delay(job.attempts, shared.config.retry_base, shared.config.retry_max, retry_after);
+                let delay = retry_delay(
+                    job.attempts,
+                    shared.config.retry_base,
+                    shared.config.retry_max,
+                    retry_after,
+                );
                 tracing::info!(parent: &span, elapsed_ms, error = %message, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
                 outcome.finish(JobState::Pending, Some(message), delay, 0);
             }
@@ -188,7 +237,10 @@ async fn drive(
         Ok(Ok(())) => Ending::Done,
         Ok(Err(_)) if cancel.is_cancelled() && !shared.shutdown.is_cancelled() => Ending::Cancelled,
         Ok(Err(e)) => Ending::Failed(e),
-        Err(panic) => Ending::Failed(JobError::retryable(format!("handler panicked: {}", panic_message(&panic)))),
+        Err(panic) => Ending::Failed(JobError::retryable(format!(
+            "handler panicked: {}",
+            panic_message(&panic)
+        ))),
     };
     tokio::select! {
         res = &mut fut => return ended(res),
@@ -206,7 +258,10 @@ async fn drive(
         };
     }
     // Past the timeout: ask the handler to stop, then drop it after the grace.
-    tracing::warn!(timeout_s = timeout.as_secs_f64(), "job ran past its kind's timeout; stopping it");
+    tracing::warn!(
+        timeout_s = timeout.as_secs_f64(),
+        "job ran past its kind's timeout; stopping it"
+    );
     cancel.cancel();
     tokio::select! {
         res = &mut fut => match res {
@@ -239,7 +294,10 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 /// still cannot be written after [`GIVE_UP_AFTER_SHUTDOWN`] are abandoned so
 /// the process can exit; rescue then returns those jobs. `/healthz` reports
 /// a writer that keeps failing or whose write hangs.
-pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<OutcomeRow>) {
+pub(crate) async fn write_outcomes(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<OutcomeRow>,
+) {
     const MAX_BATCH: usize = 2000;
     let mut received = Vec::with_capacity(MAX_BATCH);
     // Rows whose job row someone else holds locked: tried again on their
@@ -279,7 +337,10 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
             // the shutdown limit, then rescue returns their jobs.
             let since = *closed_at.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() > GIVE_UP_AFTER_SHUTDOWN {
-                tracing::error!(rows = deferred.len(), "giving up on locked job outcomes at shutdown; rescue will return these jobs");
+                tracing::error!(
+                    rows = deferred.len(),
+                    "giving up on locked job outcomes at shutdown; rescue will return these jobs"
+                );
                 shared.in_flight.finish(deferred.iter().map(|r| &r.claim));
                 return;
             }
@@ -289,14 +350,22 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
             let retry = std::mem::take(&mut deferred);
             let left = write_until_done(&shared, &retry).await;
             finish_written(&shared, &retry, &left);
-            deferred_backoff = if left.is_empty() { Duration::from_millis(100) } else { (deferred_backoff * 2).min(Duration::from_secs(10)) };
+            deferred_backoff = if left.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                (deferred_backoff * 2).min(Duration::from_secs(10))
+            };
             deferred = left;
         }
         if !deferred.is_empty() {
             if tokio::time::Instant::now() >= deferred_due {
                 deferred_due = tokio::time::Instant::now() + deferred_backoff;
             }
-            tracing::warn!(rows = deferred.len(), retry_in_ms = deferred_backoff.as_millis() as u64, "job rows locked by another session; their outcomes wait");
+            tracing::warn!(
+                rows = deferred.len(),
+                retry_in_ms = deferred_backoff.as_millis() as u64,
+                "job rows locked by another session; their outcomes wait"
+            );
         }
     }
 }
@@ -304,7 +373,9 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
 /// Marks the claims of `batch` written, except those `left` for later.
 fn finish_written(shared: &Shared, batch: &[OutcomeRow], left: &[OutcomeRow]) {
     let left: std::collections::HashSet<&ClaimRef> = left.iter().map(|r| &r.claim).collect();
-    shared.in_flight.finish(batch.iter().map(|r| &r.claim).filter(|c| !left.contains(c)));
+    shared
+        .in_flight
+        .finish(batch.iter().map(|r| &r.claim).filter(|c| !left.contains(c)));
 }
 
 /// Writes `pending`, retrying with backoff while the database cannot be
@@ -335,7 +406,10 @@ async fn write_until_done(shared: &Shared, pending: &[OutcomeRow]) -> Vec<Outcom
 }
 
 /// Writes `batch`; returns the rows left for later (locked by someone else).
-async fn write_batch(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<OutcomeRow>, sqlx::Error> {
+async fn write_batch(
+    shared: &Shared,
+    batch: &[OutcomeRow],
+) -> Result<Vec<OutcomeRow>, sqlx::Error> {
     match write_statement(shared, batch).await {
         Ok(n) => {
             if (n as usize) < batch.len() {
@@ -358,7 +432,10 @@ async fn write_batch(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<Outcom
 /// Writes each outcome on its own. A row the server refuses is replaced by a
 /// discard that names the refusal; a locked row is returned for later. Fails
 /// only for errors that are not one row's (then the caller retries).
-async fn write_one_by_one(shared: &Shared, batch: &[OutcomeRow]) -> Result<Vec<OutcomeRow>, sqlx::Error> {
+async fn write_one_by_one(
+    shared: &Shared,
+    batch: &[OutcomeRow],
+) -> Result<Vec<OutcomeRow>, sqlx::Error> {
     let mut left = Vec::new();
     for row in batch {
         let result = match write_statement(shared, std::slice::from_ref(row)).await {
@@ -403,7 +480,10 @@ async fn write_statement(shared: &Shared, rows: &[OutcomeRow]) -> Result<u64, sq
     result.unwrap_or_else(|_| {
         Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("writing job outcomes took longer than {}s", OUTCOME_WRITE_TIMEOUT.as_secs()),
+            format!(
+                "writing job outcomes took longer than {}s",
+                OUTCOME_WRITE_TIMEOUT.as_secs()
+            ),
         )))
     })
 }
@@ -416,7 +496,9 @@ const OUTCOME_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// cannot mend; false for lost connections, restarts, timeouts.
 fn is_content_error(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
         sqlx::Error::Encode(_) => true,
         _ => false,
     }

@@ -25,7 +25,10 @@ pub struct KindSpec {
 
 impl std::fmt::Debug for KindSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KindSpec").field("kind", &self.kind).field("queue", &self.queue).finish()
+        f.debug_struct("KindSpec")
+            .field("kind", &self.kind)
+            .field("queue", &self.queue)
+            .finish()
     }
 }
 
@@ -43,7 +46,10 @@ impl KindSpec {
     /// Checks that `payload` decodes as this kind's payload.
     pub fn check_payload(&self, payload: &serde_json::Value) -> Result<(), String> {
         (self.decodes)(payload).map_err(|e| {
-            format!("payload {payload} does not decode as job kind `{}`: {e}; fix the payload", self.kind)
+            format!(
+                "payload {payload} does not decode as job kind `{}`: {e}; fix the payload",
+                self.kind
+            )
         })
     }
 }
@@ -80,7 +86,10 @@ impl Catalog {
     /// the reason, phrased for the admin who wrote the row.
     pub fn resolve(&self, kind: &str, payload: &serde_json::Value) -> Result<&KindSpec, String> {
         let spec = self.get(kind).ok_or_else(|| {
-            format!("unknown job kind `{kind}`; known kinds: {}", self.kinds().join(", "))
+            format!(
+                "unknown job kind `{kind}`; known kinds: {}",
+                self.kinds().join(", ")
+            )
         })?;
         spec.check_payload(payload)?;
         Ok(spec)

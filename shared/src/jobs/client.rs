@@ -28,12 +28,18 @@ pub struct EnqueueOptions {
 impl EnqueueOptions {
     /// Run at `when`.
     pub fn at(when: DateTime<Utc>) -> Self {
-        Self { run_at: Some(when), ..Self::default() }
+        Self {
+            run_at: Some(when),
+            ..Self::default()
+        }
     }
 
     /// Deduplicate on `key`.
     pub fn dedup(key: impl Into<String>) -> Self {
-        Self { dedup_key: Some(key.into()), ..Self::default() }
+        Self {
+            dedup_key: Some(key.into()),
+            ..Self::default()
+        }
     }
 }
 
@@ -64,7 +70,11 @@ impl JobClient {
     }
 
     /// Enqueues `job` on its own connection, committed at once.
-    pub async fn enqueue<J: JobKind>(&self, job: &J, opts: EnqueueOptions) -> Result<Enqueued, EngineError> {
+    pub async fn enqueue<J: JobKind>(
+        &self,
+        job: &J,
+        opts: EnqueueOptions,
+    ) -> Result<Enqueued, EngineError> {
         let mut conn = self.pool.acquire().await?;
         enqueue_on(&mut conn, job, opts).await
     }
@@ -85,10 +95,16 @@ impl JobClient {
     pub async fn enqueue_many<J: JobKind>(&self, jobs: &[J]) -> Result<Vec<JobId>, EngineError> {
         let payloads = jobs
             .iter()
-            .map(|j| serde_json::to_vec(j).map_err(|source| EngineError::Encode { kind: J::KIND.into(), source }))
+            .map(|j| {
+                serde_json::to_vec(j).map_err(|source| EngineError::Encode {
+                    kind: J::KIND.into(),
+                    source,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut conn = self.pool.acquire().await?;
-        let ids = store::insert_many(&mut conn, J::KIND, J::QUEUE, &payloads, J::MAX_ATTEMPTS).await?;
+        let ids =
+            store::insert_many(&mut conn, J::KIND, J::QUEUE, &payloads, J::MAX_ATTEMPTS).await?;
         Ok(ids.into_iter().map(JobId).collect())
     }
 
@@ -109,7 +125,9 @@ impl JobClient {
     /// Cancels a job: a pending job never starts; a running job's handler sees
     /// its cancellation signal. `Err(NotFound)` for an unknown id.
     pub async fn cancel(&self, id: &JobId) -> Result<CancelOutcome, EngineError> {
-        store::cancel(&self.pool, &id.0).await?.ok_or_else(|| EngineError::NotFound(id.0.clone()))
+        store::cancel(&self.pool, &id.0)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.0.clone()))
     }
 
     /// Runs a job again: a finished one from scratch, a waiting one now
@@ -127,7 +145,9 @@ impl JobClient {
 
     /// Reads a job's row.
     pub async fn job(&self, id: &JobId) -> Result<JobRecord, EngineError> {
-        store::job(&self.pool, &id.0).await?.ok_or_else(|| EngineError::NotFound(id.0.clone()))
+        store::job(&self.pool, &id.0)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.0.clone()))
     }
 }
 
@@ -137,7 +157,10 @@ pub async fn enqueue_on<J: JobKind>(
     job: &J,
     opts: EnqueueOptions,
 ) -> Result<Enqueued, EngineError> {
-    let bytes = serde_json::to_vec(job).map_err(|source| EngineError::Encode { kind: J::KIND.into(), source })?;
+    let bytes = serde_json::to_vec(job).map_err(|source| EngineError::Encode {
+        kind: J::KIND.into(),
+        source,
+    })?;
     let max_attempts = opts.max_attempts.unwrap_or(J::MAX_ATTEMPTS);
     insert(conn, J::KIND, J::QUEUE, bytes, max_attempts, opts).await
 }
@@ -152,7 +175,10 @@ pub async fn enqueue_raw_on(
     max_attempts: i32,
     opts: EnqueueOptions,
 ) -> Result<Enqueued, EngineError> {
-    let bytes = serde_json::to_vec(payload).map_err(|source| EngineError::Encode { kind: kind.into(), source })?;
+    let bytes = serde_json::to_vec(payload).map_err(|source| EngineError::Encode {
+        kind: kind.into(),
+        source,
+    })?;
     insert(conn, kind, queue, bytes, max_attempts, opts).await
 }
 
@@ -178,8 +204,14 @@ async fn insert(
     // it; each retry is a new statement with a fresh snapshot.
     for _ in 0..3 {
         if let Some((id, created)) = store::insert_job(conn, &new).await? {
-            return Ok(Enqueued { id: JobId(id), created });
+            return Ok(Enqueued {
+                id: JobId(id),
+                created,
+            });
         }
     }
-    Err(EngineError::DedupRace { kind: kind.into(), key: opts.dedup_key.unwrap_or_default() })
+    Err(EngineError::DedupRace {
+        kind: kind.into(),
+        key: opts.dedup_key.unwrap_or_default(),
+    })
 }

@@ -34,12 +34,18 @@ pub enum JobError {
 impl JobError {
     /// A retryable failure.
     pub fn retryable(message: impl std::fmt::Display) -> Self {
-        Self::Retryable { message: message.to_string(), retry_after: None }
+        Self::Retryable {
+            message: message.to_string(),
+            retry_after: None,
+        }
     }
 
     /// A retryable failure that should wait at least `after`.
     pub fn retry_after(message: impl std::fmt::Display, after: Duration) -> Self {
-        Self::Retryable { message: message.to_string(), retry_after: Some(after) }
+        Self::Retryable {
+            message: message.to_string(),
+            retry_after: Some(after),
+        }
     }
 
     /// A permanent failure.
@@ -49,7 +55,10 @@ impl JobError {
 
     /// Run again after `after`; the attempt does not count.
     pub fn snooze(after: Duration, reason: impl std::fmt::Display) -> Self {
-        Self::Snooze { after, reason: reason.to_string() }
+        Self::Snooze {
+            after,
+            reason: reason.to_string(),
+        }
     }
 }
 
@@ -74,7 +83,9 @@ pub enum EngineError {
         key: String,
     },
     /// A queue's apalis worker ended while the runtime was meant to run.
-    #[error("the worker of queue `{queue}` stopped unexpectedly; the runtime was shut down (see the log)")]
+    #[error(
+        "the worker of queue `{queue}` stopped unexpectedly; the runtime was shut down (see the log)"
+    )]
     WorkerStopped {
         /// The queue.
         queue: String,
@@ -83,7 +94,9 @@ pub enum EngineError {
     #[error("no job with id {0}")]
     NotFound(String),
     /// A retried job's dedup key is held by another live job.
-    #[error("job {0} cannot run again: another pending or running job holds its dedup key; wait for that one or cancel it")]
+    #[error(
+        "job {0} cannot run again: another pending or running job holds its dedup key; wait for that one or cancel it"
+    )]
     DedupTaken(String),
     /// The database failed.
     #[error(transparent)]

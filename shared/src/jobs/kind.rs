@@ -32,7 +32,9 @@ pub trait JobKind: Serialize + DeserializeOwned + Send + 'static {
 }
 
 /// The id of a job row (a ULID, as apalis writes them).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct JobId(pub String);
 

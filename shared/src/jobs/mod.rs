@@ -91,4 +91,7 @@ pub use registry::{JobContext, Registry};
 pub use runtime::WorkerRuntime;
 pub use state::JobState;
 pub use stats::RuntimeStats;
-pub use store::{CANCEL_CHANNEL, CancelOutcome, JobRecord, MAX_ERROR_BYTES, MAX_RETRY_DELAY, RetryOutcome, SCHEDULED_CHANNEL};
+pub use store::{
+    CANCEL_CHANNEL, CancelOutcome, JobRecord, MAX_ERROR_BYTES, MAX_RETRY_DELAY, RetryOutcome,
+    SCHEDULED_CHANNEL,
+};

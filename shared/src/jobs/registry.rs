@@ -44,7 +44,12 @@ impl JobContext {
     /// made-up job id, the given attempt, and the token that cancels it.
     pub fn for_test(attempt: i32, max_attempts: i32) -> (Self, CancellationToken) {
         let cancel = CancellationToken::new();
-        let ctx = Self { id: JobId::generate(), attempt, max_attempts, cancel: cancel.clone() };
+        let ctx = Self {
+            id: JobId::generate(),
+            attempt,
+            max_attempts,
+            cancel: cancel.clone(),
+        };
         (ctx, cancel)
     }
 }
@@ -69,7 +74,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("kinds", &self.kinds()).finish()
+        f.debug_struct("Registry")
+            .field("kinds", &self.kinds())
+            .finish()
     }
 }
 
@@ -100,7 +107,14 @@ impl Registry {
                 }
             }
         });
-        self.handlers.insert(J::KIND, Registered { queue: J::QUEUE, timeout: J::TIMEOUT, handler: boxed });
+        self.handlers.insert(
+            J::KIND,
+            Registered {
+                queue: J::QUEUE,
+                timeout: J::TIMEOUT,
+                handler: boxed,
+            },
+        );
         self
     }
 
@@ -120,7 +134,12 @@ impl Registry {
     /// but without a job row: for testing a handler on its own. An unknown
     /// kind or a payload that does not decode is a permanent error, as in
     /// the runtime.
-    pub async fn call(&self, kind: &str, payload: &serde_json::Value, ctx: JobContext) -> Result<(), JobError> {
+    pub async fn call(
+        &self,
+        kind: &str,
+        payload: &serde_json::Value,
+        ctx: JobContext,
+    ) -> Result<(), JobError> {
         let Some(registered) = self.handlers.get(kind) else {
             return Err(JobError::permanent(format!("no handler for kind `{kind}`")));
         };

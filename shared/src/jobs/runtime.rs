@@ -136,8 +136,20 @@ impl WorkerRuntime {
     /// A runtime for `registry`'s kinds.
     pub fn new(pool: PgPool, registry: Registry, config: JobsConfig) -> Self {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        let worker_id = format!("{}-{}-{}", host.trim(), std::process::id(), ulid::Ulid::generate());
-        Self { pool, registry, config, worker_id, stats: Arc::default(), only_queues: None }
+        let worker_id = format!(
+            "{}-{}-{}",
+            host.trim(),
+            std::process::id(),
+            ulid::Ulid::generate()
+        );
+        Self {
+            pool,
+            registry,
+            config,
+            worker_id,
+            stats: Arc::default(),
+            only_queues: None,
+        }
     }
 
     /// Serves these queues and no others (a benchmark or a tool that must not
@@ -161,13 +173,25 @@ impl WorkerRuntime {
     /// queue, plus any queue a registered kind names (at concurrency 1).
     pub fn queues(&self) -> BTreeMap<String, usize> {
         if let Some(only) = &self.only_queues {
-            return only.iter().map(|q| (q.clone(), self.config.queue_concurrency.get(q).copied().unwrap_or(1))).collect();
+            return only
+                .iter()
+                .map(|q| {
+                    (
+                        q.clone(),
+                        self.config.queue_concurrency.get(q).copied().unwrap_or(1),
+                    )
+                })
+                .collect();
         }
         let mut queues = self.config.queue_concurrency.clone();
         for kind in self.registry.kinds() {
             if let Some(q) = self.registry.queue_of(kind) {
                 queues.entry(q.to_string()).or_insert_with(|| {
-                    tracing::warn!(queue = q, kind, "queue not in DKL_QUEUE_CONCURRENCY; running it with concurrency 1");
+                    tracing::warn!(
+                        queue = q,
+                        kind,
+                        "queue not in DKL_QUEUE_CONCURRENCY; running it with concurrency 1"
+                    );
                     1
                 });
             }
@@ -180,9 +204,18 @@ impl WorkerRuntime {
     /// released without charging an attempt, and every outcome is written.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
         let queues = self.queues();
-        let queue_list = queues.iter().map(|(q, n)| format!("{q}={n}")).collect::<Vec<_>>().join(",");
+        let queue_list = queues
+            .iter()
+            .map(|(q, n)| format!("{q}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let kinds = self.registry.kinds();
-        let unknown: Vec<&String> = self.config.kind_timeouts.keys().filter(|k| !kinds.contains(&k.as_str())).collect();
+        let unknown: Vec<&String> = self
+            .config
+            .kind_timeouts
+            .keys()
+            .filter(|k| !kinds.contains(&k.as_str()))
+            .collect();
         if !unknown.is_empty() {
             tracing::warn!(kinds = ?unknown, runs = ?kinds, "DKL_JOB_TIMEOUTS names kinds this worker does not run; check the spelling");
         }
@@ -201,14 +234,21 @@ impl WorkerRuntime {
             stats: self.stats.clone(),
         });
         let registry = Arc::new(self.registry);
-        let wakers: HashMap<String, Arc<Notify>> =
-            queues.keys().map(|q| (q.clone(), Arc::new(Notify::new()))).collect();
+        let wakers: HashMap<String, Arc<Notify>> = queues
+            .keys()
+            .map(|q| (q.clone(), Arc::new(Notify::new())))
+            .collect();
 
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_outcomes(shared.clone(), outcome_rx));
         let background = CancellationToken::new();
         let listener = tokio::spawn(listen(shared.clone(), wakers.clone(), background.clone()));
-        let heartbeat = tokio::spawn(heartbeat(shared.clone(), wakers.clone(), queue_list, background.clone()));
+        let heartbeat = tokio::spawn(heartbeat(
+            shared.clone(),
+            wakers.clone(),
+            queue_list,
+            background.clone(),
+        ));
 
         let mut fetch_tasks = Vec::new();
         let mut workers = Vec::new();
@@ -221,7 +261,10 @@ impl WorkerRuntime {
                 outcomes: outcome_tx.clone(),
             };
             let (backend, fetch_loops) = fetcher.split(self.config.fetchers_per_queue);
-            let service = AttemptService { shared: shared.clone(), registry: registry.clone() };
+            let service = AttemptService {
+                shared: shared.clone(),
+                registry: registry.clone(),
+            };
             let worker = WorkerBuilder::new(format!("{}/{queue}", self.worker_id).as_str())
                 .backend(backend)
                 .build(service);
@@ -253,7 +296,12 @@ impl WorkerRuntime {
             pending = rest;
             let (queue, result) = match finished {
                 Ok(done) => done,
-                Err(join) => ("?".to_string(), Err(apalis_core::error::WorkerError::PanicError(join.to_string()))),
+                Err(join) => (
+                    "?".to_string(),
+                    Err(apalis_core::error::WorkerError::PanicError(
+                        join.to_string(),
+                    )),
+                ),
             };
             if !stop.is_cancelled() || result.is_err() {
                 tracing::error!(queue = %queue, result = ?result, "a queue's worker stopped unexpectedly; stopping the runtime");
@@ -307,16 +355,25 @@ impl tower::Service<Task<Claimed>> for AttemptService {
 }
 
 /// Wakes fetchers on new-job notifications and signals cancelled jobs.
-async fn listen(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, stop: CancellationToken) {
+async fn listen(
+    shared: Arc<Shared>,
+    wakers: HashMap<String, Arc<Notify>>,
+    stop: CancellationToken,
+) {
     // Not apalis's insert channel: it names the kind, not the queue, and our
     // trigger announces every pending job with its queue.
     let channels = [store::SCHEDULED_CHANNEL, store::CANCEL_CHANNEL];
     crate::db::listen(&shared.pool, &channels, &stop, |note| match note {
-        Some(n) if n.channel() == store::CANCEL_CHANNEL => match ClaimRef::parse_cancel_payload(n.payload()) {
-            Some((worker, claim)) if worker == shared.worker_id => shared.cancels.signal(claim),
-            Some(_) => {} // another worker's claim
-            None => tracing::warn!(payload = n.payload(), "ignoring a malformed cancel notification"),
-        },
+        Some(n) if n.channel() == store::CANCEL_CHANNEL => {
+            match ClaimRef::parse_cancel_payload(n.payload()) {
+                Some((worker, claim)) if worker == shared.worker_id => shared.cancels.signal(claim),
+                Some(_) => {} // another worker's claim
+                None => tracing::warn!(
+                    payload = n.payload(),
+                    "ignoring a malformed cancel notification"
+                ),
+            }
+        }
         // A job became pending in this queue: its idle fetcher looks again
         // (or recomputes how long to sleep, if the job is due later).
         Some(n) => {
@@ -336,7 +393,12 @@ async fn listen(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, stop:
 ///
 /// It uses a connection of its own: a pool exhausted by busy handlers must
 /// not delay the heartbeat, or live workers' jobs would be rescued.
-async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, queues: String, stop: CancellationToken) {
+async fn heartbeat(
+    shared: Arc<Shared>,
+    wakers: HashMap<String, Arc<Notify>>,
+    queues: String,
+    stop: CancellationToken,
+) {
     let mut conn: Option<PgConnection> = None;
     let mut streak = Streak::default();
     loop {
@@ -351,7 +413,12 @@ async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, qu
         // the connection in time to beat again on a new one.
         let deadline = shared.config.rescue_after / 2;
         let beat_ok = match conn.as_mut() {
-            Some(c) => match tokio::time::timeout(deadline, beat(c, &shared, &wakers, &queues, &mut streak)).await {
+            Some(c) => match tokio::time::timeout(
+                deadline,
+                beat(c, &shared, &wakers, &queues, &mut streak),
+            )
+            .await
+            {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "heartbeat failed; reconnecting");
@@ -359,7 +426,10 @@ async fn heartbeat(shared: Arc<Shared>, wakers: HashMap<String, Arc<Notify>>, qu
                     false
                 }
                 Err(_) => {
-                    tracing::error!(deadline_ms = deadline.as_millis() as u64, "heartbeat hung; reconnecting");
+                    tracing::error!(
+                        deadline_ms = deadline.as_millis() as u64,
+                        "heartbeat hung; reconnecting"
+                    );
                     conn = None;
                     false
                 }
@@ -395,7 +465,9 @@ impl Streak {
     /// Notes a successful heartbeat; a gap longer than `max_gap` since the
     /// previous one starts a new streak.
     fn ok(&mut self, now: Instant, max_gap: Duration) {
-        let unbroken = self.last_ok.is_some_and(|t| now.duration_since(t) <= max_gap);
+        let unbroken = self
+            .last_ok
+            .is_some_and(|t| now.duration_since(t) <= max_gap);
         if !unbroken {
             self.since = Some(now);
         }
@@ -427,12 +499,17 @@ async fn beat(
     shared.stats.heartbeat_ok();
     let config = &shared.config;
     // A beat may be late by a whole interval (a slow query) before the streak breaks.
-    streak.ok(Instant::now(), config.heartbeat_interval * 2 + Duration::from_secs(1));
+    streak.ok(
+        Instant::now(),
+        config.heartbeat_interval * 2 + Duration::from_secs(1),
+    );
     // All on the heartbeat's own connection: a busy pool must not delay it.
     if streak.lasted(Instant::now(), config.rescue_after) {
-        let rescued = store::rescue_orphans(&mut *conn, config.rescue_after, config.max_rescues).await?;
+        let rescued =
+            store::rescue_orphans(&mut *conn, config.rescue_after, config.max_rescues).await?;
         if !rescued.is_empty() {
-            let (discarded, back): (Vec<_>, Vec<_>) = rescued.into_iter().partition(|(_, crash_loop)| *crash_loop);
+            let (discarded, back): (Vec<_>, Vec<_>) =
+                rescued.into_iter().partition(|(_, crash_loop)| *crash_loop);
             if !back.is_empty() {
                 let ids: Vec<&str> = back.iter().map(|(id, _)| id.as_str()).collect();
                 tracing::warn!(count = ids.len(), job_ids = ?ids, "rescued jobs of a worker that stopped heartbeating");
@@ -450,15 +527,19 @@ async fn beat(
     for claim in store::cancelled_running(&mut *conn, &shared.worker_id).await? {
         shared.cancels.signal(claim);
     }
-    let lost: Vec<OutcomeRow> = store::running_claims(&mut *conn, &shared.worker_id, LOST_CLAIM_AGE)
-        .await?
-        .into_iter()
-        .map(|(id, lock_at)| ClaimRef { id, lock_at })
-        .filter(|claim| !shared.in_flight.contains(claim))
-        .map(OutcomeRow::released)
-        .collect();
+    let lost: Vec<OutcomeRow> =
+        store::running_claims(&mut *conn, &shared.worker_id, LOST_CLAIM_AGE)
+            .await?
+            .into_iter()
+            .map(|(id, lock_at)| ClaimRef { id, lock_at })
+            .filter(|claim| !shared.in_flight.contains(claim))
+            .map(OutcomeRow::released)
+            .collect();
     if !lost.is_empty() {
-        tracing::warn!(count = lost.len(), "releasing jobs this worker claimed but lost track of");
+        tracing::warn!(
+            count = lost.len(),
+            "releasing jobs this worker claimed but lost track of"
+        );
         store::record_outcomes(&mut *conn, &shared.worker_id, &lost).await?;
         wakers.values().for_each(|w| w.notify_one());
     }
@@ -474,7 +555,10 @@ mod tests {
     use super::*;
 
     fn claim(id: &str, micros: i64) -> ClaimRef {
-        ClaimRef { id: id.into(), lock_at: chrono::DateTime::from_timestamp_micros(micros).unwrap() }
+        ClaimRef {
+            id: id.into(),
+            lock_at: chrono::DateTime::from_timestamp_micros(micros).unwrap(),
+        }
     }
 
     #[test]
@@ -484,7 +568,10 @@ mod tests {
         in_flight.start([old.clone()].into_iter());
         in_flight.start([new.clone()].into_iter());
         in_flight.finish([&old].into_iter());
-        assert!(in_flight.contains(&new), "the newer claim of the same job is still running here");
+        assert!(
+            in_flight.contains(&new),
+            "the newer claim of the same job is still running here"
+        );
         assert!(!in_flight.contains(&old));
     }
 

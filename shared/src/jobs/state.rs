@@ -6,7 +6,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-
 /// `apalis.jobs.status`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JobState {
@@ -28,7 +27,14 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in lifecycle order.
-    pub const ALL: [JobState; 6] = [Self::Pending, Self::Running, Self::Done, Self::Killed, Self::Queued, Self::Failed];
+    pub const ALL: [JobState; 6] = [
+        Self::Pending,
+        Self::Running,
+        Self::Done,
+        Self::Killed,
+        Self::Queued,
+        Self::Failed,
+    ];
 
     /// The status name in the table.
     pub const fn as_str(self) -> &'static str {
@@ -71,7 +77,10 @@ impl FromStr for JobState {
     type Err = UnknownState;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
     }
 }
 
@@ -103,6 +112,9 @@ mod tests {
             assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
             assert_eq!(state, state.as_str());
         }
-        assert!("pending".parse::<JobState>().is_err(), "the table's names are capitalised");
+        assert!(
+            "pending".parse::<JobState>().is_err(),
+            "the table's names are capitalised"
+        );
     }
 }

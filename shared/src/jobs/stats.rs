@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Upper bounds (seconds) of the job duration histogram's buckets.
-pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 /// How an attempt ended, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,7 +64,10 @@ impl Histogram {
         if self.buckets.is_empty() {
             self.buckets = vec![0; DURATION_BUCKETS.len() + 1];
         }
-        let i = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
         self.buckets[i] += 1;
         self.sum += secs;
         self.count += 1;
@@ -152,7 +157,9 @@ impl RuntimeStats {
 
     /// Notes that a write of the outcome writer failed (it will retry).
     pub fn outcome_writer_failed(&self) {
-        self.lock().outcome_writer_failing_since.get_or_insert_with(Instant::now);
+        self.lock()
+            .outcome_writer_failing_since
+            .get_or_insert_with(Instant::now);
     }
 
     /// Notes that an outcome write starts (`true`) or has returned (`false`).
@@ -169,7 +176,11 @@ impl RuntimeStats {
                 .iter()
                 .flat_map(|(kind, k)| k.outcomes.iter().map(|(o, n)| ((kind.clone(), *o), *n)))
                 .collect(),
-            durations: s.kinds.iter().map(|(kind, k)| (kind.clone(), k.durations.clone())).collect(),
+            durations: s
+                .kinds
+                .iter()
+                .map(|(kind, k)| (kind.clone(), k.durations.clone()))
+                .collect(),
             queues: s.queues.clone(),
             since_heartbeat: s.last_heartbeat.map(|t| t.elapsed()),
             claim_queries: s.claim_queries,
@@ -190,9 +201,19 @@ mod tests {
         stats.record_attempt("ping", AttemptOutcome::Done, Duration::from_millis(700));
         stats.record_attempt("ping", AttemptOutcome::Retried, Duration::from_secs(1000));
         let snap = stats.snapshot();
-        assert_eq!(snap.outcomes[&("ping".to_string(), AttemptOutcome::Done)], 2);
+        assert_eq!(
+            snap.outcomes[&("ping".to_string(), AttemptOutcome::Done)],
+            2
+        );
         let h = &snap.durations["ping"];
-        assert_eq!((h.buckets[0], h.buckets[7], h.buckets[DURATION_BUCKETS.len()]), (1, 1, 1));
+        assert_eq!(
+            (
+                h.buckets[0],
+                h.buckets[7],
+                h.buckets[DURATION_BUCKETS.len()]
+            ),
+            (1, 1, 1)
+        );
         assert_eq!(h.count, 3);
     }
 }

@@ -44,7 +44,13 @@ impl ClaimRef {
         let mut parts = payload.splitn(3, ' ');
         let (micros, id, worker) = (parts.next()?, parts.next()?, parts.next()?);
         let lock_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-        Some((worker, ClaimRef { id: id.to_string(), lock_at }))
+        Some((
+            worker,
+            ClaimRef {
+                id: id.to_string(),
+                lock_at,
+            },
+        ))
     }
 }
 
@@ -68,7 +74,10 @@ pub struct ClaimedJob {
 impl ClaimedJob {
     /// This claim's identity.
     pub fn claim(&self) -> ClaimRef {
-        ClaimRef { id: self.id.clone(), lock_at: self.lock_at }
+        ClaimRef {
+            id: self.id.clone(),
+            lock_at: self.lock_at,
+        }
     }
 }
 
@@ -224,15 +233,19 @@ pub enum RetryOutcome {
 /// cleared), a waiting one now. A running job is left alone.
 pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<JobState> = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let before: Option<JobState> =
+        sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let outcome = match before {
         None => return Ok(None),
         Some(JobState::Running) => RetryOutcome::Running,
         Some(JobState::Pending) => {
-            sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             RetryOutcome::MadeDue
         }
         Some(JobState::Done | JobState::Killed | JobState::Queued | JobState::Failed) => {
@@ -262,7 +275,9 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-    let Some((status, lock_by, lock_at)) = before else { return Ok(None) };
+    let Some((status, lock_by, lock_at)) = before else {
+        return Ok(None);
+    };
     let outcome = match status {
         JobState::Pending => {
             sqlx::query(
@@ -283,7 +298,10 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
             // The payload names the claim, so the cancel stops this attempt
             // only: not a later claim of the same job after a retry.
             if let (Some(by), Some(at)) = (lock_by, lock_at) {
-                let claim = ClaimRef { id: id.to_string(), lock_at: at };
+                let claim = ClaimRef {
+                    id: id.to_string(),
+                    lock_at: at,
+                };
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CANCEL_CHANNEL)
                     .bind(claim.cancel_payload(&by))
@@ -292,14 +310,19 @@ pub async fn cancel(pool: &PgPool, id: &str) -> Result<Option<CancelOutcome>, sq
             }
             CancelOutcome::Signalled
         }
-        JobState::Done | JobState::Killed | JobState::Queued | JobState::Failed => CancelOutcome::AlreadyFinished,
+        JobState::Done | JobState::Killed | JobState::Queued | JobState::Failed => {
+            CancelOutcome::AlreadyFinished
+        }
     };
     tx.commit().await?;
     Ok(Some(outcome))
 }
 
 /// Reads one job.
-pub async fn job(executor: impl PgExecutor<'_>, id: &str) -> Result<Option<JobRecord>, sqlx::Error> {
+pub async fn job(
+    executor: impl PgExecutor<'_>,
+    id: &str,
+) -> Result<Option<JobRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, job_type, queue, status, attempts, max_attempts, run_at, lock_at, lock_by,
                 done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata, rescues
@@ -311,7 +334,11 @@ pub async fn job(executor: impl PgExecutor<'_>, id: &str) -> Result<Option<JobRe
 }
 
 /// Registers (or re-registers) a worker process in `apalis.workers`.
-pub async fn register_worker(executor: impl PgExecutor<'_>, worker_id: &str, queues: &str) -> Result<(), sqlx::Error> {
+pub async fn register_worker(
+    executor: impl PgExecutor<'_>,
+    worker_id: &str,
+    queues: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen, started_at)
          VALUES ($1, 'dkl-worker', 'dkl-jobs', $2, now(), now())
@@ -325,7 +352,10 @@ pub async fn register_worker(executor: impl PgExecutor<'_>, worker_id: &str, que
 }
 
 /// Records that a worker process is alive. Returns false if its row is gone.
-pub async fn heartbeat(executor: impl PgExecutor<'_>, worker_id: &str) -> Result<bool, sqlx::Error> {
+pub async fn heartbeat(
+    executor: impl PgExecutor<'_>,
+    worker_id: &str,
+) -> Result<bool, sqlx::Error> {
     let res = sqlx::query("UPDATE apalis.workers SET last_seen = now() WHERE id = $1")
         .bind(worker_id)
         .execute(executor)
@@ -427,12 +457,24 @@ pub struct OutcomeRow {
 impl OutcomeRow {
     /// Back to pending at once, the attempt refunded.
     pub fn released(claim: ClaimRef) -> Self {
-        Self { claim, status: JobState::Pending, error: None, delay: Duration::ZERO, refund: 1 }
+        Self {
+            claim,
+            status: JobState::Pending,
+            error: None,
+            delay: Duration::ZERO,
+            refund: 1,
+        }
     }
 
     /// Discarded with `error`.
     pub fn discarded(claim: ClaimRef, error: String) -> Self {
-        Self { claim, status: JobState::Killed, error: Some(error), delay: Duration::ZERO, refund: 0 }
+        Self {
+            claim,
+            status: JobState::Killed,
+            error: Some(error),
+            delay: Duration::ZERO,
+            refund: 0,
+        }
     }
 }
 
@@ -453,8 +495,14 @@ pub async fn record_outcomes(
     // Handlers' error texts and delays are bound as they come; PostgreSQL
     // refuses a NUL in text and a delay past its interval range, and one
     // refused row fails the whole statement. Make every row storable.
-    let errors: Vec<Option<String>> = rows.iter().map(|r| r.error.as_deref().map(storable_text)).collect();
-    let delays: Vec<f64> = rows.iter().map(|r| r.delay.min(MAX_RETRY_DELAY).as_secs_f64()).collect();
+    let errors: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| r.error.as_deref().map(storable_text))
+        .collect();
+    let delays: Vec<f64> = rows
+        .iter()
+        .map(|r| r.delay.min(MAX_RETRY_DELAY).as_secs_f64())
+        .collect();
     let refunds: Vec<i32> = rows.iter().map(|r| r.refund).collect();
     let res = sqlx::query(
         // "back" = (u.status = 'Pending' AND j.cancelled_at IS NULL): the job
@@ -501,9 +549,16 @@ pub async fn record_outcomes(
 /// `OUTCOME_LOCK_TIMEOUT` for a row lock: a job row someone holds (an
 /// admin's open `SELECT … FOR UPDATE`) fails the write with SQLSTATE 55P03
 /// instead of blocking the outcome writer, and every job behind it, for ever.
-pub async fn record_outcomes_guarded(pool: &PgPool, worker_id: &str, rows: &[OutcomeRow]) -> Result<u64, sqlx::Error> {
+pub async fn record_outcomes_guarded(
+    pool: &PgPool,
+    worker_id: &str,
+    rows: &[OutcomeRow],
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(OUTCOME_LOCK_TIMEOUT).execute(&mut *tx).await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(OUTCOME_LOCK_TIMEOUT)
+        .execute(&mut *tx)
+        .await?;
     let n = record_outcomes(&mut *tx, worker_id, rows).await?;
     tx.commit().await?;
     Ok(n)
@@ -524,7 +579,11 @@ pub const MAX_ERROR_BYTES: usize = 8 * 1024;
 /// `text` as PostgreSQL can store it: NUL bytes shown as `\0` and at most
 /// [`MAX_ERROR_BYTES`] bytes, cut at a character boundary.
 pub fn storable_text(text: &str) -> String {
-    let mut out = if text.contains('\0') { text.replace('\0', "\\0") } else { text.to_string() };
+    let mut out = if text.contains('\0') {
+        text.replace('\0', "\\0")
+    } else {
+        text.to_string()
+    };
     if out.len() > MAX_ERROR_BYTES {
         let mut cut = MAX_ERROR_BYTES;
         while !out.is_char_boundary(cut) {
@@ -538,7 +597,10 @@ pub fn storable_text(text: &str) -> String {
 
 /// Running jobs of `worker_id` whose cancel was requested (to re-signal any
 /// whose NOTIFY was missed).
-pub async fn cancelled_running(executor: impl PgExecutor<'_>, worker_id: &str) -> Result<Vec<ClaimRef>, sqlx::Error> {
+pub async fn cancelled_running(
+    executor: impl PgExecutor<'_>,
+    worker_id: &str,
+) -> Result<Vec<ClaimRef>, sqlx::Error> {
     let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT id, lock_at FROM apalis.jobs
           WHERE status = 'Running' AND lock_by = $1 AND cancelled_at IS NOT NULL AND lock_at IS NOT NULL",
@@ -546,7 +608,10 @@ pub async fn cancelled_running(executor: impl PgExecutor<'_>, worker_id: &str) -
     .bind(worker_id)
     .fetch_all(executor)
     .await?;
-    Ok(rows.into_iter().map(|(id, lock_at)| ClaimRef { id, lock_at }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, lock_at)| ClaimRef { id, lock_at })
+        .collect())
 }
 
 /// Running jobs of `worker_id` claimed more than `older_than` ago, with their
@@ -608,10 +673,11 @@ pub async fn prune(
     }
     // Jobs keep the id of the worker that ran them as history; only the
     // worker rows go.
-    pruned.workers = sqlx::query("DELETE FROM apalis.workers WHERE last_seen < now() - interval '1 day'")
-    .execute(pool)
-    .await?
-    .rows_affected();
+    pruned.workers =
+        sqlx::query("DELETE FROM apalis.workers WHERE last_seen < now() - interval '1 day'")
+            .execute(pool)
+            .await?
+            .rows_affected();
     Ok(pruned)
 }
 
@@ -619,26 +685,38 @@ pub async fn prune(
 /// constantly; where autovacuum is off or slow, dead entries pile up in the
 /// fetch index and every claim walks them. (Cannot run in a transaction.)
 pub async fn vacuum_jobs(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("VACUUM (ANALYZE) apalis.jobs").execute(pool).await?;
+    sqlx::query("VACUUM (ANALYZE) apalis.jobs")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 /// Deletes every job of `queue` (the benchmark cleans up after itself with it).
 pub async fn delete_queue(pool: &PgPool, queue: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM apalis.jobs WHERE queue = $1").bind(queue).execute(pool).await?.rows_affected())
+    Ok(sqlx::query("DELETE FROM apalis.jobs WHERE queue = $1")
+        .bind(queue)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 /// Deletes these jobs, whatever their state.
 pub async fn delete_jobs(pool: &PgPool, ids: &[String]) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)").bind(ids).execute(pool).await?.rows_affected())
+    Ok(sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 /// Jobs of `queue` still pending or running.
 pub async fn live_in_queue(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE queue = $1 AND status IN ('Pending', 'Running')")
-        .bind(queue)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE queue = $1 AND status IN ('Pending', 'Running')",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await
 }
 
 /// Jobs of `queue` not yet done.

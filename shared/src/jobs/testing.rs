@@ -8,7 +8,9 @@
 //! [`super::JobContext::for_test`], or `dkl_tests::work_one` to run the next
 //! due job of a queue through the engine and record its outcome.
 
-pub use super::store::{ClaimRef, ClaimedJob, OutcomeRow, claim, job, record_outcomes, register_worker, rescue_orphans};
+pub use super::store::{
+    ClaimRef, ClaimedJob, OutcomeRow, claim, job, record_outcomes, register_worker, rescue_orphans,
+};
 
 use std::sync::Arc;
 
@@ -48,8 +50,17 @@ pub async fn work_one(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_outcomes(shared.clone(), rx));
-    let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.map_err(|_| EngineError::WorkerStopped { queue: queue.into() })?;
-    let claimed = Claimed { outcome: OutcomeSlot::new(&job, tx), job, _permit: permit };
+    let permit = Arc::new(Semaphore::new(1))
+        .acquire_owned()
+        .await
+        .map_err(|_| EngineError::WorkerStopped {
+            queue: queue.into(),
+        })?;
+    let claimed = Claimed {
+        outcome: OutcomeSlot::new(&job, tx),
+        job,
+        _permit: permit,
+    };
     run_attempt(shared, Arc::new(registry), claimed).await;
     // The attempt's outcome slot was the only sender: the writer drains and ends.
     let _ = writer.await;

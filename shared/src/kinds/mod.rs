@@ -52,10 +52,15 @@ mod tests {
     #[test]
     fn payload_is_checked_against_the_kind() {
         let c = catalog();
-        assert_eq!(c.resolve("ping", &json!({"message": "hi"})).unwrap().queue, "default");
+        assert_eq!(
+            c.resolve("ping", &json!({"message": "hi"})).unwrap().queue,
+            "default"
+        );
         let err = c.resolve("ping", &json!({"sleep_ms": "soon"})).unwrap_err();
         assert!(err.contains("does not decode as job kind `ping`"), "{err}");
-        let err = c.resolve("fetch_mail", &json!({"acount": "info"})).unwrap_err();
+        let err = c
+            .resolve("fetch_mail", &json!({"acount": "info"}))
+            .unwrap_err();
         assert!(err.contains("unknown field `acount`"), "{err}");
         assert_eq!(c.resolve("fetch_mail", &json!({})).unwrap().queue, "mail");
     }

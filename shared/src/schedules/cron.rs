@@ -6,7 +6,9 @@
 //! conversions (ticks are wall-clock times in the schedule's zone, stored as
 //! UTC instants).
 
-use chrono::{DateTime, FixedOffset, LocalResult, NaiveDateTime, Offset, SubsecRound, TimeZone, Timelike, Utc};
+use chrono::{
+    DateTime, FixedOffset, LocalResult, NaiveDateTime, Offset, SubsecRound, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -15,7 +17,9 @@ use croner::parser::{CronParser, Seconds, Year};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CronError {
     /// The expression does not parse.
-    #[error("invalid cron expression \"{expr}\": {reason}; expected six fields: second minute hour day-of-month month day-of-week, e.g. \"0 */5 * * * *\"")]
+    #[error(
+        "invalid cron expression \"{expr}\": {reason}; expected six fields: second minute hour day-of-month month day-of-week, e.g. \"0 */5 * * * *\""
+    )]
     Expression {
         /// The expression as written.
         expr: String,
@@ -69,16 +73,27 @@ impl CronSchedule {
     pub fn parse(expr: &str, tz: &str) -> Result<Self, CronError> {
         let fields = expr.split_whitespace().count();
         if fields != 6 {
-            return Err(CronError::Expression { expr: expr.into(), reason: format!("it has {fields} fields") });
+            return Err(CronError::Expression {
+                expr: expr.into(),
+                reason: format!("it has {fields} fields"),
+            });
         }
         let cron = CronParser::builder()
             .seconds(Seconds::Required)
             .year(Year::Disallowed)
             .build()
             .parse(expr)
-            .map_err(|e| CronError::Expression { expr: expr.into(), reason: e.to_string() })?;
+            .map_err(|e| CronError::Expression {
+                expr: expr.into(),
+                reason: e.to_string(),
+            })?;
         let tz: Tz = tz.parse().map_err(|_| CronError::TimeZone(tz.into()))?;
-        Ok(Self { cron, tz, expr: expr.into(), timing: Timing::of(expr) })
+        Ok(Self {
+            cron,
+            tz,
+            expr: expr.into(),
+            timing: Timing::of(expr),
+        })
     }
 
     /// How this schedule meets daylight saving changes.
@@ -139,7 +154,11 @@ impl CronSchedule {
     /// `in_gap` (gaps end on a whole minute).
     fn first_instant_after_gap(&self, in_gap: NaiveDateTime) -> Option<DateTime<Tz>> {
         let minute = in_gap.with_second(0)?;
-        (1..=24 * 60).find_map(|m| self.tz.from_local_datetime(&(minute + chrono::Duration::minutes(m))).earliest())
+        (1..=24 * 60).find_map(|m| {
+            self.tz
+                .from_local_datetime(&(minute + chrono::Duration::minutes(m)))
+                .earliest()
+        })
     }
 
     /// Searches with the UTC offset in force at `from` held fixed; if the
@@ -171,10 +190,19 @@ impl CronSchedule {
 
     /// The first second in `(lo, hi]` whose offset is not `offset`, given
     /// that `lo` has it and `hi` does not.
-    fn offset_change_after(&self, mut lo: DateTime<Utc>, mut hi: DateTime<Utc>, offset: FixedOffset) -> DateTime<Utc> {
+    fn offset_change_after(
+        &self,
+        mut lo: DateTime<Utc>,
+        mut hi: DateTime<Utc>,
+        offset: FixedOffset,
+    ) -> DateTime<Utc> {
         while hi - lo > chrono::Duration::seconds(1) {
             let mid = whole_seconds(lo + (hi - lo) / 2);
-            if self.offset_at(mid) == offset { lo = mid } else { hi = mid }
+            if self.offset_at(mid) == offset {
+                lo = mid
+            } else {
+                hi = mid
+            }
         }
         whole_seconds(hi)
     }
@@ -232,23 +260,38 @@ mod tests {
     #[test]
     fn every_five_minutes_in_amsterdam() {
         let c = CronSchedule::parse("0 */5 * * * *", "Europe/Amsterdam").unwrap();
-        assert_eq!(c.next_after(utc("2026-11-23T10:02:03Z")).unwrap(), utc("2026-11-23T10:05:00Z"));
-        assert_eq!(c.latest_at_or_before(utc("2026-11-23T10:05:00Z")).unwrap(), utc("2026-11-23T10:05:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-11-23T10:02:03Z")).unwrap(),
+            utc("2026-11-23T10:05:00Z")
+        );
+        assert_eq!(
+            c.latest_at_or_before(utc("2026-11-23T10:05:00Z")).unwrap(),
+            utc("2026-11-23T10:05:00Z")
+        );
     }
 
     #[test]
     fn wall_clock_time_follows_daylight_saving() {
         let c = CronSchedule::parse("0 30 3 * * *", "Europe/Amsterdam").unwrap();
         // Winter: 03:30 CET = 02:30 UTC; summer: 03:30 CEST = 01:30 UTC.
-        assert_eq!(c.next_after(utc("2026-11-23T00:00:00Z")).unwrap(), utc("2026-11-23T02:30:00Z"));
-        assert_eq!(c.next_after(utc("2026-07-01T00:00:00Z")).unwrap(), utc("2026-07-01T01:30:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-11-23T00:00:00Z")).unwrap(),
+            utc("2026-11-23T02:30:00Z")
+        );
+        assert_eq!(
+            c.next_after(utc("2026-07-01T00:00:00Z")).unwrap(),
+            utc("2026-07-01T01:30:00Z")
+        );
     }
 
     #[test]
     fn ticks_are_whole_seconds() {
         let c = CronSchedule::parse("* * * * * *", "UTC").unwrap();
         let t = utc("2026-11-23T10:00:00.465Z");
-        assert_eq!(c.latest_at_or_before(t).unwrap(), utc("2026-11-23T10:00:00Z"));
+        assert_eq!(
+            c.latest_at_or_before(t).unwrap(),
+            utc("2026-11-23T10:00:00Z")
+        );
         assert_eq!(c.next_after(t).unwrap(), utc("2026-11-23T10:00:01Z"));
     }
 
@@ -269,10 +312,22 @@ mod tests {
     #[test]
     fn autumn_interval_ticks_run_through_both_copies_of_the_repeated_hour() {
         let c = CronSchedule::parse("0 * * * * *", AMS).unwrap();
-        assert_eq!(c.next_after(utc("2026-10-25T00:59:30Z")).unwrap(), utc("2026-10-25T01:00:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-10-25T00:59:30Z")).unwrap(),
+            utc("2026-10-25T01:00:00Z")
+        );
         // Inside the second copy: the next minute, not a time already past.
-        assert_eq!(c.next_after(utc("2026-10-25T01:10:00Z")).unwrap(), utc("2026-10-25T01:11:00Z"));
-        let ticks = c.ticks_from(utc("2026-10-25T00:00:00Z"), utc("2026-10-25T02:59:00Z"), 1000).unwrap();
+        assert_eq!(
+            c.next_after(utc("2026-10-25T01:10:00Z")).unwrap(),
+            utc("2026-10-25T01:11:00Z")
+        );
+        let ticks = c
+            .ticks_from(
+                utc("2026-10-25T00:00:00Z"),
+                utc("2026-10-25T02:59:00Z"),
+                1000,
+            )
+            .unwrap();
         assert_eq!(ticks.len(), 180, "one tick per real minute for three hours");
     }
 
@@ -280,31 +335,64 @@ mod tests {
     fn autumn_fixed_time_runs_once_and_never_goes_back() {
         let c = CronSchedule::parse("0 30 2 * * *", AMS).unwrap();
         // Before the first 02:30 (CEST): that one.
-        assert_eq!(c.next_after(utc("2026-10-25T00:00:00Z")).unwrap(), utc("2026-10-25T00:30:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-10-25T00:00:00Z")).unwrap(),
+            utc("2026-10-25T00:30:00Z")
+        );
         // Past the first, inside the repeated hour: tomorrow, not back in time.
-        assert_eq!(c.next_after(utc("2026-10-25T01:10:00Z")).unwrap(), utc("2026-10-26T01:30:00Z"));
-        assert_eq!(c.next_after(utc("2026-10-25T00:30:00Z")).unwrap(), utc("2026-10-26T01:30:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-10-25T01:10:00Z")).unwrap(),
+            utc("2026-10-26T01:30:00Z")
+        );
+        assert_eq!(
+            c.next_after(utc("2026-10-25T00:30:00Z")).unwrap(),
+            utc("2026-10-26T01:30:00Z")
+        );
     }
 
     #[test]
     fn spring_fixed_time_in_the_skipped_hour_runs_after_the_gap() {
         let c = CronSchedule::parse("0 30 2 * * *", AMS).unwrap();
-        assert_eq!(c.next_after(utc("2026-03-29T00:00:00Z")).unwrap(), utc("2026-03-29T01:00:00Z"));
-        assert_eq!(c.next_after(utc("2026-03-29T01:00:00Z")).unwrap(), utc("2026-03-30T00:30:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-03-29T00:00:00Z")).unwrap(),
+            utc("2026-03-29T01:00:00Z")
+        );
+        assert_eq!(
+            c.next_after(utc("2026-03-29T01:00:00Z")).unwrap(),
+            utc("2026-03-30T00:30:00Z")
+        );
     }
 
     #[test]
     fn spring_interval_ticks_skip_the_missing_hour() {
         let c = CronSchedule::parse("0 */30 * * * *", AMS).unwrap();
-        assert_eq!(c.next_after(utc("2026-03-29T00:45:00Z")).unwrap(), utc("2026-03-29T01:00:00Z"));
-        assert_eq!(c.next_after(utc("2026-03-29T01:00:00Z")).unwrap(), utc("2026-03-29T01:30:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-03-29T00:45:00Z")).unwrap(),
+            utc("2026-03-29T01:00:00Z")
+        );
+        assert_eq!(
+            c.next_after(utc("2026-03-29T01:00:00Z")).unwrap(),
+            utc("2026-03-29T01:30:00Z")
+        );
     }
 
     #[test]
     fn next_is_always_later_around_both_changes() {
-        for expr in ["0 * * * * *", "0 30 2 * * *", "0 0 * * * *", "0 15 2 * * *", "0 */15 * * * *", "*/20 * 2 * * *", "0 15,45 2 * * *", "0 0 1-3 * * *"] {
+        for expr in [
+            "0 * * * * *",
+            "0 30 2 * * *",
+            "0 0 * * * *",
+            "0 15 2 * * *",
+            "0 */15 * * * *",
+            "*/20 * 2 * * *",
+            "0 15,45 2 * * *",
+            "0 0 1-3 * * *",
+        ] {
             let c = CronSchedule::parse(expr, AMS).unwrap();
-            for (from, until) in [("2026-03-28T22:00:00Z", "2026-03-29T04:00:00Z"), ("2026-10-24T22:00:00Z", "2026-10-25T04:00:00Z")] {
+            for (from, until) in [
+                ("2026-03-28T22:00:00Z", "2026-03-29T04:00:00Z"),
+                ("2026-10-24T22:00:00Z", "2026-10-25T04:00:00Z"),
+            ] {
                 let (mut t, until) = (utc(from), utc(until));
                 while t < until {
                     let n = c.next_after(t).unwrap();
@@ -340,7 +428,11 @@ mod tests {
             ("0 0 */2 * * *", Timing::Interval),
             ("0 0 1-23/2 * * *", Timing::Interval),
         ] {
-            assert_eq!(CronSchedule::parse(expr, AMS).unwrap().timing(), timing, "{expr}");
+            assert_eq!(
+                CronSchedule::parse(expr, AMS).unwrap().timing(),
+                timing,
+                "{expr}"
+            );
         }
     }
 
@@ -348,62 +440,129 @@ mod tests {
     fn fixed_times_written_as_lists_run_once_each_in_autumn() {
         // 25 Oct 2026: 02:00-03:00 happens twice. 02:15 and 02:45 run once
         // each, in the first copy (CEST, UTC+2).
-        let got = ticks("0 15,45 2 * * *", "2026-10-24T23:00:00Z", "2026-10-25T23:00:00Z");
-        assert_eq!(got, vec![utc("2026-10-25T00:15:00Z"), utc("2026-10-25T00:45:00Z")]);
+        let got = ticks(
+            "0 15,45 2 * * *",
+            "2026-10-24T23:00:00Z",
+            "2026-10-25T23:00:00Z",
+        );
+        assert_eq!(
+            got,
+            vec![utc("2026-10-25T00:15:00Z"), utc("2026-10-25T00:45:00Z")]
+        );
         // Same as the single time.
-        let got = ticks("0 15 2 * * *", "2026-10-24T23:00:00Z", "2026-10-25T23:00:00Z");
+        let got = ticks(
+            "0 15 2 * * *",
+            "2026-10-24T23:00:00Z",
+            "2026-10-25T23:00:00Z",
+        );
         assert_eq!(got, vec![utc("2026-10-25T00:15:00Z")]);
         // A range over the repeated hour: 01:00, 02:00 (first copy), 03:00.
-        let got = ticks("0 0 1-3 * * *", "2026-10-24T22:00:00Z", "2026-10-25T22:00:00Z");
-        assert_eq!(got, vec![utc("2026-10-24T23:00:00Z"), utc("2026-10-25T00:00:00Z"), utc("2026-10-25T02:00:00Z")]);
+        let got = ticks(
+            "0 0 1-3 * * *",
+            "2026-10-24T22:00:00Z",
+            "2026-10-25T22:00:00Z",
+        );
+        assert_eq!(
+            got,
+            vec![
+                utc("2026-10-24T23:00:00Z"),
+                utc("2026-10-25T00:00:00Z"),
+                utc("2026-10-25T02:00:00Z")
+            ]
+        );
     }
 
     #[test]
     fn fixed_times_written_as_lists_run_after_the_spring_gap() {
         // 29 Mar 2026: 02:00-03:00 does not exist; 02:15 and 02:45 run right
         // after the gap (03:00 CEST = 01:00Z), once, not zero times.
-        let got = ticks("0 15,45 2 * * *", "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z");
+        let got = ticks(
+            "0 15,45 2 * * *",
+            "2026-03-28T23:00:00Z",
+            "2026-03-29T22:00:00Z",
+        );
         assert_eq!(got, vec![utc("2026-03-29T01:00:00Z")]);
-        let got = ticks("0 15 2 * * *", "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z");
+        let got = ticks(
+            "0 15 2 * * *",
+            "2026-03-28T23:00:00Z",
+            "2026-03-29T22:00:00Z",
+        );
         assert_eq!(got, vec![utc("2026-03-29T01:00:00Z")]);
         // The day after, both again at their times (CEST).
-        let got = ticks("0 15,45 2 * * *", "2026-03-29T22:00:00Z", "2026-03-30T22:00:00Z");
-        assert_eq!(got, vec![utc("2026-03-30T00:15:00Z"), utc("2026-03-30T00:45:00Z")]);
+        let got = ticks(
+            "0 15,45 2 * * *",
+            "2026-03-29T22:00:00Z",
+            "2026-03-30T22:00:00Z",
+        );
+        assert_eq!(
+            got,
+            vec![utc("2026-03-30T00:15:00Z"), utc("2026-03-30T00:45:00Z")]
+        );
     }
 
     #[test]
     fn interval_expressions_with_lists_in_minutes_still_follow_real_time() {
         // Hour field `*`: ticks by real time, 4 per hour through both copies.
-        let got = ticks("0 0,15,30,45 * * * *", "2026-10-24T23:59:59Z", "2026-10-25T01:59:59Z");
+        let got = ticks(
+            "0 0,15,30,45 * * * *",
+            "2026-10-24T23:59:59Z",
+            "2026-10-25T01:59:59Z",
+        );
         assert_eq!(got.len(), 8);
-        let got = ticks("0 0,30 * * * *", "2026-03-29T00:00:00Z", "2026-03-29T01:59:59Z");
-        assert_eq!(got, vec![utc("2026-03-29T00:30:00Z"), utc("2026-03-29T01:00:00Z"), utc("2026-03-29T01:30:00Z")]);
+        let got = ticks(
+            "0 0,30 * * * *",
+            "2026-03-29T00:00:00Z",
+            "2026-03-29T01:59:59Z",
+        );
+        assert_eq!(
+            got,
+            vec![
+                utc("2026-03-29T00:30:00Z"),
+                utc("2026-03-29T01:00:00Z"),
+                utc("2026-03-29T01:30:00Z")
+            ]
+        );
     }
 
     #[test]
     fn the_second_before_an_offset_change_is_no_trap() {
         // A step in the hour field makes this an interval expression.
         let c = CronSchedule::parse("0 0 */12 1 1 *", AMS).unwrap();
-        assert_eq!(c.next_after(utc("2026-03-29T00:59:59Z")).unwrap(), utc("2026-12-31T23:00:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-03-29T00:59:59Z")).unwrap(),
+            utc("2026-12-31T23:00:00Z")
+        );
         // Its only times fall in the skipped hour next spring (a step makes
         // it an interval expression, whose search crosses offset changes):
         // no tick that day; the year after, 29 March 2027 is a Monday before
         // the change (28 March), so 02:00 CEST = 00:00Z.
         let c = CronSchedule::parse("0 0,30 2/24 29 3 *", AMS).unwrap();
         assert_eq!(c.timing(), Timing::Interval);
-        assert_eq!(c.next_after(utc("2025-07-01T00:00:00Z")).unwrap(), utc("2027-03-29T00:00:00Z"));
+        assert_eq!(
+            c.next_after(utc("2025-07-01T00:00:00Z")).unwrap(),
+            utc("2027-03-29T00:00:00Z")
+        );
         // The same times as a fixed time run right after the gap instead.
         let c = CronSchedule::parse("0 0,30 2 29 3 *", AMS).unwrap();
-        assert_eq!(c.next_after(utc("2025-07-01T00:00:00Z")).unwrap(), utc("2026-03-29T01:00:00Z"));
+        assert_eq!(
+            c.next_after(utc("2025-07-01T00:00:00Z")).unwrap(),
+            utc("2026-03-29T01:00:00Z")
+        );
         // 29 February, several changes ahead.
         let c = CronSchedule::parse("0 0 */12 29 2 *", AMS).unwrap();
-        assert_eq!(c.next_after(utc("2026-03-01T00:00:00Z")).unwrap(), utc("2028-02-28T23:00:00Z"));
+        assert_eq!(
+            c.next_after(utc("2026-03-01T00:00:00Z")).unwrap(),
+            utc("2028-02-28T23:00:00Z")
+        );
     }
 
     #[test]
     fn an_impossible_date_is_reported_not_searched_for_ever() {
         let c = CronSchedule::parse("0 0 0 31 2 *", "UTC").unwrap();
-        assert_eq!(c.next_after(utc("2026-11-23T00:00:00Z")), Err(CronError::NeverMatches("0 0 0 31 2 *".into())));
+        assert_eq!(
+            c.next_after(utc("2026-11-23T00:00:00Z")),
+            Err(CronError::NeverMatches("0 0 0 31 2 *".into()))
+        );
     }
 
     /// Every expression the database's `dkl_cron_check` accepts must parse

@@ -100,8 +100,20 @@ pub async fn enqueue_tick(
         && let Some(last) = &s.last_job_id
         && store::job_is_live(tx, last).await?
     {
-        let claimed = store::insert_run(tx, s.id, tick, RunOutcome::Skipped, ticks_missed, scheduler_id).await?;
-        return Ok(if claimed { TickResult::Skipped } else { TickResult::AlreadyClaimed });
+        let claimed = store::insert_run(
+            tx,
+            s.id,
+            tick,
+            RunOutcome::Skipped,
+            ticks_missed,
+            scheduler_id,
+        )
+        .await?;
+        return Ok(if claimed {
+            TickResult::Skipped
+        } else {
+            TickResult::AlreadyClaimed
+        });
     }
     if !store::insert_run(tx, s.id, tick, outcome, ticks_missed, scheduler_id).await? {
         return Ok(TickResult::AlreadyClaimed);
@@ -109,7 +121,10 @@ pub async fn enqueue_tick(
     let opts = EnqueueOptions {
         metadata: vec![
             ("schedule".into(), s.name.clone()),
-            ("tick".into(), tick.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            (
+                "tick".into(),
+                tick.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ),
         ],
         ..EnqueueOptions::default()
     };
@@ -145,10 +160,20 @@ pub async fn run_now(
     requested_by: &str,
 ) -> Result<String, RunNowError> {
     let mut tx = pool.begin().await.map_err(TickError::from)?;
-    let Some(s) = store::schedule_for_update(&mut tx, name).await.map_err(TickError::from)? else {
+    let Some(s) = store::schedule_for_update(&mut tx, name)
+        .await
+        .map_err(TickError::from)?
+    else {
         let known = store::all_schedules(pool).await.map_err(TickError::from)?;
-        let known = known.into_iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
-        return Err(RunNowError::UnknownSchedule { name: name.into(), known });
+        let known = known
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(RunNowError::UnknownSchedule {
+            name: name.into(),
+            known,
+        });
     };
     let spec = resolve_schedule(catalog, &s)?;
     let now = Utc::now();
@@ -156,9 +181,13 @@ pub async fn run_now(
     let TickResult::Enqueued(job_id) = result else {
         // A manual tick is stamped with the current microsecond; only a
         // second run-now in the same microsecond could collide.
-        return Err(TickError::BadSchedule(format!("schedule `{name}` was just run; try again")).into());
+        return Err(
+            TickError::BadSchedule(format!("schedule `{name}` was just run; try again")).into(),
+        );
     };
-    store::set_last_job(&mut tx, s.id, &job_id).await.map_err(TickError::from)?;
+    store::set_last_job(&mut tx, s.id, &job_id)
+        .await
+        .map_err(TickError::from)?;
     tx.commit().await.map_err(TickError::from)?;
     Ok(job_id)
 }

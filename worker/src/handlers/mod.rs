@@ -18,7 +18,12 @@ use sqlx::PgPool;
 /// Kinds in `dkl_shared::kinds::catalog()` that no handler runs yet (their
 /// issues are open). The worker discards their jobs with "no handler for
 /// kind …". Remove a kind from here when its handler is registered.
-pub const NOT_YET_HANDLED: &[&str] = &["apply_retention", "expire_sessions", "fetch_mail", "recompute_leaderboards"];
+pub const NOT_YET_HANDLED: &[&str] = &[
+    "apply_retention",
+    "expire_sessions",
+    "fetch_mail",
+    "recompute_leaderboards",
+];
 
 /// Every job kind this worker runs.
 pub fn registry(pool: &PgPool, config: &Config) -> Registry {
@@ -26,14 +31,26 @@ pub fn registry(pool: &PgPool, config: &Config) -> Registry {
 }
 
 /// [`registry`], counting mail into `mail_stats` (for `/metrics`).
-pub fn registry_with(pool: &PgPool, config: &Config, mail_stats: std::sync::Arc<crate::smtp::stats::MailStats>) -> Registry {
+pub fn registry_with(
+    pool: &PgPool,
+    config: &Config,
+    mail_stats: std::sync::Arc<crate::smtp::stats::MailStats>,
+) -> Registry {
     let mut registry = Registry::new();
     ping::register(&mut registry);
-    prune_jobs::register(&mut registry, pool.clone(), config.jobs.prune_done_after, config.jobs.prune_discarded_after);
+    prune_jobs::register(
+        &mut registry,
+        pool.clone(),
+        config.jobs.prune_done_after,
+        config.jobs.prune_discarded_after,
+    );
     let mailer = send_email::Mailer {
         pool: pool.clone(),
         smtp: crate::smtp::Smtp::new(config.mail.clone(), mail_stats),
         renderer: crate::templates::Renderer::new(),
+        templates: crate::store::email_templates::TemplateCache::new(
+            crate::store::email_templates::TemplateCache::DEFAULT_TTL,
+        ),
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));
     registry
@@ -50,30 +67,52 @@ mod tests {
     /// here, not in production.
     #[tokio::test]
     async fn catalog_and_registry_name_the_same_kinds() {
-        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
         let config = Config::from_lookup(|_| None).unwrap();
         let handled: BTreeSet<&str> = registry(&pool, &config).kinds().into_iter().collect();
         let declared: BTreeSet<&str> = dkl_shared::kinds::catalog().kinds().into_iter().collect();
         let pending: BTreeSet<&str> = NOT_YET_HANDLED.iter().copied().collect();
 
         let undeclared: Vec<_> = handled.difference(&declared).collect();
-        assert!(undeclared.is_empty(), "handled but not in kinds::catalog(): {undeclared:?}");
-        let unhandled: Vec<_> = declared.difference(&handled).filter(|k| !pending.contains(*k)).collect();
-        assert!(unhandled.is_empty(), "declared but neither handled nor in NOT_YET_HANDLED: {unhandled:?}");
-        let stale: Vec<_> = pending.iter().filter(|k| handled.contains(*k) || !declared.contains(*k)).collect();
-        assert!(stale.is_empty(), "NOT_YET_HANDLED names kinds that are handled or unknown: {stale:?}");
+        assert!(
+            undeclared.is_empty(),
+            "handled but not in kinds::catalog(): {undeclared:?}"
+        );
+        let unhandled: Vec<_> = declared
+            .difference(&handled)
+            .filter(|k| !pending.contains(*k))
+            .collect();
+        assert!(
+            unhandled.is_empty(),
+            "declared but neither handled nor in NOT_YET_HANDLED: {unhandled:?}"
+        );
+        let stale: Vec<_> = pending
+            .iter()
+            .filter(|k| handled.contains(*k) || !declared.contains(*k))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "NOT_YET_HANDLED names kinds that are handled or unknown: {stale:?}"
+        );
     }
 
     /// A queue of the registry that DKL_QUEUE_CONCURRENCY does not know would
     /// run at concurrency 1 with a warning; the defaults cover every kind.
     #[tokio::test]
     async fn every_handled_kind_runs_on_a_configured_queue() {
-        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
         let config = Config::from_lookup(|_| None).unwrap();
         let registry = registry(&pool, &config);
         for kind in registry.kinds() {
             let queue = registry.queue_of(kind).unwrap();
-            assert!(config.jobs.queue_concurrency.contains_key(queue), "{kind} runs on unconfigured queue {queue}");
+            assert!(
+                config.jobs.queue_concurrency.contains_key(queue),
+                "{kind} runs on unconfigured queue {queue}"
+            );
         }
     }
 }

@@ -42,13 +42,28 @@ mod tests {
         let mut registry = Registry::new();
         super::register(&mut registry);
         let (ctx, _) = JobContext::for_test(1, 5);
-        let first = registry.call("ping", &json!({"fail_attempts": 1}), ctx).await;
-        assert!(matches!(first, Err(JobError::Retryable { .. })), "{first:?}");
+        let first = registry
+            .call("ping", &json!({"fail_attempts": 1}), ctx)
+            .await;
+        assert!(
+            matches!(first, Err(JobError::Retryable { .. })),
+            "{first:?}"
+        );
         let (ctx, _) = JobContext::for_test(2, 5);
-        assert!(registry.call("ping", &json!({"fail_attempts": 1}), ctx).await.is_ok());
+        assert!(
+            registry
+                .call("ping", &json!({"fail_attempts": 1}), ctx)
+                .await
+                .is_ok()
+        );
         let (ctx, _) = JobContext::for_test(1, 5);
-        let bad = registry.call("ping", &json!({"permanent_error": "no"}), ctx).await;
-        assert!(matches!(bad, Err(JobError::Permanent(ref m)) if m == "no"), "{bad:?}");
+        let bad = registry
+            .call("ping", &json!({"permanent_error": "no"}), ctx)
+            .await;
+        assert!(
+            matches!(bad, Err(JobError::Permanent(ref m)) if m == "no"),
+            "{bad:?}"
+        );
     }
 
     #[tokio::test]
@@ -57,7 +72,14 @@ mod tests {
         super::register(&mut registry);
         let (ctx, cancel) = JobContext::for_test(1, 1);
         cancel.cancel();
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), registry.call("ping", &json!({"sleep_ms": 60000}), ctx)).await;
-        assert!(matches!(ended, Ok(Err(JobError::Retryable { .. }))), "{ended:?}");
+        let ended = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            registry.call("ping", &json!({"sleep_ms": 60000}), ctx),
+        )
+        .await;
+        assert!(
+            matches!(ended, Ok(Err(JobError::Retryable { .. }))),
+            "{ended:?}"
+        );
     }
 }

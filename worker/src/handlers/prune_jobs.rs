@@ -10,7 +10,12 @@ use dkl_shared::schedules;
 use sqlx::PgPool;
 
 /// Registers the `prune_jobs` handler with the configured default ages.
-pub fn register(registry: &mut Registry, pool: PgPool, done_after: Duration, discarded_after: Duration) {
+pub fn register(
+    registry: &mut Registry,
+    pool: PgPool,
+    done_after: Duration,
+    discarded_after: Duration,
+) {
     registry.register::<PruneJobs, _, _>(move |job, _ctx| {
         let pool = pool.clone();
         async move {

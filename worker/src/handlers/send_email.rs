@@ -10,24 +10,32 @@
 //! purpose).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use dkl_shared::config::SmtpConfig;
 use dkl_shared::jobs::{JobContext, JobError, Registry};
 use dkl_shared::kinds::{MailKind, SendEmail};
+use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::Message;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 
 use crate::smtp::stats::SendOutcome;
 use crate::smtp::{Smtp, SmtpError};
-use crate::store::verzonden_emails::{self, NewMessage, SendStatus};
-use crate::store::{email_templates, rate_limits, suppressions};
+use crate::store::email_templates::TemplateCache;
+use crate::store::verzonden_emails::{self, Begun, Finish, NewMessage, RateLimit};
 use crate::templates::{MailTemplate, RenderedMail, Renderer, html_to_text};
 
 /// Extra headers a `send_email` job may set.
-pub const ALLOWED_HEADERS: &[&str] =
-    &["In-Reply-To", "References", "Auto-Submitted", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post"];
+pub const ALLOWED_HEADERS: &[&str] = &[
+    "In-Reply-To",
+    "References",
+    "Auto-Submitted",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
 
 /// What the handler needs.
 pub struct Mailer {
@@ -37,6 +45,8 @@ pub struct Mailer {
     pub smtp: Smtp,
     /// Template renderer.
     pub renderer: Renderer,
+    /// Template rows, read at most every few seconds.
+    pub templates: TemplateCache,
 }
 
 /// Registers the `send_email` handler.
@@ -50,142 +60,207 @@ pub fn register(registry: &mut Registry, mailer: Arc<Mailer>) {
 impl Mailer {
     async fn send(&self, job: SendEmail, ctx: JobContext) -> Result<(), JobError> {
         let to: Mailbox = job.to.trim().parse().map_err(|e| {
-            JobError::permanent(format!("recipient `{}` is not an e-mail address ({e}); fix the address and send again", job.to))
+            JobError::permanent(format!(
+                "recipient `{}` is not an e-mail address ({e}); fix the address and send again",
+                job.to
+            ))
         })?;
         let mail = self.render(&job).await?;
         let config = self.smtp.config_for(job.kind);
         let from: Mailbox = config.from.parse().map_err(|e| {
-            JobError::permanent(format!("DKL_SMTP_{}_FROM `{}` is not an address ({e})", config.name.to_uppercase(), config.from))
+            JobError::permanent(format!(
+                "DKL_SMTP_{}_FROM `{}` is not an address ({e})",
+                config.name.to_uppercase(),
+                config.from
+            ))
         })?;
         let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), from.email.domain());
         // Built before its row exists, so a message that cannot be built never
         // leaves a row behind (rebuilt only to keep a first try's Message-ID).
         let message = build(&job, &mail, from.clone(), to.clone(), &message_id)?;
         let dedup_key = match job.dedup_key.as_deref() {
-            Some("") => return Err(JobError::permanent("dedup_key is empty; leave it out or give a key")),
+            Some("") => {
+                return Err(JobError::permanent(
+                    "dedup_key is empty; leave it out or give a key",
+                ));
+            }
             Some(key) => key.to_string(),
             None => format!("job:{}", ctx.id),
         };
-        // Two jobs for one message (the same key asked for twice while the
-        // first still runs) never both send it: the sender holds this lock
-        // through the SMTP transaction. It is a session lock, so a worker
-        // that dies frees it, and `smtp_started_at` then really means that
-        // the sender died mid-transaction.
-        let Some(mut lock) = SendLock::try_take(&self.pool, &dedup_key).await.map_err(JobError::retryable)? else {
-            return Err(JobError::retry_after(
-                format!("message `{dedup_key}` is being sent by another job right now; looking again later"),
-                std::time::Duration::from_secs(5),
-            ));
-        };
         let recipient = to.email.to_string();
-        let row = verzonden_emails::record(
-            lock.conn(),
-            &NewMessage {
-                dedup_key: &dedup_key,
-                recipient: &recipient,
-                subject: &mail.subject,
-                template_name: job.template.as_deref(),
-                mail_kind: job.kind.as_str(),
-                smtp_config: &config.name,
-                job_id: &ctx.id.0,
-                message_id: &message_id,
-                reply_to: job.reply_to.as_deref(),
-            },
-        )
-        .await
-        .map_err(JobError::retryable)?;
-        if !row.recipient_email.eq_ignore_ascii_case(&recipient) {
-            return Err(JobError::permanent(format!(
-                "dedup key `{dedup_key}` belongs to a message to {}, not to {recipient}; give each message its own key",
-                row.recipient_email
-            )));
-        }
-        match row.status {
-            SendStatus::Queued | SendStatus::Pending => {}
-            done => {
-                tracing::info!(dedup_key, status = done.as_str(), "mail already handled under this key; not sending again");
-                lock.release().await;
-                return Ok(());
-            }
-        }
-        if let Some(reason) = suppressions::reason_for(lock.conn(), &recipient, job.kind.is_bulk()).await.map_err(JobError::retryable)? {
-            verzonden_emails::mark_final(lock.conn(), row.id, SendStatus::Suppressed, None, &format!("address suppressed: {reason}"))
-                .await
-                .map_err(JobError::retryable)?;
-            tracing::info!(status = "suppressed", %reason, "mail not sent: address suppressed");
-            self.smtp.stats().record(&config.name, job.kind.as_str(), SendOutcome::Suppressed);
-            lock.release().await;
-            return Ok(());
-        }
-        if row.interrupted && job.kind.is_bulk() {
-            verzonden_emails::mark_final(
-                lock.conn(),
-                row.id,
-                SendStatus::Unknown,
-                None,
-                "a worker died during this message's SMTP transaction; it may have been delivered, so it is not resent by itself",
-            )
+        let rate = RateLimit {
+            per_second: config.rate_per_second,
+            per_hour: config.rate_per_hour,
+        };
+        // The SMTP slot first: a job waiting for a free connection holds no
+        // database connection and no row is marked started.
+        let slot = self
+            .smtp
+            .reserve(config)
             .await
             .map_err(JobError::retryable)?;
-            lock.release().await;
-            return Ok(());
-        }
+        let mut session = SendSession::open(&self.pool, &dedup_key)
+            .await
+            .map_err(JobError::retryable)?;
+        let new = NewMessage {
+            dedup_key: &dedup_key,
+            recipient: &recipient,
+            subject: &mail.subject,
+            template_name: job.template.as_deref(),
+            mail_kind: job.kind.as_str(),
+            smtp_config: &config.name,
+            job_id: &ctx.id.0,
+            message_id: &message_id,
+            reply_to: job.reply_to.as_deref(),
+        };
+        let begun = verzonden_emails::begin_send(session.conn(), &new, job.kind.is_bulk(), rate)
+            .await
+            .map_err(JobError::retryable)?;
+        session.locked = begun.holds_lock();
+        let (id, first_message_id) = match begun {
+            // Two jobs for one message (the same key asked for twice while
+            // the first still runs) never both send it.
+            Begun::Busy => {
+                return Err(JobError::retry_after(
+                    format!(
+                        "message `{dedup_key}` is being sent by another job right now; looking again later"
+                    ),
+                    Duration::from_secs(5),
+                ));
+            }
+            Begun::OtherRecipient(other) => {
+                return Err(JobError::permanent(format!(
+                    "dedup key `{dedup_key}` belongs to a message to {other}, not to {recipient}; give each message its own key"
+                )));
+            }
+            Begun::Done(status) => {
+                tracing::info!(
+                    dedup_key,
+                    status = status.as_str(),
+                    "mail already handled under this key; not sending again"
+                );
+                return Ok(());
+            }
+            Begun::Suppressed(reason) => {
+                tracing::info!(status = "suppressed", %reason, "mail not sent: address suppressed");
+                self.smtp
+                    .stats()
+                    .record(&config.name, job.kind.as_str(), SendOutcome::Suppressed);
+                return Ok(());
+            }
+            Begun::Unknown => {
+                tracing::warn!(
+                    dedup_key,
+                    "a worker died during this bulk message's SMTP transaction; marked unknown, not resent"
+                );
+                return Ok(());
+            }
+            Begun::Send { id, message_id } => (id, message_id),
+            Begun::Wait {
+                id,
+                message_id,
+                wait,
+            } => {
+                self.wait_for_rate_slot(&mut session, id, &ctx, config, rate, wait)
+                    .await?;
+                (id, message_id)
+            }
+        };
         // A resend keeps the Message-ID of the first try, so a receiver that
         // got both can tell they are one message.
-        let message = match row.message_id.clone() {
-            Some(first) if first != message_id => build(&job, &mail, from, to, &first)?,
-            _ => message,
+        let message = if first_message_id == message_id {
+            message
+        } else {
+            build(&job, &mail, from, to, &first_message_id)?
         };
-        let message_id = row.message_id.clone().unwrap_or(message_id);
-        // The provider's limit, shared by every worker: a full second is
-        // waited out here; a full hour snoozes the job (no attempt used).
-        if config.rate_per_second.is_some() || config.rate_per_hour.is_some() {
-            while let Some(wait) = rate_limits::take_slot(lock.conn(), &config.name, config.rate_per_second, config.rate_per_hour)
-                .await
-                .map_err(JobError::retryable)?
-            {
-                if wait > std::time::Duration::from_secs(2) {
-                    lock.release().await;
-                    return Err(JobError::snooze(wait, format!("SMTP `{}` reached its hourly limit", config.name)));
-                }
-                tokio::time::sleep(wait).await;
-            }
-        }
-        verzonden_emails::start_smtp(lock.conn(), row.id, &ctx.id.0).await.map_err(JobError::retryable)?;
-        let sent = self.smtp.send(config, message.envelope(), &message.formatted()).await;
+        let sent = self
+            .smtp
+            .send(&slot, config, message.envelope(), &message.formatted())
+            .await;
+        // The connection is free for the next message while this one's outcome is written.
+        drop(slot);
         let counted = match &sent {
             Ok(_) => SendOutcome::Sent,
             Err(SmtpError::Permanent { .. }) => SendOutcome::Failed,
             Err(SmtpError::Transient { .. }) if ctx.is_last_attempt() => SendOutcome::Failed,
             Err(SmtpError::Transient { .. }) => SendOutcome::Deferred,
         };
-        self.smtp.stats().record(&config.name, job.kind.as_str(), counted);
-        let result = match sent {
+        self.smtp
+            .stats()
+            .record(&config.name, job.kind.as_str(), counted);
+        let (failed, code, error, result) = match sent {
             Ok(accepted) => {
-                verzonden_emails::mark_sent_surely(lock.conn(), &self.pool, row.id, accepted.code, &accepted.text)
-                    .await
-                    .map_err(JobError::retryable)?;
-                tracing::info!(smtp = %config.name, code = accepted.code, %message_id, "mail sent");
-                Ok(())
+                verzonden_emails::finish_sent_surely(
+                    session.conn(),
+                    &self.pool,
+                    id,
+                    &dedup_key,
+                    accepted.code,
+                    &accepted.text,
+                )
+                .await
+                .map_err(JobError::retryable)?;
+                session.locked = false;
+                tracing::info!(smtp = %config.name, code = accepted.code, message_id = %first_message_id, "mail sent");
+                return Ok(());
             }
             Err(e @ SmtpError::Permanent { .. }) => {
-                verzonden_emails::mark_final(lock.conn(), row.id, SendStatus::Failed, e.code(), &e.to_string())
-                    .await
-                    .map_err(JobError::retryable)?;
-                Err(JobError::permanent(e))
+                (true, e.code(), e.to_string(), Err(JobError::permanent(e)))
             }
-            Err(e @ SmtpError::Transient { .. }) if ctx.is_last_attempt() => {
-                let why = format!("gave up after {} attempts: {e}", ctx.attempt);
-                verzonden_emails::mark_final(lock.conn(), row.id, SendStatus::Failed, e.code(), &why).await.map_err(JobError::retryable)?;
-                Err(JobError::retryable(e))
+            Err(e) if ctx.is_last_attempt() => (
+                true,
+                e.code(),
+                format!("gave up after {} attempts: {e}", ctx.attempt),
+                Err(JobError::retryable(e)),
+            ),
+            Err(e) => (false, e.code(), e.to_string(), Err(JobError::retryable(e))),
+        };
+        let how = if failed {
+            Finish::Failed {
+                code,
+                error: &error,
             }
-            Err(e) => {
-                verzonden_emails::mark_retry(lock.conn(), row.id, e.code(), &e.to_string()).await.map_err(JobError::retryable)?;
-                Err(JobError::retryable(e))
+        } else {
+            Finish::Retry {
+                code,
+                error: &error,
             }
         };
-        lock.release().await;
+        verzonden_emails::finish_send(session.conn(), id, &dedup_key, how)
+            .await
+            .map_err(JobError::retryable)?;
+        session.locked = false;
         result
+    }
+
+    /// The provider's limit, shared by every worker: a full second is
+    /// waited out here; a full hour snoozes the job (no attempt used).
+    async fn wait_for_rate_slot(
+        &self,
+        session: &mut SendSession,
+        id: uuid::Uuid,
+        ctx: &JobContext,
+        config: &SmtpConfig,
+        rate: RateLimit,
+        mut wait: Duration,
+    ) -> Result<(), JobError> {
+        loop {
+            if wait > Duration::from_secs(2) {
+                session.release().await;
+                return Err(JobError::snooze(
+                    wait,
+                    format!("SMTP `{}` reached its hourly limit", config.name),
+                ));
+            }
+            tokio::time::sleep(wait).await;
+            match verzonden_emails::start_send(session.conn(), id, &ctx.id.0, &config.name, rate)
+                .await
+                .map_err(JobError::retryable)?
+            {
+                None => return Ok(()),
+                Some(next) => wait = next,
+            }
+        }
     }
 
     /// The mail's subject and bodies: from its template, or as given.
@@ -193,95 +268,147 @@ impl Mailer {
         let variables = serde_json::Value::Object(job.variables.clone());
         let template = match (&job.template, &job.subject, &job.html) {
             (Some(name), _, _) => {
-                let row = email_templates::by_name(&self.pool, name).await.map_err(JobError::retryable)?.ok_or_else(|| {
+                let row = self.templates.get(&self.pool, name).await.map_err(JobError::retryable)?.ok_or_else(|| {
                     JobError::permanent(format!("no template named `{name}` in email_templates; `dklctl templates sync` loads the defaults"))
                 })?;
                 if !row.is_active {
-                    return Err(JobError::permanent(format!("template `{name}` is not active (email_templates.is_active)")));
+                    return Err(JobError::permanent(format!(
+                        "template `{name}` is not active (email_templates.is_active)"
+                    )));
                 }
                 row.template()
             }
             (None, Some(subject), Some(html)) => {
                 if subject.contains(['\r', '\n']) {
-                    return Err(JobError::permanent("the subject has a line break (CR or LF); it would inject mail headers"));
+                    return Err(JobError::permanent(
+                        "the subject has a line break (CR or LF); it would inject mail headers",
+                    ));
                 }
                 let text = job.text.clone().unwrap_or_else(|| html_to_text(html));
-                return Ok(RenderedMail { subject: subject.clone(), html: html.clone(), text });
+                return Ok(RenderedMail {
+                    subject: subject.clone(),
+                    html: html.clone(),
+                    text,
+                });
             }
-            _ => return Err(JobError::permanent("a send_email job needs `template`, or `subject` and `html`")),
+            _ => {
+                return Err(JobError::permanent(
+                    "a send_email job needs `template`, or `subject` and `html`",
+                ));
+            }
         };
         render_template(&self.renderer, &template, &variables)
     }
 }
 
-fn render_template(renderer: &Renderer, template: &MailTemplate, variables: &serde_json::Value) -> Result<RenderedMail, JobError> {
-    renderer.render(template, variables).map_err(JobError::permanent)
+fn render_template(
+    renderer: &Renderer,
+    template: &MailTemplate,
+    variables: &serde_json::Value,
+) -> Result<RenderedMail, JobError> {
+    renderer
+        .render(template, variables)
+        .map_err(JobError::permanent)
 }
 
 /// The MIME message: multipart/alternative text + HTML, our Message-ID,
 /// Reply-To and the allowed extra headers.
-fn build(job: &SendEmail, mail: &RenderedMail, from: Mailbox, to: Mailbox, message_id: &str) -> Result<Message, JobError> {
-    let mut builder = Message::builder().from(from).to(to).subject(&mail.subject).message_id(Some(message_id.to_string()));
+fn build(
+    job: &SendEmail,
+    mail: &RenderedMail,
+    from: Mailbox,
+    to: Mailbox,
+    message_id: &str,
+) -> Result<Message, JobError> {
+    let mut builder = Message::builder()
+        .from(from)
+        .to(to)
+        .subject(&mail.subject)
+        .message_id(Some(message_id.to_string()));
     if let Some(reply_to) = &job.reply_to {
-        let mbox: Mailbox = reply_to
-            .parse()
-            .map_err(|e| JobError::permanent(format!("reply_to `{reply_to}` is not an e-mail address ({e})")))?;
+        let mbox: Mailbox = reply_to.parse().map_err(|e| {
+            JobError::permanent(format!(
+                "reply_to `{reply_to}` is not an e-mail address ({e})"
+            ))
+        })?;
         builder = builder.reply_to(mbox);
     }
     for (name, value) in &job.headers {
-        let Some(allowed) = ALLOWED_HEADERS.iter().find(|h| h.eq_ignore_ascii_case(name)) else {
-            return Err(JobError::permanent(format!("header `{name}` is not allowed; allowed: {}", ALLOWED_HEADERS.join(", "))));
+        let Some(allowed) = ALLOWED_HEADERS
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(name))
+        else {
+            return Err(JobError::permanent(format!(
+                "header `{name}` is not allowed; allowed: {}",
+                ALLOWED_HEADERS.join(", ")
+            )));
         };
         if value.contains(['\r', '\n']) {
-            return Err(JobError::permanent(format!("header `{name}` has a line break")));
+            return Err(JobError::permanent(format!(
+                "header `{name}` has a line break"
+            )));
         }
-        builder = builder.raw_header(HeaderValue::new(HeaderName::new_from_ascii_str(allowed), value.clone()));
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str(allowed),
+            value.clone(),
+        ));
     }
-    if job.kind == MailKind::AutoReply && !job.headers.keys().any(|k| k.eq_ignore_ascii_case("Auto-Submitted")) {
-        builder = builder.raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-replied".into()));
+    if job.kind == MailKind::AutoReply
+        && !job
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("Auto-Submitted"))
+    {
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-replied".into(),
+        ));
     }
     builder
-        .multipart(MultiPart::alternative_plain_html(mail.text.clone(), mail.html.clone()))
+        .multipart(MultiPart::alternative_plain_html(
+            mail.text.clone(),
+            mail.html.clone(),
+        ))
         .map_err(|e| JobError::permanent(format!("cannot build the message: {e}")))
 }
 
-/// A session-level advisory lock on a message's dedup key, on one pooled
-/// connection that the sender uses throughout. Released explicitly; if a
-/// path returns early, the connection is closed instead of going back to the
-/// pool, which ends the session and frees the lock.
-struct SendLock {
+/// The pooled connection a message is sent with. From `dkl_begin_send` to
+/// `dkl_finish_send` its session holds the advisory lock on the message's
+/// dedup key; if a path returns early while it does, the connection is
+/// closed instead of going back to the pool, which ends the session and
+/// frees the lock.
+struct SendSession {
     conn: PoolConnection<Postgres>,
     key: String,
-    released: bool,
+    locked: bool,
 }
 
-impl SendLock {
-    async fn try_take(pool: &PgPool, key: &str) -> Result<Option<Self>, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 1937))")
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(got.then(|| Self { conn, key: key.to_string(), released: false }))
+impl SendSession {
+    async fn open(pool: &PgPool, key: &str) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            conn: pool.acquire().await?,
+            key: key.to_string(),
+            locked: false,
+        })
     }
 
     fn conn(&mut self) -> &mut sqlx::PgConnection {
         &mut self.conn
     }
 
-    async fn release(mut self) {
+    async fn release(&mut self) {
         let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 1937))")
             .bind(&self.key)
             .execute(&mut *self.conn)
             .await;
         // Unlocked: the connection may go back to the pool (Drop sees it).
-        self.released = unlocked.is_ok();
+        self.locked = unlocked.is_err();
     }
 }
 
-impl Drop for SendLock {
+impl Drop for SendSession {
     fn drop(&mut self) {
-        if !self.released {
+        if self.locked {
             self.conn.close_on_drop();
         }
     }

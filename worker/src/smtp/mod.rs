@@ -5,21 +5,25 @@
 //! messages/s on loopback). We connect the TCP stream ourselves with
 //! `set_nodelay(true)` and hand it to lettre's SMTP client
 //! (`AsyncSmtpConnection::connect_with_transport`), which also means lettre's
-//! pool does not apply: [`Smtp`] keeps its own per configuration. A
-//! connection that failed, broke or was closed by the server (421) is
-//! dropped, never reused.
+//! pool does not apply: [`Smtp`] keeps its own per configuration, with at
+//! most `pool_size` connections open at once (a sender first takes an
+//! [`SmtpSlot`]; providers limit concurrent connections). A connection that
+//! failed, broke or was closed by the server (421) is dropped, never reused;
+//! one that sat idle for more than [`CHECK_AFTER_IDLE`] is checked with NOOP
+//! before it carries a message.
 
 pub mod sink;
 pub mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dkl_shared::config::{MailConfig, SmtpConfig, TlsMode};
+use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::address::Envelope;
 
 /// The server's answer to an accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,24 +65,71 @@ impl SmtpError {
 
     fn from_lettre(config: &SmtpConfig, e: &lettre::transport::smtp::Error) -> Self {
         let code = e.status().map(u16::from);
-        let message = format!("SMTP `{}` ({}:{}): {e}", config.name, config.host, config.port);
-        if e.is_permanent() { Self::Permanent { code, message } } else { Self::Transient { code, message } }
+        let message = format!(
+            "SMTP `{}` ({}:{}): {e}",
+            config.name, config.host, config.port
+        );
+        if e.is_permanent() {
+            Self::Permanent { code, message }
+        } else {
+            Self::Transient { code, message }
+        }
     }
+}
+
+/// A pooled connection idle for longer than this is checked with NOOP
+/// before it is used. One used a moment ago is not: the check would cost
+/// a round trip per message, and a server that closed it since (a restart)
+/// makes the send fail before DATA, a passing failure the job retries.
+pub const CHECK_AFTER_IDLE: Duration = Duration::from_secs(2);
+
+struct IdleConnection {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+struct Pool {
+    /// One permit per connection that may be open.
+    slots: Arc<tokio::sync::Semaphore>,
+    idle: Mutex<Vec<IdleConnection>>,
+}
+
+/// The right to use one of a configuration's connections; taken before a
+/// message's row is started, held through its SMTP transaction.
+pub struct SmtpSlot {
+    config: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Open connections for reuse, per SMTP configuration.
 pub struct Smtp {
     config: MailConfig,
     hello: ClientId,
-    idle: BTreeMap<String, Mutex<Vec<AsyncSmtpConnection>>>,
+    pools: BTreeMap<String, Pool>,
+    default_pool: Pool,
     stats: Arc<stats::MailStats>,
 }
 
 impl Smtp {
     /// A sender for every configuration in `config`, counting into `stats`.
     pub fn new(config: MailConfig, stats: Arc<stats::MailStats>) -> Self {
-        let idle = config.all().map(|c| (c.name.clone(), Mutex::new(Vec::new()))).collect();
-        Self { config, hello: ClientId::default(), idle, stats }
+        let pool = |c: &SmtpConfig| Pool {
+            slots: Arc::new(tokio::sync::Semaphore::new(c.pool_size.max(1))),
+            idle: Mutex::new(Vec::new()),
+        };
+        let default_pool = pool(&config.default);
+        let pools = config
+            .all()
+            .filter(|c| c.name != config.default.name)
+            .map(|c| (c.name.clone(), pool(c)))
+            .collect();
+        Self {
+            config,
+            hello: ClientId::default(),
+            pools,
+            default_pool,
+            stats,
+        }
     }
 
     /// The counters this sender keeps.
@@ -98,26 +149,72 @@ impl Smtp {
         })
     }
 
-    /// Sends one formatted message on a pooled connection (or a new one).
+    /// Waits until one of `config`'s connections is free (at most
+    /// `pool_size` are in use at once, across every sender of this process).
+    pub async fn reserve(&self, config: &SmtpConfig) -> Result<SmtpSlot, SmtpError> {
+        let permit = self
+            .pool(&config.name)
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SmtpError::Transient {
+                code: None,
+                message: format!("SMTP `{}`: the connection pool is shut down", config.name),
+            })?;
+        Ok(SmtpSlot {
+            config: config.name.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// `name`'s pool; `default`'s for `default` and any name without a
+    /// configuration of its own (as `MailConfig::smtp_for` falls back).
+    fn pool(&self, name: &str) -> &Pool {
+        self.pools.get(name).unwrap_or(&self.default_pool)
+    }
+
+    /// Sends one formatted message on a pooled connection (or a new one),
+    /// within the slot taken with [`Smtp::reserve`].
     ///
-    /// Never sends a message twice by itself: a pooled connection is checked
-    /// with NOOP before it is used, and a failure once the message is on its
-    /// way is reported, not retried here (the caller's records decide).
-    pub async fn send(&self, config: &SmtpConfig, envelope: &Envelope, message: &[u8]) -> Result<Accepted, SmtpError> {
+    /// Never sends a message twice by itself: a failure once the message is
+    /// on its way is reported, not retried here (the caller's records decide).
+    pub async fn send(
+        &self,
+        slot: &SmtpSlot,
+        config: &SmtpConfig,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<Accepted, SmtpError> {
+        debug_assert_eq!(
+            slot.config, config.name,
+            "an SMTP slot is used for its own configuration"
+        );
         let started = std::time::Instant::now();
         let result = self.send_on_a_connection(config, envelope, message).await;
         // Reachable: the server answered, whatever it said.
-        let answered = result.as_ref().map_or_else(|e| e.code().is_some(), |_| true);
-        self.stats.transaction(&config.name, started.elapsed(), answered);
+        let answered = result
+            .as_ref()
+            .map_or_else(|e| e.code().is_some(), |_| true);
+        self.stats
+            .transaction(&config.name, started.elapsed(), answered);
         result
     }
 
-    async fn send_on_a_connection(&self, config: &SmtpConfig, envelope: &Envelope, message: &[u8]) -> Result<Accepted, SmtpError> {
+    async fn send_on_a_connection(
+        &self,
+        config: &SmtpConfig,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<Accepted, SmtpError> {
         let mut conn = loop {
             match self.take_idle(&config.name) {
-                Some(mut c) => {
-                    if c.test_connected().await {
-                        break c;
+                Some(IdleConnection { conn, since }) if since.elapsed() < CHECK_AFTER_IDLE => {
+                    break conn;
+                }
+                Some(IdleConnection { mut conn, .. }) => {
+                    if conn.test_connected().await {
+                        break conn;
                     }
                     tracing::debug!(smtp = %config.name, "pooled SMTP connection was closed by the server; dropping it");
                 }
@@ -127,7 +224,10 @@ impl Smtp {
         let sending = tokio::time::timeout(config.command_timeout, conn.send(envelope, message));
         match sending.await {
             Ok(Ok(reply)) => {
-                let accepted = Accepted { code: u16::from(reply.code()), text: reply.message().collect::<Vec<_>>().join(" ") };
+                let accepted = Accepted {
+                    code: u16::from(reply.code()),
+                    text: reply.message().collect::<Vec<_>>().join(" "),
+                };
                 self.put_idle(config, conn);
                 Ok(accepted)
             }
@@ -147,19 +247,28 @@ impl Smtp {
         }
     }
 
-    fn take_idle(&self, name: &str) -> Option<AsyncSmtpConnection> {
-        self.idle.get(name).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).pop())
+    fn take_idle(&self, name: &str) -> Option<IdleConnection> {
+        self.pool(name)
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
     }
 
     fn put_idle(&self, config: &SmtpConfig, conn: AsyncSmtpConnection) {
         if conn.has_broken() {
             return;
         }
-        if let Some(pool) = self.idle.get(&config.name) {
-            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < config.pool_size {
-                pool.push(conn);
-            }
+        let mut idle = self
+            .pool(&config.name)
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if idle.len() < config.pool_size {
+            idle.push(IdleConnection {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -168,26 +277,41 @@ impl Smtp {
     async fn connect(&self, config: &SmtpConfig) -> Result<AsyncSmtpConnection, SmtpError> {
         let unreachable = |what: String| SmtpError::Transient {
             code: None,
-            message: format!("SMTP `{}` ({}:{}): {what}", config.name, config.host, config.port),
+            message: format!(
+                "SMTP `{}` ({}:{}): {what}",
+                config.name, config.host, config.port
+            ),
         };
         let connecting = async {
             let stream = tokio::net::TcpStream::connect((config.host.as_str(), config.port))
                 .await
                 .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
-            stream.set_nodelay(true).map_err(|e| unreachable(format!("cannot set TCP_NODELAY: {e}")))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| unreachable(format!("cannot set TCP_NODELAY: {e}")))?;
             AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
                 .await
                 .map_err(|e| unreachable(format!("the server refused the session: {e}")))
         };
         let mut conn = tokio::time::timeout(config.connect_timeout, connecting)
             .await
-            .map_err(|_| unreachable(format!("no greeting within {}s", config.connect_timeout.as_secs())))??;
+            .map_err(|_| {
+                unreachable(format!(
+                    "no greeting within {}s",
+                    config.connect_timeout.as_secs()
+                ))
+            })??;
         if config.tls == TlsMode::StartTls {
             if !conn.can_starttls() {
-                return Err(unreachable("the server does not offer STARTTLS, which this configuration requires".into()));
+                return Err(unreachable(
+                    "the server does not offer STARTTLS, which this configuration requires".into(),
+                ));
             }
-            let tls = TlsParameters::new_rustls(config.host.clone()).map_err(|e| unreachable(format!("TLS setup: {e}")))?;
-            conn.starttls(tls, &self.hello).await.map_err(|e| unreachable(format!("STARTTLS failed: {e}")))?;
+            let tls = TlsParameters::new_rustls(config.host.clone())
+                .map_err(|e| unreachable(format!("TLS setup: {e}")))?;
+            conn.starttls(tls, &self.hello)
+                .await
+                .map_err(|e| unreachable(format!("STARTTLS failed: {e}")))?;
         }
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             let credentials = Credentials::new(user.clone(), password.clone());

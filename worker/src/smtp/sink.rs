@@ -25,7 +25,9 @@ impl Drop for Reaper {
 }
 
 fn free_port() -> io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port())
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
 }
 
 /// A running `smtp-sink`; stopped when dropped.
@@ -50,7 +52,9 @@ pub fn ensure_installed() -> io::Result<()> {
                   || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null)";
     let status = Command::new("sh").arg("-c").arg(script).status()?;
     if !status.success() || !Path::new(SMTP_SINK).exists() {
-        return Err(io::Error::other(format!("could not install postfix (for {SMTP_SINK}): apt-get ended with {status}")));
+        return Err(io::Error::other(format!(
+            "could not install postfix (for {SMTP_SINK}): apt-get ended with {status}"
+        )));
     }
     Ok(())
 }
@@ -85,16 +89,23 @@ impl SmtpSink {
             cmd.args(["-d", &dump]);
         }
         cmd.args(flags).arg(format!("127.0.0.1:{port}")).arg("256");
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         let child = Reaper(cmd.spawn()?);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if start.elapsed() > Duration::from_secs(10) {
-                return Err(io::Error::other(format!("smtp-sink did not listen on 127.0.0.1:{port} within 10 s")));
+                return Err(io::Error::other(format!(
+                    "smtp-sink did not listen on 127.0.0.1:{port} within 10 s"
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { port, dir, _child: child })
+        Ok(Self {
+            port,
+            dir,
+            _child: child,
+        })
     }
 
     /// Stops the server, then returns every message it accepted (none is
@@ -112,7 +123,11 @@ impl SmtpSink {
             .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         files.sort();
-        files.iter().filter_map(|f| std::fs::read(f).ok()).map(|b| String::from_utf8_lossy(&b).into_owned()).collect()
+        files
+            .iter()
+            .filter_map(|f| std::fs::read(f).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
     }
 }
 
@@ -123,7 +138,12 @@ impl SmtpSink {
         let mut seconds: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('.').next()).map(String::from))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.split('.').next())
+                            .map(String::from)
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -62,19 +62,41 @@ impl MailStats {
 
     /// Counts one message's attempt.
     pub fn record(&self, config: &str, kind: &'static str, outcome: SendOutcome) {
-        *self.lock().outcomes.entry((config.to_string(), kind, outcome)).or_default() += 1;
+        *self
+            .lock()
+            .outcomes
+            .entry((config.to_string(), kind, outcome))
+            .or_default() += 1;
     }
 
     /// Notes an SMTP transaction's duration and whether the server answered.
     pub fn transaction(&self, config: &str, took: Duration, answered: bool) {
         let mut s = self.lock();
-        s.durations.entry(config.to_string()).or_default().observe(took.as_secs_f64());
+        s.durations
+            .entry(config.to_string())
+            .or_default()
+            .observe(took.as_secs_f64());
         s.reachable.insert(config.to_string(), answered);
     }
 
     /// A copy of everything.
     pub fn snapshot(&self) -> MailSnapshot {
         let s = self.lock();
-        MailSnapshot { outcomes: s.outcomes.clone(), durations: s.durations.clone(), reachable: s.reachable.clone() }
+        MailSnapshot {
+            outcomes: s.outcomes.clone(),
+            durations: s.durations.clone(),
+            reachable: s.reachable.clone(),
+        }
+    }
+}
+
+impl MailSnapshot {
+    /// Messages with this outcome, over every configuration and kind.
+    pub fn count(&self, outcome: SendOutcome) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|((_, _, o), _)| *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
     }
 }

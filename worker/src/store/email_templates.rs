@@ -1,6 +1,10 @@
 //! `email_templates`: mail templates admins edit in the database, and the
 //! defaults `dklctl templates sync` loads from `templates/`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
 use sqlx::PgExecutor;
 
 use crate::templates::MailTemplate;
@@ -40,7 +44,11 @@ impl TemplateRow {
     pub fn declared_variables(&self) -> Option<Vec<String>> {
         match &self.variables {
             None => Some(Vec::new()),
-            Some(v) => v.as_array()?.iter().map(|n| n.as_str().map(String::from)).collect(),
+            Some(v) => v
+                .as_array()?
+                .iter()
+                .map(|n| n.as_str().map(String::from))
+                .collect(),
         }
     }
 }
@@ -53,16 +61,29 @@ macro_rules! row_columns {
 }
 
 /// One template by name.
-pub async fn by_name(executor: impl PgExecutor<'_>, name: &str) -> Result<Option<TemplateRow>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", row_columns!(), " FROM email_templates t WHERE name = $1"))
-        .bind(name)
-        .fetch_optional(executor)
-        .await
+pub async fn by_name(
+    executor: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<TemplateRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        row_columns!(),
+        " FROM email_templates t WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(executor)
+    .await
 }
 
 /// Every template, by name.
 pub async fn all(executor: impl PgExecutor<'_>) -> Result<Vec<TemplateRow>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", row_columns!(), " FROM email_templates t ORDER BY name")).fetch_all(executor).await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        row_columns!(),
+        " FROM email_templates t ORDER BY name"
+    ))
+    .fetch_all(executor)
+    .await
 }
 
 /// Binds $1..$5 as name, subject, HTML, text and variables.
@@ -71,7 +92,12 @@ fn bind_template<'q>(
     template: &'q MailTemplate,
     variables: &'q serde_json::Value,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    query.bind(&template.name).bind(&template.subject).bind(&template.html).bind(&template.text).bind(variables)
+    query
+        .bind(&template.name)
+        .bind(&template.subject)
+        .bind(&template.html)
+        .bind(&template.text)
+        .bind(variables)
 }
 
 /// What sync did with one template.
@@ -117,9 +143,12 @@ pub async fn sync(
     .await?;
     let outcome = match existing {
         None => {
-            let insert = "INSERT INTO email_templates (name, subject, html_content, text_content, variables)
+            let insert =
+                "INSERT INTO email_templates (name, subject, html_content, text_content, variables)
                           VALUES ($1, $2, $3, $4, $5)";
-            bind_template(sqlx::query(insert), template, &variables).execute(&mut *tx).await?;
+            bind_template(sqlx::query(insert), template, &variables)
+                .execute(&mut *tx)
+                .await?;
             SyncOutcome::Inserted
         }
         Some((_, true)) => SyncOutcome::Unchanged,
@@ -127,8 +156,14 @@ pub async fn sync(
         Some((untouched, false)) => {
             let update = "UPDATE email_templates SET subject = $2, html_content = $3, text_content = $4, variables = $5
                            WHERE name = $1";
-            bind_template(sqlx::query(update), template, &variables).execute(&mut *tx).await?;
-            if untouched { SyncOutcome::Updated } else { SyncOutcome::Overwritten }
+            bind_template(sqlx::query(update), template, &variables)
+                .execute(&mut *tx)
+                .await?;
+            if untouched {
+                SyncOutcome::Updated
+            } else {
+                SyncOutcome::Overwritten
+            }
         }
     };
     if outcome != SyncOutcome::KeptAdminChanges {
@@ -139,4 +174,55 @@ pub async fn sync(
     }
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Template rows by name, each kept for a few seconds: a send reads its
+/// template from memory, and an admin's edit is used within `ttl`. Misses
+/// are not kept, so a template created a moment ago is found at once.
+pub struct TemplateCache {
+    ttl: Duration,
+    rows: RwLock<HashMap<String, (Instant, Arc<TemplateRow>)>>,
+}
+
+impl TemplateCache {
+    /// How long the mail worker keeps a template row.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+    /// An empty cache whose rows live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            rows: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The row named `name`, from memory when read less than `ttl` ago.
+    pub async fn get(
+        &self,
+        executor: impl PgExecutor<'_>,
+        name: &str,
+    ) -> Result<Option<Arc<TemplateRow>>, sqlx::Error> {
+        if let Some((read_at, row)) = self
+            .rows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            && read_at.elapsed() < self.ttl
+        {
+            return Ok(Some(row.clone()));
+        }
+        let Some(row) = by_name(executor, name).await? else {
+            self.rows
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            return Ok(None);
+        };
+        let row = Arc::new(row);
+        self.rows
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), (Instant::now(), row.clone()));
+        Ok(Some(row))
+    }
 }

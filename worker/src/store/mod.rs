@@ -4,4 +4,3 @@
 pub mod email_templates;
 pub mod suppressions;
 pub mod verzonden_emails;
-pub mod rate_limits;

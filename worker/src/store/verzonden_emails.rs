@@ -2,6 +2,8 @@
 //! transaction starts, under the message's dedup key, so a repeated job
 //! never sends a second copy of a message that was accepted.
 
+use std::time::Duration;
+
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
@@ -43,10 +45,18 @@ impl std::str::FromStr for SendStatus {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::Queued, Self::Sent, Self::Failed, Self::Bounced, Self::Suppressed, Self::Unknown, Self::Pending]
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown verzonden_emails status `{s}`"))
+        [
+            Self::Queued,
+            Self::Sent,
+            Self::Failed,
+            Self::Bounced,
+            Self::Suppressed,
+            Self::Unknown,
+            Self::Pending,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("unknown verzonden_emails status `{s}`"))
     }
 }
 
@@ -75,74 +85,222 @@ pub struct NewMessage<'a> {
     pub reply_to: Option<&'a str>,
 }
 
-/// The row of a message as a new attempt finds it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct MessageRow {
-    /// The recipient it was written for.
-    pub recipient_email: String,
-    /// Row id.
-    pub id: Uuid,
-    /// Status.
-    pub status: SendStatus,
-    /// The Message-ID it was (or will be) sent with.
-    pub message_id: Option<String>,
-    /// True when an SMTP transaction started and never ended (its worker died).
-    pub interrupted: bool,
+/// A configuration's rate limit, as `dkl_take_send_slot` takes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateLimit {
+    /// Messages per second, all workers together.
+    pub per_second: Option<u32>,
+    /// Messages per hour, all workers together.
+    pub per_hour: Option<u32>,
 }
 
-/// Writes the row of `m` if its key is new; else returns the existing row,
-/// put back to `queued` if it had `failed` or was `suppressed` (someone asks
-/// for the message again: try again, and check the suppression again).
-pub async fn record(conn: &mut sqlx::PgConnection, m: &NewMessage<'_>) -> Result<MessageRow, sqlx::Error> {
-    let inserted: Option<MessageRow> = sqlx::query_as(
-        "INSERT INTO verzonden_emails
-            (dedup_key, recipient_email, subject, template_name, status, mail_kind, smtp_config, job_id, message_id, reply_to, sent_at)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, now())
-         ON CONFLICT (dedup_key) DO NOTHING
-         RETURNING recipient_email, id, status, message_id, false AS interrupted",
+/// What `begin_send` found, and what the sender does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begun {
+    /// Another session sends this message right now; look again later.
+    Busy,
+    /// The key belongs to a message to this other address.
+    OtherRecipient(String),
+    /// Handled before, with this status: nothing to do.
+    Done(SendStatus),
+    /// The address is suppressed for this kind of mail (why); row marked.
+    Suppressed(String),
+    /// A bulk message whose sender died mid-transaction; row marked `unknown`.
+    Unknown,
+    /// The rate limit is reached: wait this long, then `start_send` (the
+    /// message's lock stays held).
+    Wait {
+        /// Row id.
+        id: Uuid,
+        /// The Message-ID to send with (the first try's, on a resend).
+        message_id: String,
+        /// How long.
+        wait: Duration,
+    },
+    /// Send it now: `smtp_started_at` is set and the lock is held.
+    Send {
+        /// Row id.
+        id: Uuid,
+        /// The Message-ID to send with (the first try's, on a resend).
+        message_id: String,
+    },
+}
+
+impl Begun {
+    /// True when the session holds the message's lock (`dkl_finish_send`
+    /// or the session's end releases it).
+    pub fn holds_lock(&self) -> bool {
+        matches!(self, Self::Wait { .. } | Self::Send { .. })
+    }
+}
+
+/// Everything before a message's SMTP transaction in one round trip
+/// (`dkl_begin_send`): takes the key's session lock, writes the row (or finds
+/// it, putting a `failed` or `suppressed` one back to `queued`), checks the
+/// recipient, the status, the suppression list and the rate limit, and marks
+/// the transaction started.
+pub async fn begin_send(
+    conn: &mut sqlx::PgConnection,
+    m: &NewMessage<'_>,
+    bulk: bool,
+    rate: RateLimit,
+) -> Result<Begun, sqlx::Error> {
+    let (outcome, id, message_id, detail, wait): (
+        String,
+        Option<Uuid>,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+    ) = sqlx::query_as(
+        "SELECT * FROM dkl_begin_send($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(m.dedup_key)
     .bind(m.recipient)
     .bind(m.subject)
     .bind(m.template_name)
     .bind(m.mail_kind)
+    .bind(bulk)
     .bind(m.smtp_config)
     .bind(m.job_id)
     .bind(m.message_id)
     .bind(m.reply_to)
-    .fetch_optional(&mut *conn)
+    .bind(rate.per_second.map(|n| n as i32))
+    .bind(rate.per_hour.map(|n| n as i32))
+    .fetch_one(conn)
     .await?;
-    if let Some(row) = inserted {
-        return Ok(row);
-    }
-    sqlx::query_as(
-        "UPDATE verzonden_emails
-            SET status = CASE WHEN status IN ('failed', 'suppressed') THEN 'queued' ELSE status END
-          WHERE dedup_key = $1
-          RETURNING recipient_email, id, status, message_id, smtp_started_at IS NOT NULL AS interrupted",
-    )
-    .bind(m.dedup_key)
-    .fetch_one(&mut *conn)
-    .await
+    let row = || -> Result<(Uuid, String), sqlx::Error> {
+        Ok((
+            id.ok_or_else(|| sqlx::Error::Protocol("dkl_begin_send returned no id".into()))?,
+            message_id
+                .clone()
+                .unwrap_or_else(|| m.message_id.to_string()),
+        ))
+    };
+    Ok(match outcome.as_str() {
+        "busy" => Begun::Busy,
+        "other_recipient" => Begun::OtherRecipient(detail.unwrap_or_default()),
+        "done" => Begun::Done(
+            detail
+                .as_deref()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        ),
+        "suppressed" => Begun::Suppressed(detail.unwrap_or_default()),
+        "unknown" => Begun::Unknown,
+        "wait" => {
+            let (id, message_id) = row()?;
+            Begun::Wait {
+                id,
+                message_id,
+                wait: Duration::from_secs_f64(wait.unwrap_or(1.0).max(0.001)),
+            }
+        }
+        "send" => {
+            let (id, message_id) = row()?;
+            Begun::Send { id, message_id }
+        }
+        other => {
+            return Err(sqlx::Error::Protocol(format!(
+                "dkl_begin_send returned an unknown outcome `{other}`"
+            )));
+        }
+    })
 }
 
-/// Marks `id` sent, trying a few times over half a minute: the server has
-/// accepted the message, and a lost `sent` would send it again. The first
-/// try uses the sender's own connection (taking a second one while holding
-/// it could exhaust the pool); later tries use fresh pool connections.
-pub async fn mark_sent_surely(
+/// After a `Begun::Wait`: takes a rate slot and marks the transaction
+/// started; `Some(wait)` when the limit is still reached.
+pub async fn start_send(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    job_id: &str,
+    smtp_config: &str,
+    rate: RateLimit,
+) -> Result<Option<Duration>, sqlx::Error> {
+    let wait: f64 = sqlx::query_scalar("SELECT dkl_start_send($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(job_id)
+        .bind(smtp_config)
+        .bind(rate.per_second.map(|n| n as i32))
+        .bind(rate.per_hour.map(|n| n as i32))
+        .fetch_one(conn)
+        .await?;
+    Ok((wait > 0.0).then(|| Duration::from_secs_f64(wait)))
+}
+
+/// How a message's SMTP transaction ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Finish<'a> {
+    /// Accepted with this reply.
+    Sent {
+        /// Reply code.
+        code: u16,
+        /// Reply text.
+        reply: &'a str,
+    },
+    /// A passing failure: it stays `queued`, `retry_count` counts it.
+    Retry {
+        /// Reply code, if the server gave one.
+        code: Option<u16>,
+        /// What happened.
+        error: &'a str,
+    },
+    /// Given up (`failed`), with the reason.
+    Failed {
+        /// Reply code, if the server gave one.
+        code: Option<u16>,
+        /// Why.
+        error: &'a str,
+    },
+}
+
+/// Records how the transaction ended and releases the message's lock, in
+/// one round trip (`dkl_finish_send`).
+pub async fn finish_send(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    dedup_key: &str,
+    how: Finish<'_>,
+) -> Result<(), sqlx::Error> {
+    let (status, code, reply, error) = match how {
+        Finish::Sent { code, reply } => (SendStatus::Sent, Some(code), Some(reply), None),
+        Finish::Retry { code, error } => (SendStatus::Queued, code, None, Some(error)),
+        Finish::Failed { code, error } => (SendStatus::Failed, code, None, Some(error)),
+    };
+    sqlx::query("SELECT dkl_finish_send($1, $2, $3, $4, $5, $6)")
+        .bind(id)
+        .bind(dedup_key)
+        .bind(status.as_str())
+        .bind(code.map(i32::from))
+        .bind(reply)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records an accepted message, trying a few times over half a minute: a
+/// lost `sent` would send it again. The first try (which also releases the
+/// key's lock) uses the sender's own connection (taking a second one while
+/// holding it could exhaust the pool); later tries use fresh pool
+/// connections, and the caller then closes its own, which frees the lock.
+pub async fn finish_sent_surely(
     conn: &mut sqlx::PgConnection,
     pool: &sqlx::PgPool,
     id: Uuid,
+    dedup_key: &str,
     code: u16,
     reply: &str,
 ) -> Result<(), sqlx::Error> {
-    let Err(mut error) = mark_sent(&mut *conn, id, code, reply).await else { return Ok(()) };
-    let mut wait = std::time::Duration::from_millis(100);
+    let Err(mut error) = finish_send(&mut *conn, id, dedup_key, Finish::Sent { code, reply }).await
+    else {
+        return Ok(());
+    };
+    let mut wait = Duration::from_millis(100);
     for _ in 0..8 {
         tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "cannot record an accepted message as sent; retrying");
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+        wait = (wait * 2).min(Duration::from_secs(10));
         match mark_sent(pool, id, code, reply).await {
             Ok(()) => return Ok(()),
             Err(e) => error = e,
@@ -151,18 +309,13 @@ pub async fn mark_sent_surely(
     Err(error)
 }
 
-/// Notes that the SMTP transaction of `id` starts now (committed before it does).
-pub async fn start_smtp(executor: impl PgExecutor<'_>, id: Uuid, job_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE verzonden_emails SET smtp_started_at = now(), job_id = $2 WHERE id = $1")
-        .bind(id)
-        .bind(job_id)
-        .execute(executor)
-        .await?;
-    Ok(())
-}
-
 /// The server accepted it.
-pub async fn mark_sent(executor: impl PgExecutor<'_>, id: Uuid, code: u16, reply: &str) -> Result<(), sqlx::Error> {
+async fn mark_sent(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+    code: u16,
+    reply: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE verzonden_emails
             SET status = 'sent', sent_at = now(), smtp_code = $2, smtp_reply = $3, error_message = NULL, smtp_started_at = NULL
@@ -171,42 +324,6 @@ pub async fn mark_sent(executor: impl PgExecutor<'_>, id: Uuid, code: u16, reply
     .bind(id)
     .bind(i32::from(code))
     .bind(reply)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// A passing failure (4xx, connection lost): it stays queued and counts a retry.
-pub async fn mark_retry(executor: impl PgExecutor<'_>, id: Uuid, code: Option<u16>, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE verzonden_emails
-            SET retry_count = retry_count + 1, smtp_code = $2, error_message = $3, smtp_started_at = NULL
-          WHERE id = $1",
-    )
-    .bind(id)
-    .bind(code.map(i32::from))
-    .bind(error)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Given up: `status` is `failed`, `unknown` or `suppressed`, with the reason.
-pub async fn mark_final(
-    executor: impl PgExecutor<'_>,
-    id: Uuid,
-    status: SendStatus,
-    code: Option<u16>,
-    error: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE verzonden_emails SET status = $2, smtp_code = coalesce($3, smtp_code), error_message = $4, smtp_started_at = NULL
-          WHERE id = $1",
-    )
-    .bind(id)
-    .bind(status.as_str())
-    .bind(code.map(i32::from))
-    .bind(error)
     .execute(executor)
     .await?;
     Ok(())
@@ -271,7 +388,10 @@ pub async fn log(executor: impl PgExecutor<'_>, f: &LogFilter) -> Result<Vec<Log
 
 /// For `dklctl mail resend`: a message's status and the payload of the job
 /// that sent it (`None` when that job was pruned), or `None` for no such row.
-pub async fn sending_job(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<(SendStatus, Option<serde_json::Value>)>, sqlx::Error> {
+pub async fn sending_job(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<(SendStatus, Option<serde_json::Value>)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT v.status, convert_from(j.job, 'UTF8')::jsonb
            FROM verzonden_emails v LEFT JOIN apalis.jobs j ON j.id = v.job_id
@@ -283,7 +403,10 @@ pub async fn sending_job(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Opti
 }
 
 /// Counts of messages by status among dedup keys starting with `prefix`.
-pub async fn count_by_status(executor: impl PgExecutor<'_>, prefix: &str) -> Result<Vec<(SendStatus, i64)>, sqlx::Error> {
+pub async fn count_by_status(
+    executor: impl PgExecutor<'_>,
+    prefix: &str,
+) -> Result<Vec<(SendStatus, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT status, count(*) FROM verzonden_emails WHERE starts_with(dedup_key, $1) GROUP BY 1 ORDER BY 1")
         .bind(prefix)
         .fetch_all(executor)
@@ -292,6 +415,15 @@ pub async fn count_by_status(executor: impl PgExecutor<'_>, prefix: &str) -> Res
 
 /// Deletes the messages whose dedup keys start with `prefix` (benchmarks
 /// clean up with it).
-pub async fn delete_by_key_prefix(executor: impl PgExecutor<'_>, prefix: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM verzonden_emails WHERE starts_with(dedup_key, $1)").bind(prefix).execute(executor).await?.rows_affected())
+pub async fn delete_by_key_prefix(
+    executor: impl PgExecutor<'_>,
+    prefix: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM verzonden_emails WHERE starts_with(dedup_key, $1)")
+            .bind(prefix)
+            .execute(executor)
+            .await?
+            .rows_affected(),
+    )
 }

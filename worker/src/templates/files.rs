@@ -37,7 +37,9 @@ pub enum FilesError {
         source: std::io::Error,
     },
     /// `meta.json` is not what it should be.
-    #[error("{path}: {reason}; expected {{\"description\": \"…\", \"variables\": [\"naam\", …], \"example\": {{…}}}}")]
+    #[error(
+        "{path}: {reason}; expected {{\"description\": \"…\", \"variables\": [\"naam\", …], \"example\": {{…}}}}"
+    )]
     Meta {
         /// The file.
         path: PathBuf,
@@ -87,16 +89,31 @@ pub fn load(dir: &Path) -> Result<TemplateFiles, FilesError> {
     let optional = |file: &str| match std::fs::read_to_string(dir.join(file)) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FilesError::Read { path: dir.join(file), source }),
+        Err(source) => Err(FilesError::Read {
+            path: dir.join(file),
+            source,
+        }),
     };
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let meta_path = dir.join("meta.json");
-    let meta: Value = serde_json::from_str(&read("meta.json")?)
-        .map_err(|e| FilesError::Meta { path: meta_path.clone(), reason: format!("not JSON ({e})") })?;
+    let meta: Value = serde_json::from_str(&read("meta.json")?).map_err(|e| FilesError::Meta {
+        path: meta_path.clone(),
+        reason: format!("not JSON ({e})"),
+    })?;
     let variables = meta["variables"]
         .as_array()
-        .and_then(|a| a.iter().map(|v| v.as_str().map(String::from)).collect::<Option<Vec<_>>>())
-        .ok_or_else(|| FilesError::Meta { path: meta_path.clone(), reason: "`variables` is not a list of names".into() })?;
+        .and_then(|a| {
+            a.iter()
+                .map(|v| v.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| FilesError::Meta {
+            path: meta_path.clone(),
+            reason: "`variables` is not a list of names".into(),
+        })?;
     Ok(TemplateFiles {
         dir: dir.to_path_buf(),
         template: MailTemplate {
@@ -108,7 +125,10 @@ pub fn load(dir: &Path) -> Result<TemplateFiles, FilesError> {
         },
         description: meta["description"].as_str().unwrap_or_default().to_string(),
         variables,
-        example: meta.get("example").cloned().unwrap_or_else(|| Value::Object(Default::default())),
+        example: meta
+            .get("example")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default())),
     })
 }
 
@@ -118,9 +138,9 @@ pub fn check(renderer: &Renderer, files: &TemplateFiles) -> Result<(), FilesErro
     let dir = || files.dir.clone();
     let at_fault = |source: TemplateError| {
         let file = match &source {
-            TemplateError::Syntax { part, .. } | TemplateError::MissingVariable { part, .. } | TemplateError::Render { part, .. } => {
-                files.dir.join(part_file(*part))
-            }
+            TemplateError::Syntax { part, .. }
+            | TemplateError::MissingVariable { part, .. }
+            | TemplateError::Render { part, .. } => files.dir.join(part_file(*part)),
             TemplateError::HeaderInjection { .. } => files.dir.join(part_file(Part::Subject)),
         };
         FilesError::Template { file, source }
@@ -128,7 +148,10 @@ pub fn check(renderer: &Renderer, files: &TemplateFiles) -> Result<(), FilesErro
     renderer.check(&files.template).map_err(at_fault)?;
     let t = &files.template;
     let mut used = BTreeSet::new();
-    for source in [Some(&t.subject), Some(&t.html), t.text.as_ref()].into_iter().flatten() {
+    for source in [Some(&t.subject), Some(&t.html), t.text.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         // Parsing succeeded above.
         used.extend(used_variables(source).unwrap_or_default());
     }

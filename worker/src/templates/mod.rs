@@ -101,7 +101,9 @@ pub enum TemplateError {
         reason: String,
     },
     /// The data lacks a variable the template uses.
-    #[error("template `{template}`, {part}: variable `{variable}` is missing; pass it in the mail's variables")]
+    #[error(
+        "template `{template}`, {part}: variable `{variable}` is missing; pass it in the mail's variables"
+    )]
     MissingVariable {
         /// Template name.
         template: String,
@@ -121,7 +123,9 @@ pub enum TemplateError {
         reason: String,
     },
     /// The subject renders to more than one line.
-    #[error("template `{template}`: the subject renders with a line break (CR or LF), which would inject mail headers; remove line breaks from the subject and its values")]
+    #[error(
+        "template `{template}`: the subject renders with a line break (CR or LF), which would inject mail headers; remove line breaks from the subject and its values"
+    )]
     HeaderInjection {
         /// Template name.
         template: String,
@@ -157,7 +161,10 @@ impl Renderer {
         plain.set_strict_mode(true);
         plain.register_escape_fn(handlebars::no_escape);
         helpers::register(&mut plain);
-        Self { html: RwLock::new(html), plain: RwLock::new(plain) }
+        Self {
+            html: RwLock::new(html),
+            plain: RwLock::new(plain),
+        }
     }
 
     /// Checks that every part of `template` parses.
@@ -169,20 +176,36 @@ impl Renderer {
     }
 
     /// Renders `template` with `data` (a JSON object of variables).
-    pub fn render(&self, template: &MailTemplate, data: &Value) -> Result<RenderedMail, TemplateError> {
-        let subject = self.render_part(&self.plain, template, Part::Subject, &template.subject, data)?;
+    pub fn render(
+        &self,
+        template: &MailTemplate,
+        data: &Value,
+    ) -> Result<RenderedMail, TemplateError> {
+        let subject = self.render_part(
+            &self.plain,
+            template,
+            Part::Subject,
+            &template.subject,
+            data,
+        )?;
         // Surrounding white space (a trailing newline an editor added) is
         // harmless; a line break inside is an injected header.
         let subject = subject.trim().to_string();
         if subject.contains(['\r', '\n']) {
-            return Err(TemplateError::HeaderInjection { template: template.name.clone() });
+            return Err(TemplateError::HeaderInjection {
+                template: template.name.clone(),
+            });
         }
         let html = self.render_part(&self.html, template, Part::Html, &template.html, data)?;
         let text = match &template.text {
             Some(source) => self.render_part(&self.plain, template, Part::Text, source, data)?,
             None => html_to_text(&html),
         };
-        Ok(RenderedMail { subject, html, text })
+        Ok(RenderedMail {
+            subject,
+            html,
+            text,
+        })
     }
 
     fn render_part(
@@ -199,15 +222,23 @@ impl Renderer {
             source.hash(&mut h);
             format!("{:016x}", h.finish())
         };
-        let compiled = registry.read().unwrap_or_else(|p| p.into_inner()).has_template(&key);
+        let compiled = registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_template(&key);
         if !compiled {
             let mut writable = registry.write().unwrap_or_else(|p| p.into_inner());
             if writable.get_templates().len() >= MAX_CACHED {
                 writable.clear_templates();
             }
-            writable.register_template_string(&key, source).map_err(|e| syntax(template, part, &e))?;
+            writable
+                .register_template_string(&key, source)
+                .map_err(|e| syntax(template, part, &e))?;
         }
-        let rendered = registry.read().unwrap_or_else(|p| p.into_inner()).render(&key, data);
+        let rendered = registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .render(&key, data);
         rendered.map_err(|e| match e.reason() {
             RenderErrorReason::MissingVariable(path) => TemplateError::MissingVariable {
                 template: template.name.clone(),
@@ -215,15 +246,23 @@ impl Renderer {
                 variable: path.clone().unwrap_or_else(|| "?".into()),
             },
             RenderErrorReason::TemplateError(t) => syntax(template, part, t),
-            other => TemplateError::Render { template: template.name.clone(), part, reason: other.to_string() },
+            other => TemplateError::Render {
+                template: template.name.clone(),
+                part,
+                reason: other.to_string(),
+            },
         })
     }
 }
 
 fn parts(template: &MailTemplate) -> impl Iterator<Item = (Part, &str)> {
-    [(Part::Subject, Some(template.subject.as_str())), (Part::Html, Some(template.html.as_str())), (Part::Text, template.text.as_deref())]
-        .into_iter()
-        .filter_map(|(part, source)| source.map(|s| (part, s)))
+    [
+        (Part::Subject, Some(template.subject.as_str())),
+        (Part::Html, Some(template.html.as_str())),
+        (Part::Text, template.text.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(part, source)| source.map(|s| (part, s)))
 }
 
 fn syntax(template: &MailTemplate, part: Part, e: &HbTemplateError) -> TemplateError {
@@ -238,7 +277,11 @@ fn syntax(template: &MailTemplate, part: Part, e: &HbTemplateError) -> TemplateE
 /// The text of an HTML body, for mail clients that show no HTML: wrapped at
 /// 78 columns, links kept as footnotes.
 pub fn html_to_text(html: &str) -> String {
-    html2text::from_read(html.as_bytes(), 78).unwrap_or_else(|_| html.to_string()).trim_end().to_string() + "\n"
+    html2text::from_read(html.as_bytes(), 78)
+        .unwrap_or_else(|_| html.to_string())
+        .trim_end()
+        .to_string()
+        + "\n"
 }
 
 #[cfg(test)]

@@ -27,9 +27,9 @@ fn collect_template(template: &Template, names: &mut BTreeSet<String>) {
 
 fn collect_element(element: &TemplateElement, names: &mut BTreeSet<String>) {
     match element {
-        TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) | TemplateElement::HelperBlock(h) => {
-            collect_helper(h, names)
-        }
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => collect_helper(h, names),
         _ => {}
     }
 }

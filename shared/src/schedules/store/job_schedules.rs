@@ -52,19 +52,33 @@ macro_rules! schedule_columns {
 
 /// Enabled schedules, by name.
 pub async fn enabled_schedules(conn: &mut PgConnection) -> Result<Vec<Schedule>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", schedule_columns!(), " FROM job_schedules WHERE enabled ORDER BY name"))
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM job_schedules WHERE enabled ORDER BY name"
+    ))
+    .fetch_all(conn)
+    .await
 }
 
 /// All schedules, by name.
 pub async fn all_schedules(executor: impl PgExecutor<'_>) -> Result<Vec<Schedule>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", schedule_columns!(), " FROM job_schedules ORDER BY name")).fetch_all(executor).await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM job_schedules ORDER BY name"
+    ))
+    .fetch_all(executor)
+    .await
 }
 
 /// Enables or disables a schedule by name; false if there is none. (Enabling
 /// makes the scheduler compute the next tick from now: see the trigger.)
-pub async fn set_enabled(executor: impl PgExecutor<'_>, name: &str, enabled: bool) -> Result<bool, sqlx::Error> {
+pub async fn set_enabled(
+    executor: impl PgExecutor<'_>,
+    name: &str,
+    enabled: bool,
+) -> Result<bool, sqlx::Error> {
     let n = sqlx::query("UPDATE job_schedules SET enabled = $2 WHERE name = $1")
         .bind(name)
         .bind(enabled)
@@ -75,23 +89,36 @@ pub async fn set_enabled(executor: impl PgExecutor<'_>, name: &str, enabled: boo
 }
 
 /// One schedule by name, locked for the rest of the transaction.
-pub async fn schedule_for_update(conn: &mut PgConnection, name: &str) -> Result<Option<Schedule>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", schedule_columns!(), " FROM job_schedules WHERE name = $1 FOR UPDATE"))
-        .bind(name)
-        .fetch_optional(conn)
-        .await
+pub async fn schedule_for_update(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<Schedule>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM job_schedules WHERE name = $1 FOR UPDATE"
+    ))
+    .bind(name)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Sets the next tick, unless an admin changed the timing since `s` was read
 /// (then the trigger has reset `next_run_at` and the next pass starts over).
-pub async fn set_next_run(conn: &mut PgConnection, s: &Schedule, next: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE job_schedules SET next_run_at = $4 WHERE id = $1 AND cron = $2 AND time_zone = $3")
-        .bind(s.id)
-        .bind(&s.cron)
-        .bind(&s.time_zone)
-        .bind(next)
-        .execute(conn)
-        .await?;
+pub async fn set_next_run(
+    conn: &mut PgConnection,
+    s: &Schedule,
+    next: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE job_schedules SET next_run_at = $4 WHERE id = $1 AND cron = $2 AND time_zone = $3",
+    )
+    .bind(s.id)
+    .bind(&s.cron)
+    .bind(&s.time_zone)
+    .bind(next)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -121,20 +148,34 @@ pub async fn record_tick(
 
 /// Marks a schedule as unusable. Returns false if it already said so (the
 /// caller logs only news).
-pub async fn set_schedule_error(conn: &mut PgConnection, id: Uuid, error: &str) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query("UPDATE job_schedules SET last_error = $2 WHERE id = $1 AND last_error IS DISTINCT FROM $2")
-        .bind(id)
-        .bind(error)
-        .execute(conn)
-        .await?
-        .rows_affected();
+pub async fn set_schedule_error(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE job_schedules SET last_error = $2 WHERE id = $1 AND last_error IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(conn)
+    .await?
+    .rows_affected();
     Ok(changed > 0)
 }
 
 /// Records a manual run's job as the schedule's latest (so `skip_if_running`
 /// sees it).
-pub async fn set_last_job(conn: &mut PgConnection, id: Uuid, job_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE job_schedules SET last_job_id = $2 WHERE id = $1").bind(id).bind(job_id).execute(conn).await?;
+pub async fn set_last_job(
+    conn: &mut PgConnection,
+    id: Uuid,
+    job_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE job_schedules SET last_job_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(job_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -165,7 +206,9 @@ impl std::str::FromStr for CatchUp {
         match s {
             "once" => Ok(Self::Once),
             "every" => Ok(Self::Every),
-            other => Err(format!("unknown catch_up `{other}` (expected `once` or `every`)")),
+            other => Err(format!(
+                "unknown catch_up `{other}` (expected `once` or `every`)"
+            )),
         }
     }
 }

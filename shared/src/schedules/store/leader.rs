@@ -21,14 +21,21 @@ pub async fn try_leader_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Erro
 
 /// Releases the leader lock held by this session.
 pub async fn release_leader_lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_unlock($1, $2)").bind(LEADER_LOCK.0).bind(LEADER_LOCK.1).execute(conn).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(LEADER_LOCK.0)
+        .bind(LEADER_LOCK.1)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// Ends the session of a leader whose heartbeat is older than `stale_after`
 /// (a frozen process keeps its connection, and with it the lock, for ever).
 /// Returns true if a session was ended; its lock is then free.
-pub async fn depose_stale_leader(conn: &mut PgConnection, stale_after: Duration) -> Result<bool, sqlx::Error> {
+pub async fn depose_stale_leader(
+    conn: &mut PgConnection,
+    stale_after: Duration,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT coalesce(bool_or(pg_terminate_backend(l.pid)), false)
            FROM pg_locks l, scheduler_leader s
@@ -46,7 +53,10 @@ pub async fn depose_stale_leader(conn: &mut PgConnection, stale_after: Duration)
 }
 
 /// Writes this scheduler into `scheduler_leader`.
-pub async fn claim_leader_row(conn: &mut PgConnection, scheduler_id: &str) -> Result<(), sqlx::Error> {
+pub async fn claim_leader_row(
+    conn: &mut PgConnection,
+    scheduler_id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO scheduler_leader (only_row, scheduler_id, backend_pid, since, heartbeat_at)
          VALUES (true, $1, pg_backend_pid(), now(), now())
@@ -61,7 +71,10 @@ pub async fn claim_leader_row(conn: &mut PgConnection, scheduler_id: &str) -> Re
 
 /// The leader's heartbeat. Returns the database's current time, or `None`
 /// when the row names someone else (then the caller claims it again).
-pub async fn leader_heartbeat(conn: &mut PgConnection, scheduler_id: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+pub async fn leader_heartbeat(
+    conn: &mut PgConnection,
+    scheduler_id: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE scheduler_leader SET heartbeat_at = clock_timestamp() WHERE scheduler_id = $1 RETURNING heartbeat_at",
     )
@@ -71,8 +84,14 @@ pub async fn leader_heartbeat(conn: &mut PgConnection, scheduler_id: &str) -> Re
 }
 
 /// Removes this scheduler's leader row (at shutdown).
-pub async fn clear_leader_row(conn: &mut PgConnection, scheduler_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM scheduler_leader WHERE scheduler_id = $1").bind(scheduler_id).execute(conn).await?;
+pub async fn clear_leader_row(
+    conn: &mut PgConnection,
+    scheduler_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM scheduler_leader WHERE scheduler_id = $1")
+        .bind(scheduler_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

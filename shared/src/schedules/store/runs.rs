@@ -95,7 +95,10 @@ pub struct ScheduleRun {
 }
 
 /// Runs of one schedule, oldest first.
-pub async fn runs_of(executor: impl PgExecutor<'_>, schedule: &str) -> Result<Vec<ScheduleRun>, sqlx::Error> {
+pub async fn runs_of(
+    executor: impl PgExecutor<'_>,
+    schedule: &str,
+) -> Result<Vec<ScheduleRun>, sqlx::Error> {
     sqlx::query_as(
         "SELECT s.name AS schedule, r.tick_at, r.job_id, r.outcome, r.ticks_missed, r.scheduler_id
            FROM job_schedule_runs r JOIN job_schedules s ON s.id = r.schedule_id
@@ -108,9 +111,11 @@ pub async fn runs_of(executor: impl PgExecutor<'_>, schedule: &str) -> Result<Ve
 
 /// Deletes run records older than `age`. Returns how many.
 pub async fn prune_runs(executor: impl PgExecutor<'_>, age: Duration) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM job_schedule_runs WHERE created_at < now() - make_interval(secs => $1)")
-        .bind(age.as_secs_f64())
-        .execute(executor)
-        .await?
-        .rows_affected())
+    Ok(sqlx::query(
+        "DELETE FROM job_schedule_runs WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(age.as_secs_f64())
+    .execute(executor)
+    .await?
+    .rows_affected())
 }

@@ -61,8 +61,11 @@ pub async fn insert_scheduled_job(
     executor: impl PgExecutor<'_>,
     row: &NewScheduledJob<'_>,
 ) -> Result<ScheduledJob, sqlx::Error> {
-    sqlx::query_as(concat!("INSERT INTO scheduled_jobs (job_kind, payload, run_at, created_by, note, queue)
-         VALUES ($1, $2, COALESCE($3, now()), $4, $5, $6) RETURNING ", scheduled_job_columns!()))
+    sqlx::query_as(concat!(
+        "INSERT INTO scheduled_jobs (job_kind, payload, run_at, created_by, note, queue)
+         VALUES ($1, $2, COALESCE($3, now()), $4, $5, $6) RETURNING ",
+        scheduled_job_columns!()
+    ))
     .bind(row.job_kind)
     .bind(row.payload)
     .bind(row.run_at)
@@ -74,17 +77,28 @@ pub async fn insert_scheduled_job(
 }
 
 /// Locks up to `limit` due pending rows that no other scheduler holds.
-pub async fn take_due_scheduled_jobs(conn: &mut PgConnection, limit: i64) -> Result<Vec<ScheduledJob>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", scheduled_job_columns!(), " FROM scheduled_jobs
+pub async fn take_due_scheduled_jobs(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<ScheduledJob>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        scheduled_job_columns!(),
+        " FROM scheduled_jobs
           WHERE status = 'pending' AND run_at <= now()
-          ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED"))
+          ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
     .bind(limit)
     .fetch_all(conn)
     .await
 }
 
 /// Marks a row enqueued as job `job_id`.
-pub async fn mark_enqueued(conn: &mut PgConnection, id: Uuid, job_id: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_enqueued(
+    conn: &mut PgConnection,
+    id: Uuid,
+    job_id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE scheduled_jobs SET status = 'enqueued', job_id = $2, enqueued_at = now() WHERE id = $1")
         .bind(id)
         .bind(job_id)
@@ -94,20 +108,32 @@ pub async fn mark_enqueued(conn: &mut PgConnection, id: Uuid, job_id: &str) -> R
 }
 
 /// Marks a row rejected with the reason.
-pub async fn mark_rejected(conn: &mut PgConnection, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE scheduled_jobs SET status = 'rejected', rejected_reason = $2 WHERE id = $1")
-        .bind(id)
-        .bind(reason)
-        .execute(conn)
-        .await?;
+pub async fn mark_rejected(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE scheduled_jobs SET status = 'rejected', rejected_reason = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// Cancels a pending row. Returns the row as it is afterwards (its status
 /// says whether the cancel took), or `None` if there is no such row.
-pub async fn cancel_scheduled_job(conn: &mut PgConnection, id: Uuid) -> Result<Option<ScheduledJob>, sqlx::Error> {
-    let cancelled: Option<ScheduledJob> = sqlx::query_as(concat!("UPDATE scheduled_jobs SET status = 'cancelled' WHERE id = $1 AND status = 'pending'
-         RETURNING ", scheduled_job_columns!()))
+pub async fn cancel_scheduled_job(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<ScheduledJob>, sqlx::Error> {
+    let cancelled: Option<ScheduledJob> = sqlx::query_as(concat!(
+        "UPDATE scheduled_jobs SET status = 'cancelled' WHERE id = $1 AND status = 'pending'
+         RETURNING ",
+        scheduled_job_columns!()
+    ))
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
@@ -118,24 +144,41 @@ pub async fn cancel_scheduled_job(conn: &mut PgConnection, id: Uuid) -> Result<O
 }
 
 /// One admin row.
-pub async fn scheduled_job(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ScheduledJob>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", scheduled_job_columns!(), " FROM scheduled_jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(executor)
-        .await
+pub async fn scheduled_job(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<ScheduledJob>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        scheduled_job_columns!(),
+        " FROM scheduled_jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
 }
 
 /// Admin rows, newest first.
-pub async fn recent_scheduled_jobs(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<ScheduledJob>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", scheduled_job_columns!(), " FROM scheduled_jobs ORDER BY run_at DESC LIMIT $1"))
-        .bind(limit)
-        .fetch_all(executor)
-        .await
+pub async fn recent_scheduled_jobs(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<ScheduledJob>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        scheduled_job_columns!(),
+        " FROM scheduled_jobs ORDER BY run_at DESC LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(executor)
+    .await
 }
 
 /// For admin rows that ran: (enqueued − run_at, job started − run_at) in ms,
 /// by the database clock (`dklctl bench schedule`).
-pub async fn admin_row_lateness(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<(f64, f64)>, sqlx::Error> {
+pub async fn admin_row_lateness(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<(f64, f64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT (extract(epoch FROM s.enqueued_at - s.run_at) * 1000)::float8,
                 (extract(epoch FROM j.lock_at - s.run_at) * 1000)::float8
@@ -148,13 +191,22 @@ pub async fn admin_row_lateness(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> 
 }
 
 /// Deletes admin rows (bench cleanup).
-pub async fn delete_scheduled_jobs(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM scheduled_jobs WHERE id = ANY($1)").bind(ids).execute(executor).await?.rows_affected())
+pub async fn delete_scheduled_jobs(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM scheduled_jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(executor)
+        .await?
+        .rows_affected())
 }
 
 /// Seconds until the earliest pending row is due (negative if overdue), by
 /// the database clock.
-pub async fn next_scheduled_job_due_in(executor: impl PgExecutor<'_>) -> Result<Option<f64>, sqlx::Error> {
+pub async fn next_scheduled_job_due_in(
+    executor: impl PgExecutor<'_>,
+) -> Result<Option<f64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT extract(epoch FROM min(run_at) - clock_timestamp())::float8 FROM scheduled_jobs
           WHERE status = 'pending' AND isfinite(run_at)",
@@ -198,10 +250,15 @@ impl std::str::FromStr for ScheduledJobStatus {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::Pending, Self::Enqueued, Self::Cancelled, Self::Rejected]
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown scheduled_jobs status `{s}`"))
+        [
+            Self::Pending,
+            Self::Enqueued,
+            Self::Cancelled,
+            Self::Rejected,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("unknown scheduled_jobs status `{s}`"))
     }
 }
 
