@@ -18,6 +18,7 @@
 //! Data access per table family (`store/`), IMAP, MIME, SMTP and templates
 //! join as modules of their own with the mail work (ARCHITECTURE.md).
 
+pub mod address;
 pub mod handlers;
 pub mod http;
 pub mod metrics;

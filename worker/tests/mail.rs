@@ -514,3 +514,51 @@ async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
     );
     assert_eq!(sink.messages().len(), 2);
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_idn_address_is_sent_to_in_ascii_and_a_non_ascii_local_part_is_refused(pool: PgPool) {
+    migrate(&pool).await;
+    let sink = SmtpSink::start(&[]).expect("start smtp-sink");
+    let client = JobClient::new(pool.clone());
+    let mail = |to: &str, key: &str| SendEmail {
+        to: to.into(),
+        subject: Some("Welkom".into()),
+        html: Some("<p>Welkom bij De Koninklijke Loop</p>".into()),
+        dedup_key: Some(key.into()),
+        ..Default::default()
+    };
+    let idn = client
+        .enqueue(
+            &mail("Anna <anna@Bücher.example>", "idn"),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let utf8 = client
+        .enqueue(
+            &mail("jürgen@example.org", "utf8"),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let rt = start_worker(&pool, sink.port);
+    wait_status(&pool, &idn, "Done", T).await;
+    let refused = wait_status(&pool, &utf8, "Killed", T).await;
+    assert!(refused.last_error.unwrap_or_default().contains("SMTPUTF8"));
+    let recipient: String =
+        sqlx::query_scalar("SELECT recipient_email FROM verzonden_emails WHERE dedup_key = 'idn'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recipient, "anna@xn--bcher-kva.example");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1, "only the IDN mail went out");
+    assert!(
+        messages[0].contains("anna@xn--bcher-kva.example"),
+        "{}",
+        messages[0]
+    );
+    rt.stop().await;
+}

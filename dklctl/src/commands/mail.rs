@@ -101,9 +101,8 @@ pub async fn suppress(
     if !suppressions::SCOPES.contains(&scope) {
         anyhow::bail!("unknown scope `{scope}`; use `all` (no mail) or `bulk` (no newsletters)");
     }
-    if !address.contains('@') {
-        anyhow::bail!("`{address}` is not an e-mail address");
-    }
+    // Stored as mail is sent to it: an IDN domain in ASCII, lower case.
+    let address = &dkl_worker::address::normalize(address)?;
     suppressions::add(pool, address, scope, reason, &super::whoami()).await?;
     println!("{address}: suppressed ({scope}, {reason})");
     Ok(())
@@ -111,6 +110,8 @@ pub async fn suppress(
 
 /// Removes an address from the suppression list.
 pub async fn unsuppress(pool: &PgPool, address: &str) -> anyhow::Result<()> {
+    let address =
+        &dkl_worker::address::normalize(address).unwrap_or_else(|_| address.trim().to_string());
     if !suppressions::remove(pool, address).await? {
         anyhow::bail!("{address} is not on the suppression list");
     }

@@ -13,6 +13,20 @@ pub enum TlsMode {
     Plain,
     /// STARTTLS, required: a server that does not offer it is refused.
     StartTls,
+    /// Implicit TLS ("SMTPS", usually port 465): TLS from the first byte.
+    Tls,
+}
+
+/// DKIM signing of one configuration's mail (RFC 6376), for its From domain.
+#[derive(Clone)]
+pub struct DkimConfig {
+    /// The selector: the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// The private key file's path (for messages).
+    pub key_file: std::path::PathBuf,
+    /// Its content: an RSA key as PKCS#1 PEM, or an Ed25519 key as the raw
+    /// 32 bytes in base64.
+    pub key: String,
 }
 
 /// One SMTP configuration.
@@ -42,6 +56,11 @@ pub struct SmtpConfig {
     pub rate_per_second: Option<u32>,
     /// At most this many messages per hour, across every worker process.
     pub rate_per_hour: Option<u32>,
+    /// Extra trusted root certificates (PEM, from `DKL_SMTP_<NAME>_CA_FILE`)
+    /// for a server whose certificate a private CA signed.
+    pub ca_pem: Option<Vec<u8>>,
+    /// DKIM signing, when `DKL_SMTP_<NAME>_DKIM_KEY_FILE` is set.
+    pub dkim: Option<DkimConfig>,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -54,6 +73,11 @@ impl std::fmt::Debug for SmtpConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("from", &self.from)
+            .field("ca_file", &self.ca_pem.is_some())
+            .field(
+                "dkim_selector",
+                &self.dkim.as_ref().map(|d| d.selector.as_str()),
+            )
             .finish()
     }
 }
@@ -128,8 +152,24 @@ fn smtp_config(
             .filter(|v| !v.is_empty())
     };
     let host = value("HOST").unwrap_or_else(|| "127.0.0.1".into());
+    let tls = match value("TLS").as_deref() {
+        None | Some("plain") => TlsMode::Plain,
+        Some("starttls") => TlsMode::StartTls,
+        Some("tls" | "implicit" | "smtps") => TlsMode::Tls,
+        Some(other) => {
+            return Err(ConfigError {
+                var: var("TLS"),
+                value: other.into(),
+                expected: "`tls` (implicit TLS, port 465), `starttls` (STARTTLS required, port 587) or `plain` (loopback only unless ..._ALLOW_PLAIN=true)".into(),
+            });
+        }
+    };
     let port = match value("PORT") {
-        None => 1025,
+        None => match tls {
+            TlsMode::Plain => 1025,
+            TlsMode::StartTls => 587,
+            TlsMode::Tls => 465,
+        },
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -139,17 +179,6 @@ fn smtp_config(
                 value: p.clone(),
                 expected: "a port number from 1 to 65535".into(),
             })?,
-    };
-    let tls = match value("TLS").as_deref() {
-        None | Some("plain") => TlsMode::Plain,
-        Some("starttls") => TlsMode::StartTls,
-        Some(other) => {
-            return Err(ConfigError {
-                var: var("TLS"),
-                value: other.into(),
-                expected: "`starttls` (STARTTLS required) or `plain` (loopback only unless ..._ALLOW_PLAIN=true)".into(),
-            });
-        }
     };
     let loopback = host == "localhost"
         || host
@@ -161,7 +190,7 @@ fn smtp_config(
             var: var("TLS"),
             value: "plain".into(),
             expected: format!(
-                "`starttls` for a server that is not on this machine ({host}); plain SMTP would send passwords and mail in the clear (set {}=true to allow it anyway)",
+                "`tls` or `starttls` for a server that is not on this machine ({host}); plain SMTP would send passwords and mail in the clear (set {}=true to allow it anyway)",
                 var("ALLOW_PLAIN")
             ),
         });
@@ -189,6 +218,57 @@ fn smtp_config(
                 }),
         }
     };
+    let read_file =
+        |field: &str, what: &str| -> Result<Option<(std::path::PathBuf, Vec<u8>)>, ConfigError> {
+            let Some(path) = value(field) else {
+                return Ok(None);
+            };
+            std::fs::read(&path)
+                .map(|bytes| Some((path.clone().into(), bytes)))
+                .map_err(|e| ConfigError {
+                    var: var(field),
+                    value: path,
+                    expected: format!("a readable file with {what} ({e})"),
+                })
+        };
+    let ca_pem = match read_file("CA_FILE", "PEM certificates")? {
+        Some((path, pem))
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") =>
+        {
+            return Err(ConfigError {
+                var: var("CA_FILE"),
+                value: path.display().to_string(),
+                expected: "a PEM file with at least one -----BEGIN CERTIFICATE----- block".into(),
+            });
+        }
+        other => other.map(|(_, pem)| pem),
+    };
+    let dkim = match read_file(
+        "DKIM_KEY_FILE",
+        "a DKIM private key (RSA PKCS#1 PEM, or Ed25519 as 32 bytes in base64)",
+    )? {
+        None => None,
+        Some((key_file, key)) => {
+            let key = String::from_utf8(key).map_err(|_| ConfigError {
+                var: var("DKIM_KEY_FILE"),
+                value: key_file.display().to_string(),
+                expected: "a text file: an RSA key as PKCS#1 PEM (-----BEGIN RSA PRIVATE KEY-----) or an Ed25519 key as base64".into(),
+            })?;
+            let selector = value("DKIM_SELECTOR").ok_or_else(|| ConfigError {
+                var: var("DKIM_SELECTOR"),
+                value: String::new(),
+                expected: format!(
+                    "the DKIM selector published in DNS (e.g. `dkl2026`), needed with {}",
+                    var("DKIM_KEY_FILE")
+                ),
+            })?;
+            Some(DkimConfig {
+                selector,
+                key_file,
+                key,
+            })
+        }
+    };
     Ok(SmtpConfig {
         name: name.to_string(),
         host,
@@ -209,5 +289,7 @@ fn smtp_config(
             .map(|_| number("RATE_PER_HOUR", 0, 10_000_000))
             .transpose()?
             .map(|n| n as u32),
+        ca_pem,
+        dkim,
     })
 }

@@ -17,7 +17,7 @@ mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
 pub use jobs::JobsConfig;
-pub use mail::{MailConfig, SmtpConfig, TlsMode};
+pub use mail::{DkimConfig, MailConfig, SmtpConfig, TlsMode};
 pub use parse::{MAX_AGE, parse_age};
 pub use scheduler::SchedulerConfig;
 
@@ -285,6 +285,58 @@ mod tests {
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(c.jobs.queue_concurrency["mail"], 4);
         assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    /// `Config` with `DKL_SMTP_DEFAULT_<field>` variables (per-configuration
+    /// names are built, so they are not listed in `VARIABLES`).
+    fn smtp_default(fields: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: BTreeMap<String, String> = fields
+            .iter()
+            .map(|(f, v)| (format!("DKL_SMTP_DEFAULT_{f}"), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn smtp_tls_modes_pick_their_ports_and_files_are_checked_at_start() {
+        let var = |f: &str| format!("DKL_SMTP_DEFAULT_{f}");
+        let c = smtp_default(&[("TLS", "tls"), ("HOST", "smtp.example.org")]).unwrap();
+        assert_eq!(
+            (c.mail.default.tls, c.mail.default.port),
+            (TlsMode::Tls, 465)
+        );
+        let c = smtp_default(&[("TLS", "starttls"), ("HOST", "smtp.example.org")]).unwrap();
+        assert_eq!(
+            (c.mail.default.tls, c.mail.default.port),
+            (TlsMode::StartTls, 587)
+        );
+        let e = smtp_default(&[("TLS", "ssl")]).unwrap_err();
+        assert!(e.to_string().contains("`tls` (implicit TLS"), "{e}");
+        let e = smtp_default(&[("HOST", "smtp.example.org")]).unwrap_err();
+        assert_eq!(e.var, var("TLS"), "plain to a remote host is refused");
+
+        let e = smtp_default(&[("CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(e.var, var("CA_FILE"));
+        let dir = std::env::temp_dir().join(format!("dkl-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = smtp_default(&[("CA_FILE", not_pem.to_str().unwrap())]).unwrap_err();
+        assert!(e.to_string().contains("BEGIN CERTIFICATE"), "{e}");
+        let key = dir.join("dkim.key");
+        std::fs::write(&key, "MC4CAQAwBQYDK2VwBCIEIK9z").unwrap();
+        let e = smtp_default(&[("DKIM_KEY_FILE", key.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, var("DKIM_SELECTOR"), "a key needs its selector");
+        let c = smtp_default(&[
+            ("DKIM_KEY_FILE", key.to_str().unwrap()),
+            ("DKIM_SELECTOR", "dkl"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.mail.default.dkim.as_ref().map(|d| d.selector.as_str()),
+            Some("dkl")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

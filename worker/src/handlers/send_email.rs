@@ -59,11 +59,8 @@ pub fn register(registry: &mut Registry, mailer: Arc<Mailer>) {
 
 impl Mailer {
     async fn send(&self, job: SendEmail, ctx: JobContext) -> Result<(), JobError> {
-        let to: Mailbox = job.to.trim().parse().map_err(|e| {
-            JobError::permanent(format!(
-                "recipient `{}` is not an e-mail address ({e}); fix the address and send again",
-                job.to
-            ))
+        let to = crate::address::mailbox(&job.to).map_err(|e| {
+            JobError::permanent(format!("recipient: {e}; fix the address and send again"))
         })?;
         let mail = self.render(&job).await?;
         let config = self.smtp.config_for(job.kind);
@@ -168,11 +165,14 @@ impl Mailer {
         };
         // A resend keeps the Message-ID of the first try, so a receiver that
         // got both can tell they are one message.
-        let message = if first_message_id == message_id {
+        let mut message = if first_message_id == message_id {
             message
         } else {
             build(&job, &mail, from, to, &first_message_id)?
         };
+        if let Some(signer) = self.smtp.signer(config) {
+            signer.sign(&mut message);
+        }
         let sent = self
             .smtp
             .send(&slot, config, message.envelope(), &message.formatted())
@@ -326,11 +326,8 @@ fn build(
         .subject(&mail.subject)
         .message_id(Some(message_id.to_string()));
     if let Some(reply_to) = &job.reply_to {
-        let mbox: Mailbox = reply_to.parse().map_err(|e| {
-            JobError::permanent(format!(
-                "reply_to `{reply_to}` is not an e-mail address ({e})"
-            ))
-        })?;
+        let mbox = crate::address::mailbox(reply_to)
+            .map_err(|e| JobError::permanent(format!("reply_to: {e}")))?;
         builder = builder.reply_to(mbox);
     }
     for (name, value) in &job.headers {

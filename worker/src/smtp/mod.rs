@@ -12,8 +12,10 @@
 //! one that sat idle for more than [`CHECK_AFTER_IDLE`] is checked with NOOP
 //! before it carries a message.
 
+pub mod dkim;
 pub mod sink;
 pub mod stats;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use dkl_shared::config::{MailConfig, SmtpConfig, TlsMode};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 
 /// The server's answer to an accepted message.
@@ -107,6 +109,7 @@ pub struct Smtp {
     hello: ClientId,
     pools: BTreeMap<String, Pool>,
     default_pool: Pool,
+    signers: BTreeMap<String, dkim::Signer>,
     stats: Arc<stats::MailStats>,
 }
 
@@ -123,11 +126,24 @@ impl Smtp {
             .filter(|c| c.name != config.default.name)
             .map(|c| (c.name.clone(), pool(c)))
             .collect();
+        // `check_config` refused a key that does not load before any sender
+        // was made; one that fails here all the same signs nothing (logged).
+        let signers = config
+            .all()
+            .filter_map(|c| match dkim::Signer::for_config(c) {
+                Ok(signer) => signer.map(|s| (c.name.clone(), s)),
+                Err(e) => {
+                    tracing::error!(smtp = %c.name, error = %e, "DKIM key not usable; this configuration's mail goes out unsigned");
+                    None
+                }
+            })
+            .collect();
         Self {
             config,
             hello: ClientId::default(),
             pools,
             default_pool,
+            signers,
             stats,
         }
     }
@@ -147,6 +163,11 @@ impl Smtp {
             MailKind::Transactional => "registration",
             MailKind::Admin | MailKind::AutoReply => "default",
         })
+    }
+
+    /// The DKIM signer of `config`, when it signs.
+    pub fn signer(&self, config: &SmtpConfig) -> Option<&dkim::Signer> {
+        self.signers.get(&config.name)
     }
 
     /// Waits until one of `config`'s connections is free (at most
@@ -289,7 +310,14 @@ impl Smtp {
             stream
                 .set_nodelay(true)
                 .map_err(|e| unreachable(format!("cannot set TCP_NODELAY: {e}")))?;
-            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+            let stream: Box<dyn lettre::transport::smtp::client::AsyncTokioStream> =
+                match config.tls {
+                    TlsMode::Tls => {
+                        Box::new(tls::handshake(stream, config).await.map_err(unreachable)?)
+                    }
+                    TlsMode::Plain | TlsMode::StartTls => Box::new(stream),
+                };
+            AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
                 .await
                 .map_err(|e| unreachable(format!("the server refused the session: {e}")))
         };
@@ -307,11 +335,14 @@ impl Smtp {
                     "the server does not offer STARTTLS, which this configuration requires".into(),
                 ));
             }
-            let tls = TlsParameters::new_rustls(config.host.clone())
-                .map_err(|e| unreachable(format!("TLS setup: {e}")))?;
-            conn.starttls(tls, &self.hello)
-                .await
-                .map_err(|e| unreachable(format!("STARTTLS failed: {e}")))?;
+            let parameters = tls::starttls_parameters(config).map_err(unreachable)?;
+            conn.starttls(parameters, &self.hello).await.map_err(|e| {
+                let e = e.to_string();
+                unreachable(format!(
+                    "STARTTLS failed: {e}{}",
+                    tls::certificate_hint(&e, config)
+                ))
+            })?;
         }
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             let credentials = Credentials::new(user.clone(), password.clone());
@@ -327,9 +358,11 @@ impl Smtp {
 }
 
 /// Checks what can be checked of the SMTP configurations before any mail is
-/// sent: every From address parses.
+/// sent: every From address parses, CA files and DKIM keys load.
 pub fn check_config(config: &MailConfig) -> Result<(), String> {
     for c in config.all() {
+        tls::check(c)?;
+        dkim::Signer::for_config(c)?;
         c.from.parse::<lettre::message::Mailbox>().map_err(|e| {
             format!(
                 "DKL_SMTP_{}_FROM={:?} is not an address ({e}); e.g. De Koninklijke Loop <info@dekoninklijkeloop.nl>",
