@@ -91,11 +91,20 @@ BEGIN
     END IF;
     -- Asked for again: a failed or suppressed message is tried again (and
     -- its suppression looked at again).
+    -- (Only the same recipient's message: a key reused for another address
+    -- is refused below and must not change the row it names.)
     UPDATE verzonden_emails v
-       SET status = CASE WHEN v.status IN ('failed', 'suppressed') THEN 'queued' ELSE v.status END
+       SET status = CASE WHEN v.status IN ('failed', 'suppressed') AND lower(v.recipient_email) = lower(p_recipient)
+                         THEN 'queued' ELSE v.status END
      WHERE v.dedup_key = p_dedup_key
     RETURNING v.id, v.recipient_email, v.status, v.message_id, v.smtp_started_at IS NOT NULL
       INTO v_id, v_recipient, v_status, v_message_id, v_interrupted;
+    IF NOT FOUND THEN
+        -- Deleted between the insert and the update (a prune): look again later.
+        PERFORM pg_advisory_unlock(hashtextextended(p_dedup_key, 1937));
+        RETURN QUERY SELECT 'busy', NULL::UUID, NULL::TEXT, NULL::TEXT, NULL::FLOAT8;
+        RETURN;
+    END IF;
     IF lower(v_recipient) <> lower(p_recipient) THEN
         PERFORM pg_advisory_unlock(hashtextextended(p_dedup_key, 1937));
         RETURN QUERY SELECT 'other_recipient', v_id, v_message_id, v_recipient, NULL::FLOAT8;

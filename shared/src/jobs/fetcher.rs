@@ -145,6 +145,9 @@ impl Fetcher {
                     }
                 }
             }
+            if shutdown.is_cancelled() {
+                break; // shutdown began while gathering slots
+            }
             while permits.len() < batch {
                 match slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),

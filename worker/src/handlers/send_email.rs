@@ -110,6 +110,10 @@ impl Mailer {
             message_id: &message_id,
             reply_to: job.reply_to.as_deref(),
         };
+        // Until begin_send says otherwise the lock may be held (it is taken
+        // first, and a session lock outlives a failed statement): an error or
+        // a dropped future then closes the connection, which frees it.
+        session.locked = true;
         let begun = verzonden_emails::begin_send(session.conn(), &new, job.kind.is_bulk(), rate)
             .await
             .map_err(JobError::retryable)?;
@@ -190,7 +194,7 @@ impl Mailer {
             .record(&config.name, job.kind.as_str(), counted);
         let (failed, code, error, result) = match sent {
             Ok(accepted) => {
-                verzonden_emails::finish_sent_surely(
+                let released = verzonden_emails::finish_sent_surely(
                     session.conn(),
                     &self.pool,
                     id,
@@ -200,7 +204,9 @@ impl Mailer {
                 )
                 .await
                 .map_err(JobError::retryable)?;
-                session.locked = false;
+                // Recorded on another connection: this one still holds the
+                // lock and is closed on drop, which frees it.
+                session.locked = !released;
                 tracing::info!(smtp = %config.name, code = accepted.code, message_id = %first_message_id, "mail sent");
                 return Ok(());
             }

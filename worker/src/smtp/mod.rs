@@ -234,7 +234,9 @@ impl Smtp {
                     break conn;
                 }
                 Some(IdleConnection { mut conn, .. }) => {
-                    if conn.test_connected().await {
+                    let checked =
+                        tokio::time::timeout(config.command_timeout, conn.test_connected()).await;
+                    if checked.unwrap_or(false) {
                         break conn;
                     }
                     tracing::debug!(smtp = %config.name, "pooled SMTP connection was closed by the server; dropping it");
@@ -336,7 +338,17 @@ impl Smtp {
                 ));
             }
             let parameters = tls::starttls_parameters(config).map_err(unreachable)?;
-            conn.starttls(parameters, &self.hello).await.map_err(|e| {
+            let upgrading = tokio::time::timeout(
+                config.connect_timeout,
+                conn.starttls(parameters, &self.hello),
+            );
+            let upgraded = upgrading.await.map_err(|_| {
+                unreachable(format!(
+                    "no TLS handshake after STARTTLS within {}s",
+                    config.connect_timeout.as_secs()
+                ))
+            })?;
+            upgraded.map_err(|e| {
                 let e = e.to_string();
                 unreachable(format!(
                     "STARTTLS failed: {e}{}",
@@ -348,9 +360,21 @@ impl Smtp {
             let credentials = Credentials::new(user.clone(), password.clone());
             // A refused login is the configuration's fault, not the
             // message's: the mail waits (retried) until the operator fixes it.
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials).await.map_err(|e| {
+            let login = tokio::time::timeout(
+                config.command_timeout,
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials),
+            );
+            let logged_in = login.await.map_err(|_| {
+                unreachable(format!(
+                    "no answer to the login within {}s",
+                    config.command_timeout.as_secs()
+                ))
+            })?;
+            logged_in.map_err(|e| {
                 let name = config.name.to_uppercase();
-                unreachable(format!("login refused ({e}); check DKL_SMTP_{name}_USER and DKL_SMTP_{name}_PASSWORD"))
+                unreachable(format!(
+                    "login refused ({e}); check DKL_SMTP_{name}_USER and DKL_SMTP_{name}_PASSWORD"
+                ))
             })?;
         }
         Ok(conn)

@@ -135,14 +135,18 @@ impl SmtpSink {
     /// The second (UTC, `YYYYmmddHHMMSS`) each accepted message arrived in,
     /// as the server saw it.
     pub fn arrival_seconds(&self) -> Vec<String> {
+        // From each file's last write (the end of its DATA), not from its
+        // name: smtp-sink stamps the name when the previous transaction on
+        // the connection ended, which on a reused connection can be the
+        // second before.
         let mut seconds: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|n| n.split('.').next())
-                            .map(String::from)
+                    .filter_map(|e| e.metadata().ok()?.modified().ok())
+                    .map(|t| {
+                        chrono::DateTime::<chrono::Utc>::from(t)
+                            .format("%Y%m%d%H%M%S")
+                            .to_string()
                     })
                     .collect()
             })

@@ -283,7 +283,8 @@ pub async fn finish_send(
 /// lost `sent` would send it again. The first try (which also releases the
 /// key's lock) uses the sender's own connection (taking a second one while
 /// holding it could exhaust the pool); later tries use fresh pool
-/// connections, and the caller then closes its own, which frees the lock.
+/// connections, and the caller must then close its own, which frees the
+/// lock. `Ok(true)` when the first try released it.
 pub async fn finish_sent_surely(
     conn: &mut sqlx::PgConnection,
     pool: &sqlx::PgPool,
@@ -291,10 +292,10 @@ pub async fn finish_sent_surely(
     dedup_key: &str,
     code: u16,
     reply: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let Err(mut error) = finish_send(&mut *conn, id, dedup_key, Finish::Sent { code, reply }).await
     else {
-        return Ok(());
+        return Ok(true);
     };
     let mut wait = Duration::from_millis(100);
     for _ in 0..8 {
@@ -302,7 +303,7 @@ pub async fn finish_sent_surely(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(10));
         match mark_sent(pool, id, code, reply).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(false),
             Err(e) => error = e,
         }
     }
