@@ -513,3 +513,66 @@ async fn a_locked_job_row_does_not_hold_back_other_outcomes(pool: PgPool) {
     wait_status(&pool, &held, "Done", Duration::from_secs(30)).await;
     rt.stop().await;
 }
+
+/// Claims walk the fetch index from its start, and every claimed job leaves
+/// a dead entry there until a vacuum. With autovacuum off (as on the CI
+/// machines) the walk grew with every job; the runtime vacuums the queue
+/// table itself after `vacuum_every` claimed jobs.
+#[sqlx::test(migrations = false)]
+async fn the_runtime_vacuums_the_queue_table_so_claims_stay_short(pool: PgPool) {
+    migrate(&pool).await;
+    let payloads: Vec<Vec<u8>> = (0..600)
+        .map(|_| serde_json::to_vec(&Ping::default()).unwrap())
+        .collect();
+    dkl_shared::jobs::admin::insert_many(&pool, Ping::KIND, Ping::QUEUE, &payloads, 3)
+        .await
+        .unwrap();
+    let vacuums = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'apalis.jobs'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n
+    };
+    let before = vacuums().await;
+    let mut config = fast_config();
+    config.vacuum_every = 100;
+    let rt = start(&pool, pings(), config);
+    wait_for(Duration::from_secs(30), "every ping to be done", || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the runtime to vacuum", || async {
+        (rt.stats.snapshot().queue_vacuums > 0).then_some(())
+    })
+    .await;
+    rt.stop().await;
+    assert!(vacuums().await > before, "apalis.jobs was vacuumed");
+
+    // And it can be switched off.
+    let mut config = fast_config();
+    config.vacuum_every = 0;
+    dkl_shared::jobs::admin::insert_many(&pool, Ping::KIND, Ping::QUEUE, &payloads, 3)
+        .await
+        .unwrap();
+    let rt = start(&pool, pings(), config);
+    wait_for(Duration::from_secs(30), "every ping to be done", || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(rt.stats.snapshot().queue_vacuums, 0);
+    rt.stop().await;
+}

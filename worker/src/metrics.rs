@@ -74,6 +74,20 @@ pub fn render(stats: &StatsSnapshot, mail: &MailSnapshot, db: Option<&DatabaseFi
     let _ = writeln!(out, "dkl_claim_queries_total {}", stats.claim_queries);
     header(
         &mut out,
+        "dkl_jobs_claimed_total",
+        "counter",
+        "Jobs claimed by this process's fetchers.",
+    );
+    let _ = writeln!(out, "dkl_jobs_claimed_total {}", stats.jobs_claimed);
+    header(
+        &mut out,
+        "dkl_queue_vacuums_total",
+        "counter",
+        "Vacuums of the queue table run by this process (DKL_QUEUE_VACUUM_EVERY).",
+    );
+    let _ = writeln!(out, "dkl_queue_vacuums_total {}", stats.queue_vacuums);
+    header(
+        &mut out,
         "dkl_outcome_writer_failing_seconds",
         "gauge",
         "How long job outcomes have failed to be written (0 = writing fine).",

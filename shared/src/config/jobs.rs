@@ -41,6 +41,9 @@ pub struct JobsConfig {
     pub max_rescues: i32,
     /// `DKL_JOB_TIMEOUTS`: execution timeouts by kind, overriding each kind's own.
     pub kind_timeouts: BTreeMap<String, Duration>,
+    /// `DKL_QUEUE_VACUUM_EVERY`: after this many jobs claimed by this process,
+    /// it vacuums the queue table (0: never; leave it to autovacuum).
+    pub vacuum_every: u64,
 }
 
 impl Default for JobsConfig {
@@ -60,6 +63,7 @@ impl Default for JobsConfig {
             prune_discarded_after: Duration::from_secs(30 * 86_400),
             max_rescues: 3,
             kind_timeouts: BTreeMap::new(),
+            vacuum_every: 5_000,
         }
     }
 }
@@ -102,6 +106,7 @@ impl JobsConfig {
                 Some(v) => parse_kind_timeouts(&v)?,
                 None => d.kind_timeouts,
             },
+            vacuum_every: number(get, "DKL_QUEUE_VACUUM_EVERY", d.vacuum_every, 0, 10_000_000)?,
         };
         if jobs.rescue_after < jobs.heartbeat_interval * 2 {
             return Err(ConfigError {

@@ -178,6 +178,7 @@ impl Fetcher {
             };
             error_backoff = Duration::from_millis(100);
             let got = jobs.len();
+            self.shared.stats.jobs_claimed(got as u64);
             self.shared.in_flight.start(jobs.iter().map(|j| j.claim()));
             // Every claimed job gets its outcome slot before any is sent, so a
             // failed send drops (and so releases) the rest of the batch too.

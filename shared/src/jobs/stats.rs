@@ -88,6 +88,8 @@ struct Inner {
     queues: BTreeMap<String, bool>,
     last_heartbeat: Option<Instant>,
     claim_queries: u64,
+    jobs_claimed: u64,
+    queue_vacuums: u64,
     outcome_writer_failing_since: Option<Instant>,
     outcome_write_started: Option<Instant>,
 }
@@ -111,6 +113,10 @@ pub struct StatsSnapshot {
     pub since_heartbeat: Option<Duration>,
     /// Claim queries run by the fetchers (each looks for due jobs once).
     pub claim_queries: u64,
+    /// Jobs claimed.
+    pub jobs_claimed: u64,
+    /// Vacuums of the queue table this process ran.
+    pub queue_vacuums: u64,
     /// How long the outcome writer has been failing to write, if it is.
     pub outcome_writer_failing_for: Option<Duration>,
     /// How long the outcome write in progress has taken, if one is.
@@ -150,6 +156,16 @@ impl RuntimeStats {
         self.lock().claim_queries += 1;
     }
 
+    /// Counts jobs claimed.
+    pub fn jobs_claimed(&self, n: u64) {
+        self.lock().jobs_claimed += n;
+    }
+
+    /// Notes a vacuum of the queue table.
+    pub fn queue_vacuumed(&self) {
+        self.lock().queue_vacuums += 1;
+    }
+
     /// Notes that the outcome writer wrote a batch.
     pub fn outcome_writer_ok(&self) {
         self.lock().outcome_writer_failing_since = None;
@@ -184,6 +200,8 @@ impl RuntimeStats {
             queues: s.queues.clone(),
             since_heartbeat: s.last_heartbeat.map(|t| t.elapsed()),
             claim_queries: s.claim_queries,
+            jobs_claimed: s.jobs_claimed,
+            queue_vacuums: s.queue_vacuums,
             outcome_writer_failing_for: s.outcome_writer_failing_since.map(|t| t.elapsed()),
             outcome_write_busy_for: s.outcome_write_started.map(|t| t.elapsed()),
         }

@@ -691,6 +691,15 @@ pub async fn vacuum_jobs(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// `VACUUM (SKIP_LOCKED) apalis.jobs`: the engine's own upkeep of the queue
+/// table (skipped, not waited for, when another session vacuums it).
+pub async fn vacuum_queue_table(executor: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM (SKIP_LOCKED) apalis.jobs")
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 /// Deletes every job of `queue` (the benchmark cleans up after itself with it).
 pub async fn delete_queue(pool: &PgPool, queue: &str) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM apalis.jobs WHERE queue = $1")
