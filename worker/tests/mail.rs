@@ -562,3 +562,119 @@ async fn an_idn_address_is_sent_to_in_ascii_and_a_non_ascii_local_part_is_refuse
     );
     rt.stop().await;
 }
+
+/// A server that does not answer within the command timeout may or may not
+/// have taken the message: a newsletter is then marked `unknown` and never
+/// resent by itself; a transactional mail is tried again (a second copy
+/// beats none).
+#[sqlx::test(migrations = false)]
+async fn an_unanswered_bulk_message_is_unknown_and_a_transactional_one_is_retried(pool: PgPool) {
+    migrate(&pool).await;
+    // smtp-sink waits 3 s before answering DATA; the command timeout is 1 s.
+    let sink = SmtpSink::start(&["-w", "3"]).expect("start smtp-sink");
+    let vars: BTreeMap<&str, String> = [
+        ("DKL_SMTP_DEFAULT_PORT", sink.port.to_string()),
+        ("DKL_SMTP_DEFAULT_COMMAND_TIMEOUT_SECS", "1".into()),
+    ]
+    .into();
+    let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let client = JobClient::new(pool.clone());
+    let mail = |kind: MailKind, key: &str| SendEmail {
+        to: "lid@example.org".into(),
+        subject: Some("Nieuws".into()),
+        html: Some("<p>Nieuws van De Koninklijke Loop</p>".into()),
+        kind,
+        dedup_key: Some(key.into()),
+        ..Default::default()
+    };
+    let bulk = client
+        .enqueue(
+            &mail(MailKind::Newsletter, "bulk"),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let single = client
+        .enqueue(
+            &mail(MailKind::Transactional, "single"),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &config),
+        fast_config(),
+    );
+    wait_status(&pool, &bulk, "Done", T).await;
+    let unknown = row(&pool, "bulk").await;
+    assert_eq!(unknown.status, "unknown", "{unknown:?}");
+    assert!(
+        unknown
+            .error_message
+            .unwrap_or_default()
+            .contains("may or may not have been accepted")
+    );
+    let retried = wait_for(T, "the transactional mail to be retried", || async {
+        let r = row(&pool, "single").await;
+        (r.retry_count >= 1).then_some(r)
+    })
+    .await;
+    assert_eq!(retried.status, "queued", "{retried:?}");
+    assert_eq!(
+        dkl_tests::job(&pool, &single).await.status,
+        "Pending",
+        "it waits for its next attempt"
+    );
+    rt.stop().await;
+}
+
+/// A send job cancelled or discarded in the middle of its SMTP transaction
+/// leaves its row `queued` with `smtp_started_at`; the prune job marks it
+/// `unknown`, and leaves alone rows whose job still runs or started lately.
+#[sqlx::test(migrations = false)]
+async fn prune_marks_mail_abandoned_mid_send_unknown(pool: PgPool) {
+    migrate(&pool).await;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, queue, job, status, attempts, max_attempts, run_at, lock_at, lock_by)
+         VALUES ('killed-job', 'send_email', 'mail', '\\x7b7d', 'Killed', 1, 8, now(), now(), 'w'),
+                ('running-job', 'send_email', 'mail', '\\x7b7d', 'Running', 1, 8, now(), now(), 'w')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (key, job, started) in [
+        ("abandoned", "killed-job", "20 minutes"),
+        ("running", "running-job", "20 minutes"),
+        ("recent", "killed-job", "1 minute"),
+    ] {
+        sqlx::query(
+            "INSERT INTO verzonden_emails (dedup_key, recipient_email, subject, status, mail_kind, job_id, smtp_started_at)
+             VALUES ($1, 'lid@example.org', 'Nieuws', 'queued', 'newsletter', $2, now() - $3::interval)",
+        )
+        .bind(key)
+        .bind(job)
+        .bind(started)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let registry = dkl_worker::handlers::registry(&pool, &config(1025));
+    let (ctx, _cancel) = dkl_shared::jobs::JobContext::for_test(1, 3);
+    registry
+        .call("prune_jobs", &serde_json::json!({}), ctx)
+        .await
+        .unwrap();
+    let abandoned = row(&pool, "abandoned").await;
+    assert_eq!(abandoned.status, "unknown", "{abandoned:?}");
+    assert!(
+        abandoned
+            .error_message
+            .unwrap()
+            .contains("cancelled or discarded")
+    );
+    assert_eq!(row(&pool, "running").await.status, "queued");
+    assert_eq!(row(&pool, "recent").await.status, "queued");
+}

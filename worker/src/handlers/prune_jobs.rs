@@ -1,6 +1,8 @@
 //! `prune_jobs`: deletes finished jobs past their keep time, and the
 //! scheduler's tick records with them. apalis never deletes rows; without
-//! this the table grows for ever.
+//! this the table grows for ever. First it marks `unknown` the mail whose
+//! job ended in the middle of its SMTP transaction (so no row says `queued`
+//! for a message nobody will send).
 
 use std::time::Duration;
 
@@ -8,6 +10,10 @@ use dkl_shared::jobs::{self, JobError, Registry};
 use dkl_shared::kinds::PruneJobs;
 use dkl_shared::schedules;
 use sqlx::PgPool;
+
+/// A message whose SMTP transaction started this long ago, and whose job
+/// has ended, was abandoned (a live transaction takes seconds at most).
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 /// Registers the `prune_jobs` handler with the configured default ages.
 pub fn register(
@@ -21,6 +27,10 @@ pub fn register(
         async move {
             let done = job.done_after_secs.map_or(done_after, Duration::from_secs);
             let discarded = job.discarded_after_secs.map_or(discarded_after, Duration::from_secs);
+            let abandoned = crate::store::verzonden_emails::mark_abandoned(&pool, ABANDONED_AFTER).await.map_err(JobError::retryable)?;
+            if abandoned > 0 {
+                tracing::warn!(messages = abandoned, "mail whose job ended mid-send marked unknown");
+            }
             let pruned = jobs::admin::prune(&pool, done, discarded).await.map_err(JobError::retryable)?;
             // Tick records only need to outlive the jobs they point at:
             // the schedule link of a discarded job stays as long as the job.

@@ -183,11 +183,17 @@ impl Mailer {
             .await;
         // The connection is free for the next message while this one's outcome is written.
         drop(slot);
+        // A message the server never answered for may have been accepted:
+        // bulk mail is then not resent by itself (the README's rule for an
+        // interrupted transaction); other mail is, like after a 4xx.
+        let unanswered_bulk =
+            job.kind.is_bulk() && matches!(sent, Err(SmtpError::Unanswered { .. }));
         let counted = match &sent {
             Ok(_) => SendOutcome::Sent,
+            Err(_) if unanswered_bulk => SendOutcome::Unknown,
             Err(SmtpError::Permanent { .. }) => SendOutcome::Failed,
-            Err(SmtpError::Transient { .. }) if ctx.is_last_attempt() => SendOutcome::Failed,
-            Err(SmtpError::Transient { .. }) => SendOutcome::Deferred,
+            Err(_) if ctx.is_last_attempt() => SendOutcome::Failed,
+            Err(_) => SendOutcome::Deferred,
         };
         self.smtp
             .stats()
@@ -208,6 +214,22 @@ impl Mailer {
                 // lock and is closed on drop, which frees it.
                 session.locked = !released;
                 tracing::info!(smtp = %config.name, code = accepted.code, message_id = %first_message_id, "mail sent");
+                return Ok(());
+            }
+            Err(e) if unanswered_bulk => {
+                let error = format!(
+                    "{e}; a bulk message is not resent by itself (`dklctl mail resend` does it on purpose)"
+                );
+                verzonden_emails::finish_send(
+                    session.conn(),
+                    id,
+                    &dedup_key,
+                    Finish::Unknown { error: &error },
+                )
+                .await
+                .map_err(JobError::retryable)?;
+                session.locked = false;
+                tracing::warn!(smtp = %config.name, message_id = %first_message_id, "no answer to a bulk message; marked unknown");
                 return Ok(());
             }
             Err(e @ SmtpError::Permanent { .. }) => {

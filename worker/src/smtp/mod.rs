@@ -55,6 +55,14 @@ pub enum SmtpError {
         /// The server's words.
         message: String,
     },
+    /// No answer within the command timeout once the message was on its
+    /// way: it may or may not have been accepted. Trying again may send it
+    /// twice.
+    #[error("{message}")]
+    Unanswered {
+        /// What happened.
+        message: String,
+    },
 }
 
 impl SmtpError {
@@ -62,6 +70,7 @@ impl SmtpError {
     pub fn code(&self) -> Option<u16> {
         match self {
             Self::Transient { code, .. } | Self::Permanent { code, .. } => *code,
+            Self::Unanswered { .. } => None,
         }
     }
 
@@ -256,8 +265,7 @@ impl Smtp {
             }
             // lettre ends the session after any error (QUIT); it is dropped.
             Ok(Err(e)) => Err(SmtpError::from_lettre(config, &e)),
-            Err(_) => Err(SmtpError::Transient {
-                code: None,
+            Err(_) => Err(SmtpError::Unanswered {
                 message: format!(
                     "SMTP `{}` ({}:{}): no answer within {}s (DKL_SMTP_{}_COMMAND_TIMEOUT_SECS); the message may or may not have been accepted",
                     config.name,

@@ -17,6 +17,8 @@ pub enum SendOutcome {
     Deferred,
     /// Skipped: the address is suppressed.
     Suppressed,
+    /// The server did not answer in time; a bulk message is not resent.
+    Unknown,
 }
 
 impl SendOutcome {
@@ -27,6 +29,7 @@ impl SendOutcome {
             Self::Failed => "failed",
             Self::Deferred => "deferred",
             Self::Suppressed => "suppressed",
+            Self::Unknown => "unknown",
         }
     }
 }

@@ -252,6 +252,11 @@ pub enum Finish<'a> {
         /// Why.
         error: &'a str,
     },
+    /// Maybe delivered, not to be resent by itself (`unknown`), with why.
+    Unknown {
+        /// Why.
+        error: &'a str,
+    },
 }
 
 /// Records how the transaction ended and releases the message's lock, in
@@ -266,6 +271,7 @@ pub async fn finish_send(
         Finish::Sent { code, reply } => (SendStatus::Sent, Some(code), Some(reply), None),
         Finish::Retry { code, error } => (SendStatus::Queued, code, None, Some(error)),
         Finish::Failed { code, error } => (SendStatus::Failed, code, None, Some(error)),
+        Finish::Unknown { error } => (SendStatus::Unknown, None, None, Some(error)),
     };
     sqlx::query("SELECT dkl_finish_send($1, $2, $3, $4, $5, $6)")
         .bind(id)
@@ -328,6 +334,28 @@ async fn mark_sent(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// Marks `unknown` the messages whose SMTP transaction started more than
+/// `older_than` ago and whose job has ended without recording how (it was
+/// cancelled, or discarded, mid-transaction): nobody will send them again,
+/// and they may have been delivered. Returns how many.
+pub async fn mark_abandoned(
+    executor: impl PgExecutor<'_>,
+    older_than: Duration,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE verzonden_emails v
+            SET status = 'unknown', smtp_started_at = NULL,
+                error_message = 'its job ended (cancelled or discarded) during the SMTP transaction; it may have been delivered, so it is not resent by itself'
+          WHERE v.status IN ('queued', 'pending')
+            AND v.smtp_started_at < now() - make_interval(secs => $1)
+            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.id = v.job_id AND j.status IN ('Pending', 'Running'))",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// A row of the send log, as `dklctl mail log` shows it.
