@@ -37,6 +37,10 @@ pub const ALLOWED_HEADERS: &[&str] = &[
     "List-Unsubscribe-Post",
 ];
 
+/// The longest a send waits for a free SMTP connection before it snoozes
+/// (well within `SendEmail::TIMEOUT`, which the wait would otherwise use up).
+pub const SLOT_WAIT: Duration = Duration::from_secs(30);
+
 /// What the handler needs.
 pub struct Mailer {
     /// The database.
@@ -91,11 +95,21 @@ impl Mailer {
         };
         // The SMTP slot first: a job waiting for a free connection holds no
         // database connection and no row is marked started.
-        let slot = self
-            .smtp
-            .reserve(config)
-            .await
-            .map_err(JobError::retryable)?;
+        let slot = match tokio::time::timeout(SLOT_WAIT, self.smtp.reserve(config)).await {
+            Ok(slot) => slot.map_err(JobError::retryable)?,
+            // Every connection is busy (a slow server, a burst): the job
+            // steps back without using an attempt, instead of spending its
+            // own timeout in the line.
+            Err(_) => {
+                return Err(JobError::snooze(
+                    Duration::from_secs(5),
+                    format!(
+                        "all {} connections of SMTP `{}` are busy",
+                        config.pool_size, config.name
+                    ),
+                ));
+            }
+        };
         let mut session = SendSession::open(&self.pool, &dedup_key)
             .await
             .map_err(JobError::retryable)?;
