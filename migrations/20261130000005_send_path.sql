@@ -162,3 +162,58 @@ BEGIN
     PERFORM pg_advisory_unlock(hashtextextended(p_dedup_key, 1937));
 END;
 $$;
+
+-- Many senders' steps in one round trip: a worker process's send log
+-- writer collects the begin, start, finish and unlock steps of its
+-- concurrent sends and runs them here, each in a subtransaction of its own
+-- (one bad step, say a recipient too long for the column, fails alone).
+-- The writer's session holds the advisory locks of every message it sends;
+-- a step that fails releases the lock it may have taken (a session lock
+-- outlives the rollback of the subtransaction that took it).
+-- p_steps: a JSON array of objects with `op` ('begin' | 'start' | 'finish'
+-- | 'unlock') and that step's arguments; the result has a row per step, in
+-- order (`n`, from 1), with `outcome` 'error' and the reason in `detail`
+-- for a step that failed.
+CREATE FUNCTION dkl_send_steps(p_steps JSONB)
+RETURNS TABLE (n INT, outcome TEXT, id UUID, message_id TEXT, detail TEXT, wait_secs FLOAT8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_step JSONB;
+    v_n    INT := 0;
+    v_wait FLOAT8;
+BEGIN
+    FOR v_step IN SELECT value FROM jsonb_array_elements(p_steps) LOOP
+        v_n := v_n + 1;
+        BEGIN
+            CASE v_step->>'op'
+            WHEN 'begin' THEN
+                RETURN QUERY SELECT v_n, b.outcome, b.id, b.message_id, b.detail, b.wait_secs
+                  FROM dkl_begin_send(v_step->>'dedup_key', v_step->>'recipient', v_step->>'subject',
+                                      v_step->>'template', v_step->>'kind', (v_step->>'bulk')::BOOLEAN,
+                                      v_step->>'smtp', v_step->>'job_id', v_step->>'message_id',
+                                      v_step->>'reply_to', (v_step->>'rate_per_second')::INT,
+                                      (v_step->>'rate_per_hour')::INT) b;
+            WHEN 'start' THEN
+                v_wait := dkl_start_send((v_step->>'id')::UUID, v_step->>'job_id', v_step->>'smtp',
+                                         (v_step->>'rate_per_second')::INT, (v_step->>'rate_per_hour')::INT);
+                RETURN QUERY SELECT v_n, CASE WHEN v_wait > 0 THEN 'wait' ELSE 'send' END, NULL::UUID, NULL::TEXT,
+                                    NULL::TEXT, v_wait;
+            WHEN 'finish' THEN
+                PERFORM dkl_finish_send((v_step->>'id')::UUID, v_step->>'dedup_key', v_step->>'status',
+                                        (v_step->>'code')::INT, v_step->>'reply', v_step->>'error');
+                RETURN QUERY SELECT v_n, 'done', NULL::UUID, NULL::TEXT, NULL::TEXT, NULL::FLOAT8;
+            WHEN 'unlock' THEN
+                PERFORM pg_advisory_unlock(hashtextextended(v_step->>'dedup_key', 1937));
+                RETURN QUERY SELECT v_n, 'done', NULL::UUID, NULL::TEXT, NULL::TEXT, NULL::FLOAT8;
+            ELSE
+                RAISE EXCEPTION 'unknown send step `%`', v_step->>'op';
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            IF v_step ? 'dedup_key' AND v_step->>'op' IN ('begin', 'finish') THEN
+                PERFORM pg_advisory_unlock(hashtextextended(v_step->>'dedup_key', 1937));
+            END IF;
+            RETURN QUERY SELECT v_n, 'error', NULL::UUID, NULL::TEXT, SQLSTATE || ': ' || SQLERRM, NULL::FLOAT8;
+        END;
+    END LOOP;
+END;
+$$;

@@ -678,3 +678,116 @@ async fn prune_marks_mail_abandoned_mid_send_unknown(pool: PgPool) {
     assert_eq!(row(&pool, "running").await.status, "queued");
     assert_eq!(row(&pool, "recent").await.status, "queued");
 }
+
+fn new_message<'a>(
+    key: &'a str,
+    recipient: &'a str,
+    message_id: &'a str,
+) -> dkl_worker::store::verzonden_emails::NewMessage<'a> {
+    dkl_worker::store::verzonden_emails::NewMessage {
+        dedup_key: key,
+        recipient,
+        subject: "Welkom",
+        template_name: None,
+        mail_kind: "transactional",
+        smtp_config: "default",
+        job_id: "job-1",
+        message_id,
+        reply_to: None,
+    }
+}
+
+/// The send log writer's session holds every in-flight message's lock, and
+/// session locks are re-entrant: the writer itself must answer a second
+/// begin for a held key `Busy`; a sender that goes away must not leave its
+/// key locked; a step that fails (a recipient too long for its column) must
+/// fail alone and release what it took.
+#[sqlx::test(migrations = false)]
+async fn the_send_log_keeps_one_sender_per_message_and_leaks_no_lock(pool: PgPool) {
+    use dkl_worker::store::send_log::SendLog;
+    use dkl_worker::store::verzonden_emails::{Begun, Finish, RateLimit};
+    migrate(&pool).await;
+    let log = SendLog::new(&pool);
+    let none = RateLimit::default();
+
+    let (first, guard) = log
+        .begin(&new_message("k1", "a@example.org", "<1@x>"), false, none)
+        .await
+        .unwrap();
+    assert!(matches!(first, Begun::Send { .. }), "{first:?}");
+    let (second, no_guard) = log
+        .begin(&new_message("k1", "a@example.org", "<2@x>"), false, none)
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        Begun::Busy,
+        "a held key is busy, also within the writer's own session"
+    );
+    assert!(no_guard.is_none());
+    // Another session cannot take it either.
+    let other: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('k1', 1937))")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!other, "the lock is held in PostgreSQL, for every process");
+
+    // The sender goes away (its job timed out): the key is free again, and
+    // the next attempt finds the interrupted row and sends it (transactional).
+    drop(guard);
+    let again = wait_for(T, "the dropped guard to unlock the key", || async {
+        let (b, g) = log
+            .begin(&new_message("k1", "a@example.org", "<3@x>"), false, none)
+            .await
+            .unwrap();
+        (b != Begun::Busy).then_some((b, g))
+    })
+    .await;
+    let Begun::Send { id, message_id } = again.0 else {
+        panic!("{:?}", again.0)
+    };
+    assert_eq!(message_id, "<1@x>", "a resend keeps the first Message-ID");
+    log.finish(
+        again.1.unwrap(),
+        id,
+        Finish::Sent {
+            code: 250,
+            reply: "ok",
+        },
+    )
+    .await
+    .unwrap();
+    let (done, _) = log
+        .begin(&new_message("k1", "a@example.org", "<4@x>"), false, none)
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Begun::Done(dkl_worker::store::verzonden_emails::SendStatus::Sent)
+    );
+
+    // A bad step fails alone, and leaves its key unlocked.
+    let long = format!("{}@example.org", "x".repeat(300));
+    let (bad_message, good_message) = (
+        new_message("k2", &long, "<5@x>"),
+        new_message("k3", "b@example.org", "<6@x>"),
+    );
+    let (bad, good) = tokio::join!(
+        log.begin(&bad_message, false, none),
+        log.begin(&good_message, false, none)
+    );
+    assert!(
+        bad.unwrap_err().to_string().contains("22001"),
+        "value too long"
+    );
+    assert!(matches!(good.unwrap().0, Begun::Send { .. }));
+    let (fixed, _) = log
+        .begin(&new_message("k2", "c@example.org", "<7@x>"), false, none)
+        .await
+        .unwrap();
+    assert!(
+        matches!(fixed, Begun::Send { .. }),
+        "k2 is not left locked: {fixed:?}"
+    );
+}

@@ -51,6 +51,7 @@ pub fn registry_with(
         templates: crate::store::email_templates::TemplateCache::new(
             crate::store::email_templates::TemplateCache::DEFAULT_TTL,
         ),
+        send_log: crate::store::send_log::SendLog::new(pool),
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));
     registry

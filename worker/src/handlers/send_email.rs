@@ -18,12 +18,12 @@ use dkl_shared::kinds::{MailKind, SendEmail};
 use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 
 use crate::smtp::stats::SendOutcome;
 use crate::smtp::{Smtp, SmtpError};
 use crate::store::email_templates::TemplateCache;
+use crate::store::send_log::{KeyGuard, SendLog, SendLogError};
 use crate::store::verzonden_emails::{self, Begun, Finish, NewMessage, RateLimit};
 use crate::templates::{MailTemplate, RenderedMail, Renderer, html_to_text};
 
@@ -51,6 +51,8 @@ pub struct Mailer {
     pub renderer: Renderer,
     /// Template rows, read at most every few seconds.
     pub templates: TemplateCache,
+    /// The writer of every send's steps in `verzonden_emails`.
+    pub send_log: SendLog,
 }
 
 /// Registers the `send_email` handler.
@@ -93,8 +95,9 @@ impl Mailer {
             per_second: config.rate_per_second,
             per_hour: config.rate_per_hour,
         };
-        // The SMTP slot first: a job waiting for a free connection holds no
-        // database connection and no row is marked started.
+        // The SMTP slot first: no row is marked started while a job waits
+        // for a free connection (a worker dying then would leave a bulk
+        // message `unknown` that never left).
         let slot = match tokio::time::timeout(SLOT_WAIT, self.smtp.reserve(config)).await {
             Ok(slot) => slot.map_err(JobError::retryable)?,
             // Every connection is busy (a slow server, a burst): the job
@@ -110,9 +113,6 @@ impl Mailer {
                 ));
             }
         };
-        let mut session = SendSession::open(&self.pool, &dedup_key)
-            .await
-            .map_err(JobError::retryable)?;
         let new = NewMessage {
             dedup_key: &dedup_key,
             recipient: &recipient,
@@ -124,15 +124,12 @@ impl Mailer {
             message_id: &message_id,
             reply_to: job.reply_to.as_deref(),
         };
-        // Until begin_send says otherwise the lock may be held (it is taken
-        // first, and a session lock outlives a failed statement): an error or
-        // a dropped future then closes the connection, which frees it.
-        session.locked = true;
-        let begun = verzonden_emails::begin_send(session.conn(), &new, job.kind.is_bulk(), rate)
+        let (begun, guard) = self
+            .send_log
+            .begin(&new, job.kind.is_bulk(), rate)
             .await
             .map_err(JobError::retryable)?;
-        session.locked = begun.holds_lock();
-        let (id, first_message_id) = match begun {
+        let (id, first_message_id, rate_wait) = match begun {
             // Two jobs for one message (the same key asked for twice while
             // the first still runs) never both send it.
             Begun::Busy => {
@@ -170,17 +167,23 @@ impl Mailer {
                 );
                 return Ok(());
             }
-            Begun::Send { id, message_id } => (id, message_id),
+            Begun::Send { id, message_id } => (id, message_id, None),
             Begun::Wait {
                 id,
                 message_id,
                 wait,
-            } => {
-                self.wait_for_rate_slot(&mut session, id, &ctx, config, rate, wait)
-                    .await?;
-                (id, message_id)
-            }
+            } => (id, message_id, Some(wait)),
         };
+        // Send and Wait come with the lock's guard (`holds_lock`).
+        let Some(guard) = guard else {
+            return Err(JobError::retryable(
+                "send log: a message to send came without its lock",
+            ));
+        };
+        if let Some(wait) = rate_wait {
+            self.wait_for_rate_slot(&guard, id, &ctx, config, rate, wait)
+                .await?;
+        }
         // A resend keeps the Message-ID of the first try, so a receiver that
         // got both can tell they are one message.
         let mut message = if first_message_id == message_id {
@@ -214,19 +217,9 @@ impl Mailer {
             .record(&config.name, job.kind.as_str(), counted);
         let (failed, code, error, result) = match sent {
             Ok(accepted) => {
-                let released = verzonden_emails::finish_sent_surely(
-                    session.conn(),
-                    &self.pool,
-                    id,
-                    &dedup_key,
-                    accepted.code,
-                    &accepted.text,
-                )
-                .await
-                .map_err(JobError::retryable)?;
-                // Recorded on another connection: this one still holds the
-                // lock and is closed on drop, which frees it.
-                session.locked = !released;
+                self.record_sent(guard, id, accepted.code, &accepted.text)
+                    .await
+                    .map_err(JobError::retryable)?;
                 tracing::info!(smtp = %config.name, code = accepted.code, message_id = %first_message_id, "mail sent");
                 return Ok(());
             }
@@ -234,15 +227,10 @@ impl Mailer {
                 let error = format!(
                     "{e}; a bulk message is not resent by itself (`dklctl mail resend` does it on purpose)"
                 );
-                verzonden_emails::finish_send(
-                    session.conn(),
-                    id,
-                    &dedup_key,
-                    Finish::Unknown { error: &error },
-                )
-                .await
-                .map_err(JobError::retryable)?;
-                session.locked = false;
+                self.send_log
+                    .finish(guard, id, Finish::Unknown { error: &error })
+                    .await
+                    .map_err(JobError::retryable)?;
                 tracing::warn!(smtp = %config.name, message_id = %first_message_id, "no answer to a bulk message; marked unknown");
                 return Ok(());
             }
@@ -268,18 +256,48 @@ impl Mailer {
                 error: &error,
             }
         };
-        verzonden_emails::finish_send(session.conn(), id, &dedup_key, how)
+        self.send_log
+            .finish(guard, id, how)
             .await
             .map_err(JobError::retryable)?;
-        session.locked = false;
         result
+    }
+
+    /// Records an accepted message, trying a few times over half a minute: a
+    /// lost `sent` would send it again. The first try goes through the send
+    /// log (which also releases the lock); later ones straight to the table.
+    async fn record_sent(
+        &self,
+        guard: KeyGuard,
+        id: uuid::Uuid,
+        code: u16,
+        reply: &str,
+    ) -> Result<(), SendLogError> {
+        let Err(mut error) = self
+            .send_log
+            .finish(guard, id, Finish::Sent { code, reply })
+            .await
+        else {
+            return Ok(());
+        };
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..8 {
+            tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "cannot record an accepted message as sent; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+            match verzonden_emails::mark_sent(&self.pool, id, code, reply).await {
+                Ok(()) => return Ok(()),
+                Err(e) => error = SendLogError(e.to_string()),
+            }
+        }
+        Err(error)
     }
 
     /// The provider's limit, shared by every worker: a full second is
     /// waited out here; a full hour snoozes the job (no attempt used).
     async fn wait_for_rate_slot(
         &self,
-        session: &mut SendSession,
+        guard: &KeyGuard,
         id: uuid::Uuid,
         ctx: &JobContext,
         config: &SmtpConfig,
@@ -288,14 +306,16 @@ impl Mailer {
     ) -> Result<(), JobError> {
         loop {
             if wait > Duration::from_secs(2) {
-                session.release().await;
+                // The guard, dropped by the caller, releases the lock.
                 return Err(JobError::snooze(
                     wait,
                     format!("SMTP `{}` reached its hourly limit", config.name),
                 ));
             }
             tokio::time::sleep(wait).await;
-            match verzonden_emails::start_send(session.conn(), id, &ctx.id.0, &config.name, rate)
+            match self
+                .send_log
+                .start_send(guard, id, &ctx.id.0, &config.name, rate)
                 .await
                 .map_err(JobError::retryable)?
             {
@@ -409,46 +429,4 @@ fn build(
             mail.html.clone(),
         ))
         .map_err(|e| JobError::permanent(format!("cannot build the message: {e}")))
-}
-
-/// The pooled connection a message is sent with. From `dkl_begin_send` to
-/// `dkl_finish_send` its session holds the advisory lock on the message's
-/// dedup key; if a path returns early while it does, the connection is
-/// closed instead of going back to the pool, which ends the session and
-/// frees the lock.
-struct SendSession {
-    conn: PoolConnection<Postgres>,
-    key: String,
-    locked: bool,
-}
-
-impl SendSession {
-    async fn open(pool: &PgPool, key: &str) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            conn: pool.acquire().await?,
-            key: key.to_string(),
-            locked: false,
-        })
-    }
-
-    fn conn(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.conn
-    }
-
-    async fn release(&mut self) {
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 1937))")
-            .bind(&self.key)
-            .execute(&mut *self.conn)
-            .await;
-        // Unlocked: the connection may go back to the pool (Drop sees it).
-        self.locked = unlocked.is_err();
-    }
-}
-
-impl Drop for SendSession {
-    fn drop(&mut self) {
-        if self.locked {
-            self.conn.close_on_drop();
-        }
-    }
 }

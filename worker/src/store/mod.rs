@@ -2,5 +2,6 @@
 //! and commands call these functions; they do not write SQL inline.
 
 pub mod email_templates;
+pub mod send_log;
 pub mod suppressions;
 pub mod verzonden_emails;
