@@ -139,8 +139,9 @@ $$;
 
 -- Everything after a message's SMTP transaction, and the release of its
 -- lock. `p_status`: 'sent'; 'queued' for a passing failure (counted in
--- retry_count, tried again by the job's next attempt); or a final status
--- ('failed') with the reason in `p_error`.
+-- retry_count, tried again by the job's next attempt); 'released' when the
+-- sender stopped before the transaction began (status stays as it is); or a
+-- final status ('failed', 'unknown') with the reason in `p_error`.
 CREATE FUNCTION dkl_finish_send(p_id UUID, p_dedup_key TEXT, p_status TEXT, p_code INT, p_reply TEXT, p_error TEXT)
 RETURNS VOID
 LANGUAGE plpgsql AS $$
@@ -150,6 +151,10 @@ BEGIN
            SET status = 'sent', sent_at = now(), smtp_code = p_code, smtp_reply = p_reply, error_message = NULL,
                smtp_started_at = NULL
          WHERE id = p_id;
+    ELSIF p_status = 'released' THEN
+        -- The sender went away before its SMTP transaction began: nothing
+        -- left, so the message is not `interrupted`; its next attempt sends it.
+        UPDATE verzonden_emails SET error_message = p_error, smtp_started_at = NULL WHERE id = p_id;
     ELSIF p_status = 'queued' THEN
         UPDATE verzonden_emails
            SET retry_count = retry_count + 1, smtp_code = p_code, error_message = p_error, smtp_started_at = NULL

@@ -790,4 +790,27 @@ async fn the_send_log_keeps_one_sender_per_message_and_leaks_no_lock(pool: PgPoo
         matches!(fixed, Begun::Send { .. }),
         "k2 is not left locked: {fixed:?}"
     );
+
+    // A sender that goes away while its begin runs (its job timed out) never
+    // gets the guard; the writer's answer, dropped unread, releases the key,
+    // and the row says the message never left.
+    let message = new_message("k4", "d@example.org", "<8@x>");
+    let gave_up =
+        tokio::time::timeout(Duration::from_micros(1), log.begin(&message, false, none)).await;
+    assert!(gave_up.is_err(), "the sender stopped waiting");
+    let (later, _guard) = wait_for(T, "k4 to be free again", || async {
+        let (b, g) = log
+            .begin(&new_message("k4", "d@example.org", "<9@x>"), false, none)
+            .await
+            .unwrap();
+        (b != Begun::Busy).then_some((b, g))
+    })
+    .await;
+    assert!(matches!(later, Begun::Send { .. }), "{later:?}");
+
+    // A NUL in a text (here the subject) is stored, not a batch failure.
+    let mut nul = new_message("k5", "e@example.org", "<10@x>");
+    nul.subject = "Welkom\0";
+    let (stored, _) = log.begin(&nul, false, none).await.unwrap();
+    assert!(matches!(stored, Begun::Send { .. }), "{stored:?}");
 }

@@ -175,7 +175,7 @@ impl Mailer {
             } => (id, message_id, Some(wait)),
         };
         // Send and Wait come with the lock's guard (`holds_lock`).
-        let Some(guard) = guard else {
+        let Some(mut guard) = guard else {
             return Err(JobError::retryable(
                 "send log: a message to send came without its lock",
             ));
@@ -194,6 +194,7 @@ impl Mailer {
         if let Some(signer) = self.smtp.signer(config) {
             signer.sign(&mut message);
         }
+        guard.on_the_wire();
         let sent = self
             .smtp
             .send(&slot, config, message.envelope(), &message.formatted())

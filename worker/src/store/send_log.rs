@@ -18,7 +18,7 @@
 //! its locks go with the session; on the next connection it takes the locks
 //! of the sends still in flight again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -67,6 +67,8 @@ enum Step {
     Finish {
         id: Uuid,
         dedup_key: String,
+        /// The begin it ends (see `Writer::held`); not read by SQL.
+        token: u64,
         status: &'static str,
         code: Option<u16>,
         reply: Option<String>,
@@ -74,6 +76,8 @@ enum Step {
     },
     Unlock {
         dedup_key: String,
+        /// The begin it ends (see `Writer::held`); not read by SQL.
+        token: u64,
     },
 }
 
@@ -82,7 +86,7 @@ impl Step {
         match self {
             Self::Begin { dedup_key, .. }
             | Self::Finish { dedup_key, .. }
-            | Self::Unlock { dedup_key } => Some(dedup_key),
+            | Self::Unlock { dedup_key, .. } => Some(dedup_key),
             Self::Start { .. } => None,
         }
     }
@@ -98,7 +102,15 @@ struct StepRow {
     wait_secs: Option<f64>,
 }
 
-type Reply = oneshot::Sender<Result<StepRow, SendLogError>>;
+/// A step's row, and for a begin that took the key's lock, its guard. The
+/// writer makes the guard, so a sender that went away before it got the
+/// answer (its job timed out) drops it unread, and the lock is released.
+struct Answer {
+    row: StepRow,
+    guard: Option<KeyGuard>,
+}
+
+type Reply = oneshot::Sender<Result<Answer, SendLogError>>;
 
 struct Request {
     step: Step,
@@ -116,8 +128,19 @@ pub struct SendLog {
 /// out), it unlocks the key.
 pub struct KeyGuard {
     key: String,
+    token: u64,
+    id: Uuid,
     tx: mpsc::UnboundedSender<Request>,
     done: bool,
+    on_the_wire: bool,
+}
+
+impl KeyGuard {
+    /// Notes that the message's SMTP transaction begins: from now on a
+    /// sender that goes away may have delivered it.
+    pub fn on_the_wire(&mut self) {
+        self.on_the_wire = true;
+    }
 }
 
 impl std::fmt::Debug for KeyGuard {
@@ -128,14 +151,34 @@ impl std::fmt::Debug for KeyGuard {
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.tx.send(Request {
-                step: Step::Unlock {
-                    dedup_key: std::mem::take(&mut self.key),
-                },
-                reply: None,
-            });
+        if self.done {
+            return;
         }
+        let dedup_key = std::mem::take(&mut self.key);
+        // Gone during the transaction: the row keeps `smtp_started_at` (it
+        // may have been delivered) and only the lock goes. Gone before it:
+        // nothing left, and the row says so.
+        let token = self.token;
+        let step = if self.on_the_wire {
+            Step::Unlock { dedup_key, token }
+        } else {
+            released(self.id, dedup_key, token)
+        };
+        let _ = self.tx.send(Request { step, reply: None });
+    }
+}
+
+/// The finish step of a message whose sender stopped before its SMTP
+/// transaction began.
+fn released(id: Uuid, dedup_key: String, token: u64) -> Step {
+    Step::Finish {
+        id,
+        dedup_key,
+        token,
+        status: "released",
+        code: None,
+        reply: None,
+        error: Some("its sender stopped (job timed out or cancelled) before the SMTP transaction began; its next attempt sends it".into()),
     }
 }
 
@@ -156,14 +199,15 @@ impl SendLog {
             (0..WRITERS)
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(
-                        Writer {
-                            pool: self.pool.clone(),
-                            conn: None,
-                            held: HashSet::new(),
-                        }
-                        .run(rx),
-                    );
+                    let writer = Writer {
+                        pool: self.pool.clone(),
+                        me: tx.downgrade(),
+                        conn: None,
+                        backend_pid: None,
+                        held: HashMap::new(),
+                        next_token: 0,
+                    };
+                    tokio::spawn(writer.run(rx));
                     tx
                 })
                 .collect()
@@ -174,7 +218,7 @@ impl SendLog {
         &writers[(hash % writers.len() as u64) as usize]
     }
 
-    async fn run(&self, key: &str, step: Step) -> Result<StepRow, SendLogError> {
+    async fn run(&self, key: &str, step: Step) -> Result<Answer, SendLogError> {
         let (reply, answer) = oneshot::channel();
         self.sender(key)
             .send(Request {
@@ -202,25 +246,24 @@ impl SendLog {
                 Step::Begin {
                     dedup_key: m.dedup_key.to_string(),
                     recipient: m.recipient.to_string(),
-                    subject: m.subject.to_string(),
+                    subject: storable(m.subject),
                     template: m.template_name.map(String::from),
                     kind: m.mail_kind.to_string(),
                     bulk,
                     smtp: m.smtp_config.to_string(),
                     job_id: m.job_id.to_string(),
                     message_id: m.message_id.to_string(),
-                    reply_to: m.reply_to.map(String::from),
+                    reply_to: m.reply_to.map(storable),
                     rate_per_second: rate.per_second,
                     rate_per_hour: rate.per_hour,
                 },
             )
             .await?;
+        let Answer { row, guard } = row;
         let begun = begun_from(row, m.message_id)?;
-        let guard = begun.holds_lock().then(|| KeyGuard {
-            key: m.dedup_key.to_string(),
-            tx: self.sender(m.dedup_key).clone(),
-            done: false,
-        });
+        if begun.holds_lock() && guard.is_none() {
+            return Err(SendLogError("the writer is shutting down".into()));
+        }
         Ok((begun, guard))
     }
 
@@ -245,7 +288,13 @@ impl SendLog {
                     rate_per_hour: rate.per_hour,
                 },
             )
-            .await?;
+            .await?
+            .row;
+        if row.outcome != "send" && row.outcome != "wait" {
+            return Err(SendLogError(row.detail.unwrap_or_else(|| {
+                format!("the start step answered `{}`", row.outcome)
+            })));
+        }
         let wait = row.wait_secs.unwrap_or(0.0);
         Ok((wait > 0.0).then(|| Duration::from_secs_f64(wait)))
     }
@@ -266,14 +315,17 @@ impl SendLog {
         let step = Step::Finish {
             id,
             dedup_key: guard.key.clone(),
+            token: guard.token,
             status: status.as_str(),
             code,
-            reply: reply.map(String::from),
-            error: error.map(String::from),
+            reply: reply.map(storable),
+            error: error.map(storable),
         };
-        let row = self.run(&guard.key, step).await?;
-        // The step ran (and, failed or not, released the lock).
+        // Queued, the finish runs (and releases the lock) or its session
+        // dies (and the lock with it): the guard must not queue an unlock of
+        // its own after it, which could release a later begin's lock.
         guard.done = true;
+        let row = self.run(&guard.key, step).await?.row;
         match row.outcome.as_str() {
             "done" => Ok(()),
             _ => Err(SendLogError(
@@ -326,9 +378,20 @@ fn begun_from(row: StepRow, our_message_id: &str) -> Result<Begun, SendLogError>
 
 struct Writer {
     pool: PgPool,
+    /// Its own queue, for the guards it hands out (weak: the writer ends
+    /// when every handle and guard is gone).
+    me: mpsc::WeakUnboundedSender<Request>,
     conn: Option<PgConnection>,
-    /// Keys whose lock this session holds (between begin and finish).
-    held: HashSet<String>,
+    /// The server process of `conn`: after a failure it may still hold the
+    /// locks (a statement cut short by a timeout runs on), so the next
+    /// connection ends it before taking them again.
+    backend_pid: Option<i32>,
+    /// Keys whose lock this session holds (between begin and finish), each
+    /// with the token of the begin that took it. A finish or unlock with
+    /// another token is stale (its begin's lock is long gone) and is dropped,
+    /// so it can never release a later begin's lock.
+    held: HashMap<String, u64>,
+    next_token: u64,
 }
 
 impl Writer {
@@ -349,96 +412,149 @@ impl Writer {
     }
 
     async fn write(&mut self, batch: Vec<Request>) {
-        // A key this session holds, or begins twice in one batch, is busy:
-        // its advisory lock would be granted again (it is re-entrant).
+        let requests = self.answer_without_the_database(batch);
+        if requests.is_empty() {
+            return;
+        }
+        let steps: Vec<&Step> = requests.iter().map(|r| &r.step).collect();
+        match self.execute(&steps).await {
+            Ok(rows) => self.answer(requests, rows),
+            Err(e) => {
+                // The connection goes (the locks its statement may have
+                // taken with it); the next one takes the held keys again.
+                self.conn = None;
+                if requests.len() > 1 {
+                    // One bad step must not fail the others: each alone.
+                    tracing::warn!(error = %e, steps = requests.len(), "send log writer: a batch failed; writing its steps one by one");
+                    for r in requests {
+                        Box::pin(self.write(vec![r])).await;
+                    }
+                    return;
+                }
+                tracing::warn!(error = %e, "send log writer: a step failed; its sender retries");
+                for r in requests {
+                    if let Some(key) = r.step.key()
+                        && !matches!(r.step, Step::Begin { .. })
+                    {
+                        self.held.remove(key);
+                    }
+                    answer(r.reply, Err(SendLogError(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Answers what needs no database: a begin for a key this session
+    /// holds (or begins twice in this batch) is busy, since its advisory lock
+    /// would be granted again (it is re-entrant); a stale finish or unlock
+    /// is done. The rest is returned.
+    fn answer_without_the_database(&mut self, batch: Vec<Request>) -> Vec<Request> {
         let mut beginning = HashSet::new();
         let mut requests = Vec::with_capacity(batch.len());
         for r in batch {
-            if let Step::Begin { dedup_key, .. } = &r.step
-                && (self.held.contains(dedup_key) || !beginning.insert(dedup_key.clone()))
-            {
+            let stale = match &r.step {
+                Step::Begin { dedup_key, .. } => {
+                    if self.held.contains_key(dedup_key) || !beginning.insert(dedup_key.clone()) {
+                        answer(
+                            r.reply,
+                            Ok(Answer {
+                                row: step_row("busy"),
+                                guard: None,
+                            }),
+                        );
+                        continue;
+                    }
+                    false
+                }
+                Step::Finish {
+                    dedup_key, token, ..
+                }
+                | Step::Unlock { dedup_key, token } => self.held.get(dedup_key) != Some(token),
+                Step::Start { .. } => false,
+            };
+            if stale {
                 answer(
                     r.reply,
-                    Ok(StepRow {
-                        n: 0,
-                        outcome: "busy".into(),
-                        id: None,
-                        message_id: None,
-                        detail: None,
-                        wait_secs: None,
+                    Ok(Answer {
+                        row: step_row("done"),
+                        guard: None,
                     }),
                 );
                 continue;
             }
             requests.push(r);
         }
-        if requests.is_empty() {
-            return;
-        }
-        let steps: Vec<&Step> = requests.iter().map(|r| &r.step).collect();
-        let rows = match self.execute(&steps).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                // The connection is dropped (its locks with it); the keys
-                // of this batch are no longer held, the others are taken
-                // again on the next connection.
-                self.conn = None;
-                for r in &requests {
-                    if let Some(key) = r.step.key()
-                        && !matches!(r.step, Step::Begin { .. })
-                    {
-                        self.held.remove(key);
-                    }
-                }
-                tracing::warn!(error = %e, steps = requests.len(), "send log writer: a batch failed; its senders retry");
-                for r in requests {
-                    answer(r.reply, Err(SendLogError(e.to_string())));
-                }
-                return;
-            }
-        };
-        let mut rows = rows.into_iter();
+        requests
+    }
+
+    fn answer(&mut self, requests: Vec<Request>, rows: Vec<StepRow>) {
+        let mut by_n: HashMap<i32, StepRow> = rows.into_iter().map(|row| (row.n, row)).collect();
         for (n, r) in requests.into_iter().enumerate() {
-            let row = rows.next().filter(|row| row.n as usize == n + 1);
-            let Some(row) = row else {
+            let Some(row) = by_n.remove(&(n as i32 + 1)) else {
+                // Not run (it cannot happen with dkl_send_steps); a begin
+                // that may have locked is released by its guard's absence
+                // only if we unlock here.
+                if let Step::Begin { dedup_key, .. } = &r.step {
+                    self.unlock_later(dedup_key);
+                }
                 answer(
                     r.reply,
                     Err(SendLogError(
-                        "dkl_send_steps returned fewer rows than steps".into(),
+                        "dkl_send_steps returned no row for a step".into(),
                     )),
                 );
                 continue;
             };
+            let mut guard = None;
             match &r.step {
                 Step::Begin { dedup_key, .. }
                     if matches!(row.outcome.as_str(), "send" | "wait") =>
                 {
-                    self.held.insert(dedup_key.clone());
+                    self.next_token += 1;
+                    let token = self.next_token;
+                    self.held.insert(dedup_key.clone(), token);
+                    guard = match (row.id, self.me.upgrade()) {
+                        (Some(id), Some(tx)) => Some(KeyGuard {
+                            key: dedup_key.clone(),
+                            token,
+                            id,
+                            tx,
+                            done: false,
+                            on_the_wire: false,
+                        }),
+                        _ => None,
+                    };
                 }
-                Step::Finish { dedup_key, .. } | Step::Unlock { dedup_key } => {
+                Step::Finish { dedup_key, .. } | Step::Unlock { dedup_key, .. } => {
                     self.held.remove(dedup_key);
                 }
                 _ => {}
             }
-            answer(r.reply, Ok(row));
+            // A sender that went away meanwhile drops the answer unread,
+            // and with it the guard, which releases the key.
+            answer(r.reply, Ok(Answer { row, guard }));
+        }
+    }
+
+    /// Queues an unlock of `key` whatever begin holds it.
+    fn unlock_later(&mut self, key: &str) {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.held.insert(key.to_string(), token);
+        if let Some(tx) = self.me.upgrade() {
+            let _ = tx.send(Request {
+                step: Step::Unlock {
+                    dedup_key: key.to_string(),
+                    token,
+                },
+                reply: None,
+            });
         }
     }
 
     async fn execute(&mut self, steps: &[&Step]) -> Result<Vec<StepRow>, sqlx::Error> {
         if self.conn.is_none() {
-            let mut conn = self.pool.connect_options().connect().await?;
-            if !self.held.is_empty() {
-                let keys: Vec<&String> = self.held.iter().collect();
-                let lost: Vec<String> =
-                    sqlx::query_scalar("SELECT k FROM unnest($1::text[]) k WHERE NOT pg_try_advisory_lock(hashtextextended(k, 1937))")
-                        .bind(&keys)
-                        .fetch_all(&mut conn)
-                        .await?;
-                if !lost.is_empty() {
-                    tracing::warn!(keys = ?lost, "send log writer reconnected; another session took these messages' locks meanwhile");
-                }
-            }
-            self.conn = Some(conn);
+            self.conn = Some(self.connect().await?);
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(sqlx::Error::PoolClosed);
@@ -454,9 +570,65 @@ impl Writer {
             ))),
         }
     }
+
+    /// A new connection that holds the locks of the keys in flight again.
+    async fn connect(&mut self) -> Result<PgConnection, sqlx::Error> {
+        let options = self.pool.connect_options();
+        let connecting = options.connect();
+        let mut conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no connection within 10 s",
+                ))
+            })??;
+        if let Some(old) = self.backend_pid.take() {
+            // Waits (up to 5 s) until the old session is gone with its locks.
+            let _: Option<bool> = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+                .bind(old)
+                .fetch_one(&mut conn)
+                .await
+                .ok();
+        }
+        self.backend_pid = Some(
+            sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await?,
+        );
+        if !self.held.is_empty() {
+            let keys: Vec<&String> = self.held.keys().collect();
+            let lost: Vec<String> =
+                sqlx::query_scalar("SELECT k FROM unnest($1::text[]) k WHERE NOT pg_try_advisory_lock(hashtextextended(k, 1937))")
+                    .bind(&keys)
+                    .fetch_all(&mut conn)
+                    .await?;
+            if !lost.is_empty() {
+                tracing::warn!(keys = ?lost, "send log writer reconnected; another session took these messages' locks meanwhile");
+            }
+        }
+        Ok(conn)
+    }
 }
 
-fn answer(reply: Option<Reply>, result: Result<StepRow, SendLogError>) {
+fn step_row(outcome: &str) -> StepRow {
+    StepRow {
+        n: 0,
+        outcome: outcome.into(),
+        id: None,
+        message_id: None,
+        detail: None,
+        wait_secs: None,
+    }
+}
+
+/// Text as JSON for PostgreSQL can carry it: jsonb refuses `\u0000`, and
+/// one refused value would fail every step of its batch.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\\0")
+}
+
+fn answer(reply: Option<Reply>, result: Result<Answer, SendLogError>) {
     if let Some(reply) = reply {
         let _ = reply.send(result);
     }
