@@ -21,7 +21,7 @@ use lettre::message::{Mailbox, MultiPart};
 use sqlx::PgPool;
 
 use crate::smtp::stats::SendOutcome;
-use crate::smtp::{Smtp, SmtpError};
+use crate::smtp::{Smtp, SmtpError, SmtpSlot};
 use crate::store::email_templates::TemplateCache;
 use crate::store::send_log::{KeyGuard, SendLog, SendLogError};
 use crate::store::verzonden_emails::{self, Begun, Finish, NewMessage, RateLimit};
@@ -95,23 +95,15 @@ impl Mailer {
             per_second: config.rate_per_second,
             per_hour: config.rate_per_hour,
         };
-        // The SMTP slot first: no row is marked started while a job waits
-        // for a free connection (a worker dying then would leave a bulk
-        // message `unknown` that never left).
-        let slot = match tokio::time::timeout(SLOT_WAIT, self.smtp.reserve(config)).await {
-            Ok(slot) => slot.map_err(JobError::retryable)?,
-            // Every connection is busy (a slow server, a burst): the job
-            // steps back without using an attempt, instead of spending its
-            // own timeout in the line.
-            Err(_) => {
-                return Err(JobError::snooze(
-                    Duration::from_secs(5),
-                    format!(
-                        "all {} connections of SMTP `{}` are busy",
-                        config.pool_size, config.name
-                    ),
-                ));
-            }
+        // Bulk mail takes its SMTP connection before its row is marked
+        // started: a worker dying while it waits would otherwise leave a
+        // newsletter `unknown` that never left. Other mail begins first (a
+        // transactional message found interrupted is sent again anyway), so
+        // it holds a connection only for its SMTP transaction.
+        let early_slot = if job.kind.is_bulk() {
+            Some(self.reserve_slot(config).await?)
+        } else {
+            None
         };
         let new = NewMessage {
             dedup_key: &dedup_key,
@@ -184,6 +176,10 @@ impl Mailer {
             self.wait_for_rate_slot(&guard, id, &ctx, config, rate, wait)
                 .await?;
         }
+        let slot = match early_slot {
+            Some(slot) => slot,
+            None => self.reserve_slot(config).await?,
+        };
         // A resend keeps the Message-ID of the first try, so a receiver that
         // got both can tell they are one message.
         let mut message = if first_message_id == message_id {
@@ -262,6 +258,22 @@ impl Mailer {
             .await
             .map_err(JobError::retryable)?;
         result
+    }
+
+    /// One of `config`'s connections, waited for at most [`SLOT_WAIT`]: when
+    /// every one is busy (a slow server, a burst) the job steps back without
+    /// using an attempt, instead of spending its own timeout in the line.
+    async fn reserve_slot(&self, config: &SmtpConfig) -> Result<SmtpSlot, JobError> {
+        match tokio::time::timeout(SLOT_WAIT, self.smtp.reserve(config)).await {
+            Ok(slot) => slot.map_err(JobError::retryable),
+            Err(_) => Err(JobError::snooze(
+                Duration::from_secs(5),
+                format!(
+                    "all {} connections of SMTP `{}` are busy",
+                    config.pool_size, config.name
+                ),
+            )),
+        }
     }
 
     /// Records an accepted message, trying a few times over half a minute: a
