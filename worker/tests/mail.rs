@@ -814,3 +814,119 @@ async fn the_send_log_keeps_one_sender_per_message_and_leaks_no_lock(pool: PgPoo
     let (stored, _) = log.begin(&nul, false, none).await.unwrap();
     assert!(matches!(stored, Begun::Send { .. }), "{stored:?}");
 }
+
+/// Each mail kind goes out through its own SMTP configuration (newsletter →
+/// `newsletter`, transactional → `registration`, admin and auto-reply →
+/// `default`), each a real server of its own; a kind whose configuration is
+/// not set falls back to `default`.
+#[sqlx::test(migrations = false)]
+async fn each_smtp_configuration_is_used_for_its_kind(pool: PgPool) {
+    migrate(&pool).await;
+    let default = SmtpSink::start(&[]).expect("start smtp-sink");
+    let registration = SmtpSink::start(&[]).expect("start smtp-sink");
+    let newsletter = SmtpSink::start(&[]).expect("start smtp-sink");
+    let vars: BTreeMap<&str, String> = [
+        (
+            "DKL_SMTP_CONFIGS",
+            "default,registration,newsletter".to_string(),
+        ),
+        ("DKL_SMTP_DEFAULT_PORT", default.port.to_string()),
+        ("DKL_SMTP_REGISTRATION_PORT", registration.port.to_string()),
+        ("DKL_SMTP_NEWSLETTER_PORT", newsletter.port.to_string()),
+        (
+            "DKL_SMTP_NEWSLETTER_FROM",
+            "Nieuwsbrief DKL <nieuws@dekoninklijkeloop.nl>".to_string(),
+        ),
+    ]
+    .into();
+    let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let client = JobClient::new(pool.clone());
+    let kinds = [
+        (MailKind::Transactional, "k-transactional"),
+        (MailKind::Newsletter, "k-newsletter"),
+        (MailKind::Admin, "k-admin"),
+        (MailKind::AutoReply, "k-auto"),
+    ];
+    let mut jobs = Vec::new();
+    for (kind, key) in kinds {
+        let mail = SendEmail {
+            to: format!("{key}@example.org"),
+            subject: Some(format!("Soort {key}")),
+            html: Some("<p>Hallo</p>".into()),
+            kind,
+            dedup_key: Some(key.into()),
+            ..Default::default()
+        };
+        jobs.push(
+            client
+                .enqueue(&mail, EnqueueOptions::default())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &config),
+        fast_config(),
+    );
+    for job in &jobs {
+        wait_status(&pool, job, "Done", T).await;
+    }
+    rt.stop().await;
+    let used: Vec<(String, String)> =
+        sqlx::query_as("SELECT dedup_key, smtp_config FROM verzonden_emails ORDER BY dedup_key")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let used: BTreeMap<String, String> = used.into_iter().collect();
+    assert_eq!(used["k-transactional"], "registration");
+    assert_eq!(used["k-newsletter"], "newsletter");
+    assert_eq!(used["k-admin"], "default");
+    assert_eq!(used["k-auto"], "default");
+    let got = |sink: &SmtpSink| {
+        let mut keys: Vec<String> = sink
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("Subject: Soort "))
+                    .map(|l| l["Subject: Soort ".len()..].trim().to_string())
+            })
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(got(&registration), ["k-transactional"]);
+    assert_eq!(got(&newsletter), ["k-newsletter"]);
+    assert_eq!(got(&default), ["k-admin", "k-auto"]);
+    assert!(
+        newsletter.messages()[0]
+            .contains("From: \"Nieuwsbrief DKL\" <nieuws@dekoninklijkeloop.nl>"),
+        "the newsletter configuration's From: {}",
+        newsletter.messages()[0]
+    );
+
+    // Without a `registration` configuration, transactional mail uses `default`.
+    let only_default = config(default.port);
+    let mail = SendEmail {
+        to: "fallback@example.org".into(),
+        subject: Some("Soort k-fallback".into()),
+        html: Some("<p>Hallo</p>".into()),
+        dedup_key: Some("k-fallback".into()),
+        ..Default::default()
+    };
+    let job = client
+        .enqueue(&mail, EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &only_default),
+        fast_config(),
+    );
+    wait_status(&pool, &job, "Done", T).await;
+    rt.stop().await;
+    assert_eq!(got(&default), ["k-admin", "k-auto", "k-fallback"]);
+}
