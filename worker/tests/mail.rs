@@ -839,7 +839,7 @@ async fn each_smtp_configuration_is_used_for_its_kind(pool: PgPool) {
         ),
     ]
     .into();
-    let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let three = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
     let client = JobClient::new(pool.clone());
     let kinds = [
         (MailKind::Transactional, "k-transactional"),
