@@ -867,7 +867,7 @@ async fn each_smtp_configuration_is_used_for_its_kind(pool: PgPool) {
     }
     let rt = dkl_tests::start(
         &pool,
-        dkl_worker::handlers::registry(&pool, &config),
+        dkl_worker::handlers::registry(&pool, &three),
         fast_config(),
     );
     for job in &jobs {
