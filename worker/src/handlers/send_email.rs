@@ -97,10 +97,13 @@ impl Mailer {
         };
         // Bulk mail takes its SMTP connection before its row is marked
         // started: a worker dying while it waits would otherwise leave a
-        // newsletter `unknown` that never left. Other mail begins first (a
-        // transactional message found interrupted is sent again anyway), so
-        // it holds a connection only for its SMTP transaction.
-        let early_slot = if job.kind.is_bulk() {
+        // newsletter `unknown` that never left. So does mail under a rate
+        // limit, whose slot (taken at begin) must be used in its second.
+        // Other mail begins first (a transactional message found interrupted
+        // is sent again anyway), so it holds a connection only for its SMTP
+        // transaction.
+        let rate_limited = rate.per_second.is_some() || rate.per_hour.is_some();
+        let early_slot = if job.kind.is_bulk() || rate_limited {
             Some(self.reserve_slot(config).await?)
         } else {
             None
