@@ -358,10 +358,13 @@ async fn missed_ticks_run_once_on_catch_up_unless_the_schedule_says_every(pool: 
     .fetch_one(&pool)
     .await
     .unwrap();
+    // From t0, not from this statement's own clock: a second boundary between
+    // the two updates left only five ticks at or before t0.
     sqlx::query(
-        "UPDATE job_schedules SET catch_up = 'every', next_run_at = date_trunc('second', now()) - interval '5 seconds'
+        "UPDATE job_schedules SET catch_up = 'every', next_run_at = $1 - interval '5 seconds'
           WHERE name = 'every'",
     )
+    .bind(t0)
     .execute(&pool)
     .await
     .unwrap();
