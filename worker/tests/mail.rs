@@ -623,10 +623,11 @@ async fn an_unanswered_bulk_message_is_unknown_and_a_transactional_one_is_retrie
     })
     .await;
     assert_eq!(retried.status, "queued", "{retried:?}");
-    assert_eq!(
-        dkl_tests::job(&pool, &single).await.status,
-        "Pending",
-        "it waits for its next attempt"
+    // Waiting for its next attempt, or already in it (the test's backoff is short).
+    let state = dkl_tests::job(&pool, &single).await.status;
+    assert!(
+        state == "Pending" || state == "Running",
+        "the job goes on: {state:?}"
     );
     rt.stop().await;
 }
