@@ -21,6 +21,22 @@ fn config(port: u16) -> Config {
     Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
 }
 
+/// A mail with a ready subject and a short HTML body (no template), under
+/// its own dedup key.
+fn ready_mail(
+    to: impl Into<String>,
+    subject: impl Into<String>,
+    key: impl Into<String>,
+) -> SendEmail {
+    SendEmail {
+        to: to.into(),
+        subject: Some(subject.into()),
+        html: Some("<p>x</p>".into()),
+        dedup_key: Some(key.into()),
+        ..Default::default()
+    }
+}
+
 async fn sync_templates(pool: &PgPool) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
     let mut conn = pool.acquire().await.unwrap();
@@ -172,13 +188,7 @@ async fn a_5xx_fails_at_once_with_the_servers_words(pool: PgPool) {
     migrate(&pool).await;
     let sink = SmtpSink::start(&["-f", "rcpt"]).expect("start smtp-sink");
     let client = JobClient::new(pool.clone());
-    let mail = SendEmail {
-        to: "nobody@example.org".into(),
-        subject: Some("Test".into()),
-        html: Some("<p>x</p>".into()),
-        dedup_key: Some("hard".into()),
-        ..Default::default()
-    };
+    let mail = ready_mail("nobody@example.org", "Test", "hard");
     let job = client
         .enqueue(&mail, EnqueueOptions::default())
         .await
@@ -215,13 +225,7 @@ async fn two_jobs_for_one_message_send_it_once(pool: PgPool) {
     // the second starts.
     let sink = SmtpSink::start(&["-w", "2"]).expect("start smtp-sink");
     let client = JobClient::new(pool.clone());
-    let mail = SendEmail {
-        to: "anna@example.org".into(),
-        subject: Some("Eén keer".into()),
-        html: Some("<p>x</p>".into()),
-        dedup_key: Some("once".into()),
-        ..Default::default()
-    };
+    let mail = ready_mail("anna@example.org", "Eén keer", "once");
     let a = client
         .enqueue(&mail, EnqueueOptions::default())
         .await
@@ -280,13 +284,7 @@ async fn a_4xx_is_retried_with_backoff_then_sent(pool: PgPool) {
     let busy = SmtpSink::start(&["-r", "rcpt"]).expect("start smtp-sink");
     let port = busy.port;
     let client = JobClient::new(pool.clone());
-    let mail = SendEmail {
-        to: "anna@example.org".into(),
-        subject: Some("Later".into()),
-        html: Some("<p>x</p>".into()),
-        dedup_key: Some("soft".into()),
-        ..Default::default()
-    };
+    let mail = ready_mail("anna@example.org", "Later", "soft");
     let job = client
         .enqueue(&mail, EnqueueOptions::default())
         .await
@@ -331,12 +329,8 @@ async fn suppressed_addresses_are_skipped_by_kind(pool: PgPool) {
     .unwrap();
     let client = JobClient::new(pool.clone());
     let mail = |to: &str, kind: MailKind, key: &str| SendEmail {
-        to: to.into(),
-        subject: Some("x".into()),
-        html: Some("<p>x</p>".into()),
         kind,
-        dedup_key: Some(key.into()),
-        ..Default::default()
+        ..ready_mail(to, "x", key)
     };
     let rt = start_worker(&pool, sink.port);
     for (to, kind, key) in [
@@ -375,12 +369,12 @@ async fn an_smtp_outage_of_30_s_in_the_middle_of_1000_mails_loses_none_and_doubl
     let port = sink.port;
     let client = JobClient::new(pool.clone());
     let mails: Vec<SendEmail> = (0..1000)
-        .map(|i| SendEmail {
-            to: format!("deelnemer{i}@example.org"),
-            subject: Some(format!("mail {i}")),
-            html: Some("<p>x</p>".into()),
-            dedup_key: Some(format!("m{i}")),
-            ..Default::default()
+        .map(|i| {
+            ready_mail(
+                format!("deelnemer{i}@example.org"),
+                format!("mail {i}"),
+                format!("m{i}"),
+            )
         })
         .collect();
     client.enqueue_many(&mails).await.unwrap();
@@ -468,13 +462,11 @@ async fn an_hourly_limit_snoozes_mail_without_burning_attempts(pool: PgPool) {
     let client = JobClient::new(pool.clone());
     let mut ids = Vec::new();
     for i in 0..3 {
-        let mail = SendEmail {
-            to: format!("p{i}@example.org"),
-            subject: Some(format!("mail {i}")),
-            html: Some("<p>x</p>".into()),
-            dedup_key: Some(format!("h{i}")),
-            ..Default::default()
-        };
+        let mail = ready_mail(
+            format!("p{i}@example.org"),
+            format!("mail {i}"),
+            format!("h{i}"),
+        );
         ids.push(
             client
                 .enqueue(&mail, EnqueueOptions::default())
@@ -520,13 +512,7 @@ async fn an_idn_address_is_sent_to_in_ascii_and_a_non_ascii_local_part_is_refuse
     migrate(&pool).await;
     let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     let client = JobClient::new(pool.clone());
-    let mail = |to: &str, key: &str| SendEmail {
-        to: to.into(),
-        subject: Some("Welkom".into()),
-        html: Some("<p>Welkom bij De Koninklijke Loop</p>".into()),
-        dedup_key: Some(key.into()),
-        ..Default::default()
-    };
+    let mail = |to: &str, key: &str| ready_mail(to, "Welkom", key);
     let idn = client
         .enqueue(
             &mail("Anna <anna@Bücher.example>", "idn"),
@@ -580,12 +566,8 @@ async fn an_unanswered_bulk_message_is_unknown_and_a_transactional_one_is_retrie
     let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
     let client = JobClient::new(pool.clone());
     let mail = |kind: MailKind, key: &str| SendEmail {
-        to: "lid@example.org".into(),
-        subject: Some("Nieuws".into()),
-        html: Some("<p>Nieuws van De Koninklijke Loop</p>".into()),
         kind,
-        dedup_key: Some(key.into()),
-        ..Default::default()
+        ..ready_mail("lid@example.org", "Nieuws", key)
     };
     let bulk = client
         .enqueue(
@@ -851,12 +833,8 @@ async fn each_smtp_configuration_is_used_for_its_kind(pool: PgPool) {
     let mut jobs = Vec::new();
     for (kind, key) in kinds {
         let mail = SendEmail {
-            to: format!("{key}@example.org"),
-            subject: Some(format!("Soort {key}")),
-            html: Some("<p>Hallo</p>".into()),
             kind,
-            dedup_key: Some(key.into()),
-            ..Default::default()
+            ..ready_mail(format!("{key}@example.org"), format!("Soort {key}"), key)
         };
         jobs.push(
             client
@@ -910,13 +888,7 @@ async fn each_smtp_configuration_is_used_for_its_kind(pool: PgPool) {
 
     // Without a `registration` configuration, transactional mail uses `default`.
     let only_default = config(default.port);
-    let mail = SendEmail {
-        to: "fallback@example.org".into(),
-        subject: Some("Soort k-fallback".into()),
-        html: Some("<p>Hallo</p>".into()),
-        dedup_key: Some("k-fallback".into()),
-        ..Default::default()
-    };
+    let mail = ready_mail("fallback@example.org", "Soort k-fallback", "k-fallback");
     let job = client
         .enqueue(&mail, EnqueueOptions::default())
         .await

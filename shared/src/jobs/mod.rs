@@ -93,5 +93,5 @@ pub use state::JobState;
 pub use stats::RuntimeStats;
 pub use store::{
     CANCEL_CHANNEL, CancelOutcome, JobRecord, MAX_ERROR_BYTES, MAX_RETRY_DELAY, RetryOutcome,
-    SCHEDULED_CHANNEL,
+    SCHEDULED_CHANNEL, storable_text,
 };

@@ -412,7 +412,7 @@ async fn vacuum_queue_table(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {},
             _ = stop.cancelled() => return,
         }
-        let claimed = shared.stats.snapshot().jobs_claimed;
+        let claimed = shared.stats.jobs_claimed_total();
         if claimed - claimed_at_last < every {
             continue;
         }

@@ -161,6 +161,11 @@ impl RuntimeStats {
         self.lock().jobs_claimed += n;
     }
 
+    /// Jobs claimed so far (without copying the rest, as `snapshot` does).
+    pub fn jobs_claimed_total(&self) -> u64 {
+        self.lock().jobs_claimed
+    }
+
     /// Notes a vacuum of the queue table.
     pub fn queue_vacuumed(&self) {
         self.lock().queue_vacuums += 1;

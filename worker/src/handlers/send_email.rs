@@ -102,8 +102,7 @@ impl Mailer {
         // Other mail begins first (a transactional message found interrupted
         // is sent again anyway), so it holds a connection only for its SMTP
         // transaction.
-        let rate_limited = rate.per_second.is_some() || rate.per_hour.is_some();
-        let early_slot = if job.kind.is_bulk() || rate_limited {
+        let early_slot = if job.kind.is_bulk() || rate.is_set() {
             Some(self.reserve_slot(config).await?)
         } else {
             None

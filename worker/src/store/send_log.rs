@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use dkl_shared::jobs::storable_text;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -246,14 +247,16 @@ impl SendLog {
                 Step::Begin {
                     dedup_key: m.dedup_key.to_string(),
                     recipient: m.recipient.to_string(),
-                    subject: storable(m.subject),
+                    // jsonb refuses NUL, and one refused value would fail
+                    // every step of the batch.
+                    subject: storable_text(m.subject),
                     template: m.template_name.map(String::from),
                     kind: m.mail_kind.to_string(),
                     bulk,
                     smtp: m.smtp_config.to_string(),
                     job_id: m.job_id.to_string(),
                     message_id: m.message_id.to_string(),
-                    reply_to: m.reply_to.map(storable),
+                    reply_to: m.reply_to.map(storable_text),
                     rate_per_second: rate.per_second,
                     rate_per_hour: rate.per_hour,
                 },
@@ -318,8 +321,8 @@ impl SendLog {
             token: guard.token,
             status: status.as_str(),
             code,
-            reply: reply.map(storable),
-            error: error.map(storable),
+            reply: reply.map(storable_text),
+            error: error.map(storable_text),
         };
         // Queued, the finish runs (and releases the lock) or its session
         // dies (and the lock with it): the guard must not queue an unlock of
@@ -620,12 +623,6 @@ fn step_row(outcome: &str) -> StepRow {
         detail: None,
         wait_secs: None,
     }
-}
-
-/// Text as JSON for PostgreSQL can carry it: jsonb refuses `\u0000`, and
-/// one refused value would fail every step of its batch.
-fn storable(text: &str) -> String {
-    text.replace('\0', "\\0")
 }
 
 fn answer(reply: Option<Reply>, result: Result<Answer, SendLogError>) {

@@ -94,6 +94,13 @@ pub struct RateLimit {
     pub per_hour: Option<u32>,
 }
 
+impl RateLimit {
+    /// True when either limit is set.
+    pub fn is_set(&self) -> bool {
+        self.per_second.is_some() || self.per_hour.is_some()
+    }
+}
+
 /// What `begin_send` found, and what the sender does next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Begun {
