@@ -36,6 +36,8 @@ pub struct Monitoring {
     pub stats: Arc<RuntimeStats>,
     /// What mail sending did.
     pub mail: Arc<crate::smtp::stats::MailStats>,
+    /// What mail fetching did.
+    pub imap: Arc<crate::imap::stats::ImapStats>,
     /// A heartbeat older than this means the runtime is stuck.
     pub heartbeat_stale_after: Duration,
     /// Cache period and health limits.
@@ -270,11 +272,12 @@ async fn metrics_page(State(app): State<AppState>) -> Response {
             None
         }
     };
-    let body = metrics::render(
+    let mut body = metrics::render(
         &app.monitoring.stats.snapshot(),
         &app.monitoring.mail.snapshot(),
         figures.as_deref(),
     );
+    body.push_str(&metrics::render_imap(&app.monitoring.imap.snapshot()));
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -289,6 +292,7 @@ mod tests {
                 .unwrap(),
             stats: Arc::default(),
             mail: Arc::default(),
+            imap: Arc::default(),
             heartbeat_stale_after: Duration::from_secs(30),
             config: MonitorConfig::default(),
         }

@@ -13,15 +13,18 @@
 //! ```
 //!
 //! - [`handlers`]: one file per job kind, and the registry of them all;
-//! - [`http`]: `/healthz` and `/metrics`, [`metrics`] their text format.
-//!
-//! Data access per table family (`store/`), IMAP, MIME, SMTP and templates
-//! join as modules of their own with the mail work (ARCHITECTURE.md).
+//! - [`http`]: `/healthz` and `/metrics`, [`metrics`] their text format;
+//! - [`store`]: data access per table family;
+//! - [`smtp`] and [`templates`]: mail out; [`imap`] and [`mime`]: mail in;
+//!   [`import`]: `.eml`, Maildir and mbox files stored as if fetched.
 
 pub mod address;
 pub mod handlers;
 pub mod http;
+pub mod imap;
+pub mod import;
 pub mod metrics;
+pub mod mime;
 pub mod smtp;
 pub mod store;
 pub mod templates;

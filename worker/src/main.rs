@@ -18,11 +18,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     dkl_worker::smtp::check_config(&config.mail).map_err(anyhow::Error::msg)?;
     let pool = db::connect_migrated(&config).await?;
     let mail_stats = std::sync::Arc::new(dkl_worker::smtp::stats::MailStats::default());
-    let registry = handlers::registry_with(&pool, &config, mail_stats.clone());
+    let imap_stats = std::sync::Arc::new(dkl_worker::imap::stats::ImapStats::default());
+    let registry = handlers::registry_with(&pool, &config, mail_stats.clone(), imap_stats.clone());
     if !handlers::NOT_YET_HANDLED.is_empty() {
         tracing::warn!(kinds = ?handlers::NOT_YET_HANDLED, "no handler in this worker for these known kinds yet; their jobs will be discarded with \"no handler for kind …\"");
     }
     let shutdown = telemetry::shutdown_on_signals();
+    // IDLE watchers stop with the runtime; the fetch-mail schedule covers
+    // any account without IDLE.
+    let watchers = dkl_worker::imap::watch::spawn_all(
+        &pool,
+        &config.imap,
+        imap_stats.clone(),
+        shutdown.clone(),
+    );
+    if !config.imap.accounts.is_empty() {
+        tracing::info!(
+            accounts = config.imap.accounts.len(),
+            idle_watchers = watchers.len(),
+            "incoming mail configured"
+        );
+    }
     let runtime = WorkerRuntime::new(pool.clone(), registry, config.jobs.clone());
     // The listener outlives the runtime's drain, so health checks keep
     // answering while running jobs finish.
@@ -33,6 +49,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 pool: db::monitoring_pool(&config),
                 stats: runtime.stats(),
                 mail: mail_stats,
+                imap: imap_stats,
                 heartbeat_stale_after: config.jobs.rescue_after,
                 config: config.monitor.clone(),
             };
@@ -47,6 +64,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let result = runtime.run(shutdown).await.context("job runtime failed");
+    for watcher in watchers {
+        let _ = watcher.await;
+    }
     http_stop.cancel();
     if let Some(server) = server {
         let _ = server.await;

@@ -211,6 +211,54 @@ pub fn render(stats: &StatsSnapshot, mail: &MailSnapshot, db: Option<&DatabaseFi
     out
 }
 
+/// The incoming-mail series: messages stored and quarantined per account,
+/// the last successful fetch, the IDLE connections up.
+pub fn render_imap(
+    accounts: &std::collections::BTreeMap<String, crate::imap::stats::AccountCounters>,
+) -> String {
+    let mut out = String::new();
+    let series: [(
+        &str,
+        &str,
+        &str,
+        fn(&crate::imap::stats::AccountCounters) -> Option<i64>,
+    ); 4] = [
+        (
+            "dkl_imap_messages_fetched_total",
+            "counter",
+            "Messages stored from IMAP by this worker process, by account (quarantined ones included).",
+            |c| Some(c.fetched as i64),
+        ),
+        (
+            "dkl_imap_messages_quarantined_total",
+            "counter",
+            "Messages stored quarantined (too large, unparsable, no sender), by account.",
+            |c| Some(c.quarantined as i64),
+        ),
+        (
+            "dkl_imap_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last fetch of the account that ended without error.",
+            |c| c.last_success_unix,
+        ),
+        (
+            "dkl_imap_idle_connections",
+            "gauge",
+            "IMAP IDLE connections up, by account.",
+            |c| Some(c.idle_up as i64),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(&mut out, name, kind, help);
+        for (account, counters) in accounts {
+            if let Some(v) = value(counters) {
+                let _ = writeln!(out, "{name}{{account=\"{}\"}} {v}", esc(account));
+            }
+        }
+    }
+    out
+}
+
 fn render_mail(out: &mut String, mail: &MailSnapshot) {
     header(
         out,

@@ -119,7 +119,8 @@ pub async fn run(pool: &PgPool, config: &Config, args: SendBenchArgs) -> anyhow:
     }
 
     let stats = std::sync::Arc::new(MailStats::default());
-    let registry = dkl_worker::handlers::registry_with(pool, &config, stats.clone());
+    let registry =
+        dkl_worker::handlers::registry_with(pool, &config, stats.clone(), Default::default());
     let runtime =
         WorkerRuntime::new(pool.clone(), registry, config.jobs.clone()).serve_only(&[QUEUE]);
     let shutdown = CancellationToken::new();

@@ -10,12 +10,14 @@
 //! settings will join as files of their own.
 
 mod http;
+mod imap;
 mod jobs;
 mod mail;
 mod parse;
 mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
+pub use imap::{AfterImport, ImapAccount, ImapConfig};
 pub use jobs::JobsConfig;
 pub use mail::{DkimConfig, MailConfig, SmtpConfig, TlsMode};
 pub use parse::{MAX_AGE, parse_age};
@@ -65,6 +67,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// Outgoing mail: the SMTP configurations.
     pub mail: MailConfig,
+    /// Incoming mail: the IMAP accounts.
+    pub imap: ImapConfig,
 }
 
 /// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
@@ -91,6 +95,12 @@ pub const VARIABLES: &[&str] = &[
     "DKL_HEALTH_MAX_DUE_AGE_SECS",
     "DKL_MONITOR_DB_CONNECTIONS",
     "DKL_SMTP_CONFIGS",
+    "DKL_IMAP_ACCOUNTS",
+    "DKL_IMAP_MAX_MESSAGE_MB",
+    "DKL_IMAP_FETCH_BATCH",
+    "DKL_IMAP_POLL_SECS",
+    "DKL_IMAP_IDLE_RENEW_SECS",
+    "DKL_IMAP_TIMEOUT_SECS",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
     "DKL_SCHEDULER_LEADER_STALE_SECS",
@@ -139,6 +149,7 @@ impl Config {
             )?,
             monitor: MonitorConfig::from_lookup(&get)?,
             mail: MailConfig::from_lookup(&get)?,
+            imap: ImapConfig::from_lookup(&get)?,
         })
     }
 }
@@ -265,6 +276,7 @@ mod tests {
             include_str!("scheduler.rs"),
             include_str!("http.rs"),
             include_str!("mail.rs"),
+            include_str!("imap.rs"),
         ]
         .concat();
         for quoted in source.split('"').skip(1).step_by(2) {

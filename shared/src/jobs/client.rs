@@ -93,19 +93,8 @@ impl JobClient {
     /// Enqueues many jobs of one kind, due now, in one statement (e.g. one job
     /// per newsletter recipient). Returns their ids in order.
     pub async fn enqueue_many<J: JobKind>(&self, jobs: &[J]) -> Result<Vec<JobId>, EngineError> {
-        let payloads = jobs
-            .iter()
-            .map(|j| {
-                serde_json::to_vec(j).map_err(|source| EngineError::Encode {
-                    kind: J::KIND.into(),
-                    source,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let mut conn = self.pool.acquire().await?;
-        let ids =
-            store::insert_many(&mut conn, J::KIND, J::QUEUE, &payloads, J::MAX_ATTEMPTS).await?;
-        Ok(ids.into_iter().map(JobId).collect())
+        enqueue_many_on(&mut conn, jobs).await
     }
 
     /// Enqueues a job by kind name with a raw JSON payload (for the CLI and the
@@ -149,6 +138,29 @@ impl JobClient {
             .await?
             .ok_or_else(|| EngineError::NotFound(id.0.clone()))
     }
+}
+
+/// Enqueues many jobs of one kind, due now, on `conn` (inside the caller's
+/// transaction when it is one): they exist exactly when the caller's rows
+/// commit. Returns their ids in order.
+pub async fn enqueue_many_on<J: JobKind>(
+    conn: &mut PgConnection,
+    jobs: &[J],
+) -> Result<Vec<JobId>, EngineError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let payloads = jobs
+        .iter()
+        .map(|j| {
+            serde_json::to_vec(j).map_err(|source| EngineError::Encode {
+                kind: J::KIND.into(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = store::insert_many(conn, J::KIND, J::QUEUE, &payloads, J::MAX_ATTEMPTS).await?;
+    Ok(ids.into_iter().map(JobId).collect())
 }
 
 /// Enqueues on any connection (a pool connection or `&mut *tx`).

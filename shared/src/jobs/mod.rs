@@ -84,7 +84,9 @@ mod runtime;
 mod store;
 
 pub use catalog::{Catalog, KindSpec};
-pub use client::{EnqueueOptions, Enqueued, JobClient, enqueue_on, enqueue_raw_on};
+pub use client::{
+    EnqueueOptions, Enqueued, JobClient, enqueue_many_on, enqueue_on, enqueue_raw_on,
+};
 pub use error::{EngineError, JobError};
 pub use kind::{JobId, JobKind};
 pub use registry::{JobContext, Registry};

@@ -17,6 +17,23 @@ impl JobKind for FetchMail {
     const MAX_ATTEMPTS: i32 = 3;
 }
 
+/// Follow up one newly stored `incoming_emails` row: record what the message
+/// is (a person's mail, auto-submitted, a bounce, a complaint, a list
+/// message) and mark it processed. Enqueued in the transaction that stores
+/// the row, so no stored message is ever without one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessIncomingEmail {
+    /// `incoming_emails.id`.
+    pub incoming_email_id: uuid::Uuid,
+}
+
+impl JobKind for ProcessIncomingEmail {
+    const KIND: &'static str = "process_incoming_email";
+    const QUEUE: &'static str = "mail";
+    const MAX_ATTEMPTS: i32 = 5;
+}
+
 /// What kind of mail a message is: picks the SMTP configuration and what
 /// the suppression list and a crash between 250 and commit mean for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

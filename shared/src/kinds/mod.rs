@@ -16,7 +16,7 @@ pub mod mail;
 pub mod maintenance;
 
 pub use diagnostics::Ping;
-pub use mail::{FetchMail, MailKind, SendEmail};
+pub use mail::{FetchMail, MailKind, ProcessIncomingEmail, SendEmail};
 pub use maintenance::{ApplyRetention, ExpireSessions, PruneJobs, RecomputeLeaderboards};
 
 use crate::jobs::Catalog;
@@ -30,6 +30,7 @@ pub fn catalog() -> Catalog {
         .with::<Ping>()
         .with::<PruneJobs>()
         .with::<FetchMail>()
+        .with::<ProcessIncomingEmail>()
         .with::<SendEmail>()
         .with::<ApplyRetention>()
         .with::<RecomputeLeaderboards>()

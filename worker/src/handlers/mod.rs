@@ -7,7 +7,9 @@
 //! listed in [`NOT_YET_HANDLED`]; a test keeps the catalog, the registry and
 //! that list in step.
 
+pub mod fetch_mail;
 pub mod ping;
+pub mod process_incoming_email;
 pub mod prune_jobs;
 pub mod send_email;
 
@@ -21,20 +23,26 @@ use sqlx::PgPool;
 pub const NOT_YET_HANDLED: &[&str] = &[
     "apply_retention",
     "expire_sessions",
-    "fetch_mail",
     "recompute_leaderboards",
 ];
 
 /// Every job kind this worker runs.
 pub fn registry(pool: &PgPool, config: &Config) -> Registry {
-    registry_with(pool, config, std::sync::Arc::default())
+    registry_with(
+        pool,
+        config,
+        std::sync::Arc::default(),
+        std::sync::Arc::default(),
+    )
 }
 
-/// [`registry`], counting mail into `mail_stats` (for `/metrics`).
+/// [`registry`], counting mail sent into `mail_stats` and mail received
+/// into `imap_stats` (for `/metrics`).
 pub fn registry_with(
     pool: &PgPool,
     config: &Config,
     mail_stats: std::sync::Arc<crate::smtp::stats::MailStats>,
+    imap_stats: std::sync::Arc<crate::imap::stats::ImapStats>,
 ) -> Registry {
     let mut registry = Registry::new();
     ping::register(&mut registry);
@@ -54,6 +62,13 @@ pub fn registry_with(
         send_log: crate::store::send_log::SendLog::new(pool),
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));
+    let fetcher = fetch_mail::Fetcher {
+        pool: pool.clone(),
+        config: config.imap.clone(),
+        stats: imap_stats,
+    };
+    fetch_mail::register(&mut registry, std::sync::Arc::new(fetcher));
+    process_incoming_email::register(&mut registry, pool.clone());
     registry
 }
 

@@ -64,13 +64,7 @@ impl AsyncTokioStream for ImplicitTls {
 /// The TLS handshake on `tcp` (already connected, TCP_NODELAY set), checking
 /// the server's certificate against `config.host`.
 pub async fn handshake(tcp: TcpStream, config: &SmtpConfig) -> Result<ImplicitTls, String> {
-    let roots = root_store(config)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client = client_config(config.ca_pem.as_deref(), &ca_var(config))?;
     let name = ServerName::try_from(config.host.clone())
         .map_err(|e| format!("`{}` is not a TLS server name ({e})", config.host))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(client))
@@ -83,6 +77,18 @@ pub async fn handshake(tcp: TcpStream, config: &SmtpConfig) -> Result<ImplicitTl
             )
         })?;
     Ok(ImplicitTls(stream))
+}
+
+/// A TLS client (ring) trusting the public roots plus the certificates in
+/// `ca_pem` (from the variable `ca_var`, named in errors).
+pub fn client_config(ca_pem: Option<&[u8]>, ca_var: &str) -> Result<rustls::ClientConfig, String> {
+    let roots = root_store(ca_pem, ca_var)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// What lettre's STARTTLS uses: the same trust as [`handshake`].
@@ -117,17 +123,14 @@ fn ca_var(config: &SmtpConfig) -> String {
     format!("DKL_SMTP_{}_CA_FILE", config.name.to_uppercase())
 }
 
-fn root_store(config: &SmtpConfig) -> Result<RootCertStore, String> {
+fn root_store(ca_pem: Option<&[u8]>, ca_var: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    if let Some(pem) = &config.ca_pem {
+    if let Some(pem) = ca_pem {
         for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-            let cert =
-                cert.map_err(|e| format!("{}: not a PEM certificate ({e})", ca_var(config)))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", ca_var(config)))?;
+            let cert = cert.map_err(|e| format!("{ca_var}: not a PEM certificate ({e})"))?;
+            roots.add(cert).map_err(|e| format!("{ca_var}: {e}"))?;
         }
     }
     Ok(roots)
@@ -135,5 +138,5 @@ fn root_store(config: &SmtpConfig) -> Result<RootCertStore, String> {
 
 /// Checks at start that the configuration's CA file parses.
 pub fn check(config: &SmtpConfig) -> Result<(), String> {
-    root_store(config).map(|_| ())
+    root_store(config.ca_pem.as_deref(), &ca_var(config)).map(|_| ())
 }

@@ -2,6 +2,8 @@
 //! and commands call these functions; they do not write SQL inline.
 
 pub mod email_templates;
+pub mod imap_cursors;
+pub mod incoming_emails;
 pub mod send_log;
 pub mod suppressions;
 pub mod verzonden_emails;

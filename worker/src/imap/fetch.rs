@@ -1,0 +1,400 @@
+//! Fetching one mailbox: from the stored cursor to the newest message.
+//!
+//! 1. `SELECT` gives UIDVALIDITY; a value other than the cursor's starts a
+//!    resync from UID 1 (duplicates are recognised by content and Message-ID).
+//! 2. `UID FETCH n:* (UID RFC822.SIZE)` lists what is new. The server always
+//!    returns the last message for `n:*`, so UIDs below `n` are dropped here.
+//! 3. The list is cut into batches (by count and bytes); each batch is
+//!    fetched, parsed and stored in one transaction that also moves the
+//!    cursor. Storing batch k overlaps fetching batch k+1, and batches
+//!    commit in order, so the cursor never passes a message not stored.
+//! 4. Only then is the after-import action (\Seen, move) done; messages
+//!    whose action a crash interrupted are finished on the next fetch.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use dkl_shared::config::{AfterImport, ImapAccount, ImapConfig};
+use futures::TryStreamExt;
+use sqlx::PgPool;
+
+use super::stats::ImapStats;
+use super::{ImapError, Session, timed};
+use crate::store::imap_cursors;
+use crate::store::incoming_emails::{self, BatchOutcome, CursorAdvance, Incoming};
+
+/// The most bytes of messages one batch holds in memory.
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What one fetch of a mailbox did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchReport {
+    /// New messages stored (quarantined ones included).
+    pub stored: usize,
+    /// Of those, quarantined.
+    pub quarantined: usize,
+    /// Messages already stored, skipped.
+    pub duplicates: usize,
+    /// UIDVALIDITY changed since the last fetch: the mailbox was re-read.
+    pub resynced: bool,
+    /// After-import actions done.
+    pub actions_done: usize,
+}
+
+/// A message as the server gave it.
+struct Fetched {
+    uid: u32,
+    size: u32,
+    internal_date: Option<DateTime<Utc>>,
+    /// The whole message, or only its header when it is too large.
+    bytes: Vec<u8>,
+    whole: bool,
+}
+
+/// Fetches `mailbox` of `account` into `incoming_emails` (see the module docs).
+pub async fn fetch_mailbox(
+    pool: &PgPool,
+    session: &mut Session,
+    account: &ImapAccount,
+    mailbox: &str,
+    config: &ImapConfig,
+    stats: &ImapStats,
+) -> Result<FetchReport, ImapError> {
+    let t = config.timeout;
+    let selected = timed(t, "SELECT", session.select(mailbox))
+        .await
+        .map_err(|e| match e {
+            ImapError::Protocol(async_imap::error::Error::No(reason))
+            | ImapError::Protocol(async_imap::error::Error::Bad(reason)) => ImapError::Mailbox {
+                account: account.name.to_ascii_uppercase(),
+                mailbox: mailbox.to_string(),
+                reason,
+            },
+            other => other,
+        })?;
+    let uid_validity = i64::from(selected.uid_validity.ok_or_else(|| ImapError::Mailbox {
+        account: account.name.to_ascii_uppercase(),
+        mailbox: mailbox.to_string(),
+        reason: "the server sent no UIDVALIDITY for it".into(),
+    })?);
+    let cursor = imap_cursors::load(pool, &account.name, mailbox).await?;
+    let (first_uid, resync) = match cursor {
+        Some(c) if c.uid_validity == uid_validity => (c.last_uid + 1, false),
+        Some(c) => {
+            tracing::warn!(account = %account.name, mailbox, old = c.uid_validity, new = uid_validity,
+                "UIDVALIDITY changed: re-reading the mailbox; messages already stored are recognised by content and Message-ID");
+            (1, true)
+        }
+        None => (1, false),
+    };
+    let mut report = FetchReport {
+        resynced: resync,
+        ..FetchReport::default()
+    };
+    report.actions_done += finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
+    if selected.exists == 0 {
+        return Ok(report);
+    }
+    let listing = list_new(session, first_uid, t).await?;
+    if listing.is_empty() {
+        return Ok(report);
+    }
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<BatchOutcome, sqlx::Error>>> = None;
+    for batch in batches(&listing, config) {
+        let fetched = fetch_batch(session, &batch, config).await;
+        // The previous batch commits before this one is handed over: the
+        // cursor never moves past a batch that did not commit.
+        if let Some(previous) = in_flight.take() {
+            report_batch(&mut report, previous.await, stats, &account.name)?;
+        }
+        let fetched = fetched?;
+        let last_uid = i64::from(batch.iter().map(|(uid, _)| *uid).max().unwrap_or(0));
+        let pending = account.after_import != AfterImport::Leave;
+        let (pool, name, mailbox_name) = (pool.clone(), account.name.clone(), mailbox.to_string());
+        in_flight = Some(tokio::spawn(async move {
+            let messages = tokio::task::spawn_blocking({
+                let mailbox_name = mailbox_name.clone();
+                move || to_incoming(fetched, &mailbox_name, uid_validity, pending)
+            })
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("parsing panicked: {e}")))?;
+            let advance = CursorAdvance {
+                uid_validity,
+                last_uid,
+                resync,
+            };
+            incoming_emails::store_batch(&pool, &name, Some((&mailbox_name, advance)), &messages)
+                .await
+        }));
+    }
+    if let Some(previous) = in_flight.take() {
+        report_batch(&mut report, previous.await, stats, &account.name)?;
+    }
+    report.actions_done += finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
+    Ok(report)
+}
+
+fn report_batch(
+    report: &mut FetchReport,
+    joined: Result<Result<BatchOutcome, sqlx::Error>, tokio::task::JoinError>,
+    stats: &ImapStats,
+    account: &str,
+) -> Result<(), ImapError> {
+    let outcome = joined
+        .map_err(|e| ImapError::Database(sqlx::Error::Protocol(format!("store task: {e}"))))??;
+    report.stored += outcome.stored;
+    report.quarantined += outcome.quarantined;
+    report.duplicates += outcome.duplicates;
+    stats.count(account, outcome.stored as u64, outcome.quarantined as u64);
+    Ok(())
+}
+
+/// New UIDs and their sizes, from `first_uid` on, ascending.
+async fn list_new(
+    session: &mut Session,
+    first_uid: i64,
+    t: std::time::Duration,
+) -> Result<Vec<(u32, u32)>, ImapError> {
+    let first = first_uid.clamp(1, i64::from(u32::MAX));
+    let stream = timed(
+        t,
+        "UID FETCH (listing)",
+        session.uid_fetch(format!("{first}:*"), "(UID RFC822.SIZE)"),
+    )
+    .await?;
+    let fetches: Vec<async_imap::types::Fetch> =
+        timed(t * 4, "UID FETCH (listing)", stream.try_collect()).await?;
+    let mut listing: Vec<(u32, u32)> = fetches
+        .iter()
+        .filter_map(|f| Some((f.uid?, f.size.unwrap_or(0))))
+        .filter(|(uid, _)| i64::from(*uid) >= first_uid)
+        .collect();
+    listing.sort_unstable();
+    listing.dedup_by_key(|(uid, _)| *uid);
+    Ok(listing)
+}
+
+/// Cuts the listing into batches of at most `fetch_batch` messages and
+/// [`BATCH_BYTES`] (a message too large to store counts as its header).
+fn batches(listing: &[(u32, u32)], config: &ImapConfig) -> Vec<Vec<(u32, u32)>> {
+    let mut out: Vec<Vec<(u32, u32)>> = Vec::new();
+    let mut bytes = 0u64;
+    for &(uid, size) in listing {
+        let cost = if u64::from(size) > config.max_message_bytes {
+            64 * 1024
+        } else {
+            u64::from(size)
+        };
+        let full = out.last().is_none_or(|b| {
+            b.len() >= config.fetch_batch || (bytes + cost > BATCH_BYTES && !b.is_empty())
+        });
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += cost;
+        out.last_mut().expect("pushed above").push((uid, size));
+    }
+    out
+}
+
+/// `1:3,7,9:12` for the UIDs (sorted ascending).
+pub(crate) fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
+    let mut out = String::new();
+    let mut run: Option<(u32, u32)> = None;
+    let flush = |out: &mut String, (a, b): (u32, u32)| {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if a == b {
+            out.push_str(&a.to_string());
+        } else {
+            out.push_str(&format!("{a}:{b}"));
+        }
+    };
+    for uid in uids {
+        run = match run {
+            Some((a, b)) if uid == b + 1 => Some((a, uid)),
+            Some(r) => {
+                flush(&mut out, r);
+                Some((uid, uid))
+            }
+            None => Some((uid, uid)),
+        };
+    }
+    if let Some(r) = run {
+        flush(&mut out, r);
+    }
+    out
+}
+
+async fn fetch_batch(
+    session: &mut Session,
+    batch: &[(u32, u32)],
+    config: &ImapConfig,
+) -> Result<Vec<Fetched>, ImapError> {
+    let (large, normal): (Vec<_>, Vec<_>) = batch
+        .iter()
+        .partition(|(_, size)| u64::from(*size) > config.max_message_bytes);
+    let mut out = Vec::with_capacity(batch.len());
+    for (uids, query, whole) in [
+        (normal, "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[])", true),
+        (
+            large,
+            "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])",
+            false,
+        ),
+    ] {
+        if uids.is_empty() {
+            continue;
+        }
+        let wanted: std::collections::HashSet<u32> = uids.iter().map(|(u, _)| *u).collect();
+        let set = uid_set(uids.iter().map(|(u, _)| *u));
+        let mut stream = timed(config.timeout, "UID FETCH", session.uid_fetch(set, query)).await?;
+        loop {
+            let next = timed(config.timeout, "UID FETCH", stream.try_next()).await?;
+            let Some(fetch) = next else { break };
+            let Some(uid) = fetch.uid.filter(|u| wanted.contains(u)) else {
+                continue;
+            };
+            let bytes = if whole { fetch.body() } else { fetch.header() };
+            out.push(Fetched {
+                uid,
+                size: fetch.size.unwrap_or(0),
+                internal_date: fetch.internal_date().map(|d| d.with_timezone(&Utc)),
+                bytes: bytes.unwrap_or_default().to_vec(),
+                whole,
+            });
+        }
+    }
+    // A message expunged meanwhile is simply absent; the cursor still passes it.
+    out.sort_by_key(|f| f.uid);
+    Ok(out)
+}
+
+fn to_incoming(
+    fetched: Vec<Fetched>,
+    mailbox: &str,
+    uid_validity: i64,
+    pending: bool,
+) -> Vec<Incoming> {
+    fetched
+        .into_iter()
+        .map(|f| {
+            let (parsed, raw) = if f.whole {
+                (crate::mime::parse(&f.bytes), Some(f.bytes))
+            } else {
+                let reason = format!(
+                    "too large to import: {:.1} MB, over DKL_IMAP_MAX_MESSAGE_MB; left on the server (UID {}), only its header is stored",
+                    f64::from(f.size) / 1_048_576.0,
+                    f.uid
+                );
+                (crate::mime::parse_header_only(&f.bytes, reason), None)
+            };
+            Incoming {
+                mailbox: mailbox.to_string(),
+                uid_validity: Some(uid_validity),
+                uid: Some(i64::from(f.uid)),
+                received_at: f
+                    .internal_date
+                    .or(parsed.sent_at)
+                    .unwrap_or_else(Utc::now),
+                action_pending: pending && raw.is_some(),
+                raw_size: i64::from(f.size.max(raw.as_ref().map_or(0, |r| r.len() as u32))),
+                raw,
+                parsed,
+            }
+        })
+        .collect()
+}
+
+/// Does the after-import action of every stored message that still has it
+/// pending; returns how many.
+async fn finish_actions(
+    pool: &PgPool,
+    session: &mut Session,
+    account: &ImapAccount,
+    mailbox: &str,
+    uid_validity: i64,
+    t: std::time::Duration,
+) -> Result<usize, ImapError> {
+    if account.after_import == AfterImport::Leave {
+        return Ok(0);
+    }
+    let uids = incoming_emails::pending_actions(pool, &account.name, mailbox, uid_validity).await?;
+    if uids.is_empty() {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let mut can_move = None;
+    for chunk in uids.chunks(500) {
+        let set = uid_set(chunk.iter().map(|u| *u as u32));
+        match &account.after_import {
+            AfterImport::Leave => {}
+            AfterImport::MarkSeen => {
+                let stream = timed(
+                    t,
+                    "UID STORE",
+                    session.uid_store(&set, "+FLAGS.SILENT (\\Seen)"),
+                )
+                .await?;
+                let _: Vec<_> = timed(t, "UID STORE", stream.try_collect()).await?;
+            }
+            AfterImport::MoveTo(folder) => {
+                if can_move.is_none() {
+                    let caps = timed(t, "CAPABILITY", session.capabilities()).await?;
+                    can_move = Some(caps.has_str("MOVE"));
+                    // Creating a folder that exists fails harmlessly.
+                    let _ = timed(t, "CREATE", session.create(folder)).await;
+                }
+                if can_move == Some(true) {
+                    timed(t, "UID MOVE", session.uid_mv(&set, folder)).await?;
+                } else {
+                    timed(t, "UID COPY", session.uid_copy(&set, folder)).await?;
+                    let stream = timed(
+                        t,
+                        "UID STORE",
+                        session.uid_store(&set, "+FLAGS.SILENT (\\Deleted)"),
+                    )
+                    .await?;
+                    let _: Vec<_> = timed(t, "UID STORE", stream.try_collect()).await?;
+                    let stream = timed(t, "UID EXPUNGE", session.uid_expunge(&set)).await?;
+                    let _: Vec<_> = timed(t, "UID EXPUNGE", stream.try_collect()).await?;
+                }
+            }
+        }
+        incoming_emails::actions_done(pool, &account.name, mailbox, uid_validity, chunk).await?;
+    }
+    tracing::debug!(account = %account.name, mailbox, done = uids.len(), ms = started.elapsed().as_millis() as u64, "after-import actions done");
+    Ok(uids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compressed() {
+        assert_eq!(uid_set([1, 2, 3, 7, 9, 10, 11, 12]), "1:3,7,9:12");
+        assert_eq!(uid_set([5]), "5");
+        assert_eq!(uid_set([]), "");
+    }
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let config = ImapConfig {
+            accounts: Vec::new(),
+            max_message_bytes: 40 * 1024 * 1024,
+            fetch_batch: 3,
+            poll_every: std::time::Duration::from_secs(1),
+            idle_renew: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let listing: Vec<(u32, u32)> = (1..=7).map(|u| (u, 1000)).collect();
+        let sizes: Vec<usize> = batches(&listing, &config).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![3, 3, 1]);
+        let big = vec![(1, 20 << 20), (2, 20 << 20), (3, 1)];
+        let sizes: Vec<usize> = batches(&big, &config).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 2], "32 MB per batch at most");
+    }
+}
