@@ -89,6 +89,25 @@ fn verdict(class: Classification, reason: impl Into<String>) -> Verdict {
     }
 }
 
+fn report_type_from_parts(message: &Message<'_>) -> String {
+    let kinds = [
+        ("delivery-status", "delivery-status"),
+        ("global-delivery-status", "delivery-status"),
+        ("feedback-report", "feedback-report"),
+        ("disposition-notification", "disposition-notification"),
+    ];
+    message
+        .parts
+        .iter()
+        .find_map(|part| {
+            kinds
+                .iter()
+                .find(|(subtype, _)| part.is_content_type("message", subtype))
+                .map(|(_, report)| report.to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// Classifies a parsed message (reports first: a bounce is also auto-submitted).
 pub fn classify_message(message: &Message<'_>) -> Verdict {
     let root = message.root_part();
@@ -98,6 +117,12 @@ pub fn classify_message(message: &Message<'_>) -> Verdict {
             .and_then(|ct| ct.attribute("report-type"))
             .unwrap_or("")
             .to_ascii_lowercase();
+        // Some servers leave out report-type: the report's own part says it.
+        let report_type = if report_type.is_empty() {
+            report_type_from_parts(message)
+        } else {
+            report_type
+        };
         return match report_type.as_str() {
             "delivery-status" => verdict(
                 Classification::DeliveryStatus,
@@ -142,6 +167,11 @@ pub fn classify_message(message: &Message<'_>) -> Verdict {
             "failure notice",
             "returned mail",
             "could not be delivered",
+            "delivery has failed",
+            "delivery notification",
+            "non-delivery",
+            "mail delivery failed",
+            "returned to sender",
         ];
         if bounce_words.iter().any(|w| subject.contains(w)) {
             return verdict(
