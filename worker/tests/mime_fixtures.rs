@@ -57,11 +57,17 @@ fn every_fixture_parses_as_the_independent_parser_says() {
         let mail = parse(&raw);
         let mut check = |what: &str, ok: bool, got: String| {
             if !ok {
-                failures.push(format!("{file}: {what}: got {got}, expected {}", expect[what]));
+                failures.push(format!(
+                    "{file}: {what}: got {got}, expected {}",
+                    expect[what]
+                ));
             }
         };
         // Text never holds NUL (PostgreSQL TEXT cannot).
-        for text in [&mail.headers, mail.text_body.as_ref().unwrap_or(&String::new())] {
+        for text in [
+            &mail.headers,
+            mail.text_body.as_ref().unwrap_or(&String::new()),
+        ] {
             check("no NUL", !text.contains('\0'), "a NUL".into());
         }
         if let Some(subject) = expect["subject"].as_str() {
@@ -69,7 +75,11 @@ fn every_fixture_parses_as_the_independent_parser_says() {
             // A raw 8-bit header has no declared charset: U+FFFD is as right
             // as a Latin-1 guess (Python gives U+FFFD, expected.json notes it).
             let lenient = got.replace('\u{FFFD}', "ö");
-            check("subject", got == subject || lenient == subject, format!("{got:?}"));
+            check(
+                "subject",
+                got == subject || lenient == subject,
+                format!("{got:?}"),
+            );
         }
         if let Some(from) = expect["from_address"].as_str() {
             check(
@@ -134,7 +144,11 @@ fn every_fixture_parses_as_the_independent_parser_says() {
             }
             for (a, w) in mail.attachments.iter().zip(list) {
                 if w["inline"].as_bool() == Some(true) {
-                    check("attachments", a.inline, format!("{:?} not inline", a.file_name));
+                    check(
+                        "attachments",
+                        a.inline,
+                        format!("{:?} not inline", a.file_name),
+                    );
                 }
             }
         }
@@ -190,6 +204,9 @@ fn nul_byte_in_a_real_header() {
     let mail = parse(text.as_bytes());
     assert!(mail.quarantine.is_none());
     let subject = mail.subject.unwrap();
-    assert!(!subject.contains('\0') && subject.contains("Hasen"), "{subject}");
+    assert!(
+        !subject.contains('\0') && subject.contains("Hasen"),
+        "{subject}"
+    );
     assert!(!mail.headers.contains('\0'));
 }

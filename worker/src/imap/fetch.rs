@@ -64,11 +64,12 @@ pub async fn fetch_mailbox(
     let selected = timed(t, "SELECT", session.select(mailbox))
         .await
         .map_err(|e| match e {
-            ImapError::Protocol(async_imap::error::Error::No(reason))
-            | ImapError::Protocol(async_imap::error::Error::Bad(reason)) => ImapError::Mailbox {
+            ImapError::Protocol(
+                e @ (async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_)),
+            ) => ImapError::Mailbox {
                 account: account.name.to_ascii_uppercase(),
                 mailbox: mailbox.to_string(),
-                reason,
+                reason: super::server_said(&e),
             },
             other => other,
         })?;
@@ -106,6 +107,10 @@ pub async fn fetch_mailbox(
         // cursor never moves past a batch that did not commit.
         if let Some(previous) = in_flight.take() {
             report_batch(&mut report, previous.await, stats, &account.name)?;
+            // What is committed gets its after-import action now, so a
+            // large mailbox is flagged (or moved) as it goes.
+            report.actions_done +=
+                finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
         }
         let fetched = fetched?;
         let last_uid = i64::from(batch.iter().map(|(uid, _)| *uid).max().unwrap_or(0));

@@ -90,7 +90,9 @@ pub type Session = async_imap::Session<ImapStream>;
 #[derive(Debug, thiserror::Error)]
 pub enum ImapError {
     /// The server could not be reached.
-    #[error("cannot connect to {host}:{port}: {reason} (check DKL_IMAP_{account}_HOST and _PORT)")]
+    #[error(
+        "cannot connect to {host}:{port}: {reason} (check DKL_IMAP_{account}_HOST and DKL_IMAP_{account}_PORT)"
+    )]
     Connect {
         /// Account name, upper case.
         account: String,
@@ -105,7 +107,9 @@ pub enum ImapError {
     #[error("{0}")]
     Tls(String),
     /// Login refused.
-    #[error("login as `{user}` refused: {reason} (check DKL_IMAP_{account}_USER and _PASSWORD)")]
+    #[error(
+        "login as `{user}` refused: {reason} (check DKL_IMAP_{account}_USER and DKL_IMAP_{account}_PASSWORD)"
+    )]
     Login {
         /// Account name, upper case.
         account: String,
@@ -151,6 +155,18 @@ impl ImapError {
             self,
             Self::Login { .. } | Self::Mailbox { .. } | Self::Tls(_)
         )
+    }
+}
+
+/// The server's own words in a NO or BAD answer (async-imap wraps them in
+/// its debug form `code: …, info: Some("…")`).
+pub fn server_said(error: &async_imap::error::Error) -> String {
+    match error {
+        async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => text
+            .split_once("info: Some(\"")
+            .map(|(_, rest)| rest.trim_end_matches("\")").to_string())
+            .unwrap_or_else(|| text.clone()),
+        other => other.to_string(),
     }
 }
 
@@ -240,7 +256,7 @@ pub async fn connect(account: &ImapAccount, timeout: Duration) -> Result<Session
         Ok(Err((e, _))) => Err(ImapError::Login {
             account: upper,
             user: account.user.clone(),
-            reason: e.to_string(),
+            reason: server_said(&e),
         }),
         Err(_) => Err(ImapError::Timeout {
             what: "LOGIN",
