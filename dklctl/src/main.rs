@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use commands::{
-    bench, bench_schedule, bench_send, database, jobs, mail, schedules, status, templates,
+    accounts, bench, bench_ingest, bench_schedule, bench_send, database, inbox, jobs, mail,
+    schedules, status, templates,
 };
 use dkl_shared::config::Config;
 use dkl_shared::jobs::JobClient;
@@ -151,7 +152,12 @@ enum Command {
     },
     /// Enqueue the prune job now.
     Prune,
-    /// Outgoing mail: ask for one, read the send log.
+    /// The IMAP accounts: their state (cursor, last success, last error).
+    Accounts {
+        #[command(subcommand)]
+        what: Option<AccountsCommand>,
+    },
+    /// Mail: ask for one, read the send log; the inbox, one message, import.
     Mail {
         #[command(subcommand)]
         what: MailCommand,
@@ -185,7 +191,48 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum AccountsCommand {
+    /// Log in to each account (or the one named), list its mailboxes and
+    /// examine the configured ones; says what is wrong when it fails.
+    Check {
+        /// The account (DKL_IMAP_ACCOUNTS name); all when absent.
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum MailCommand {
+    /// Incoming mail (incoming_emails), newest first.
+    Inbox {
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only messages not yet processed.
+        #[arg(long)]
+        unprocessed: bool,
+        /// Only quarantined messages (too large, unparsable, no sender).
+        #[arg(long)]
+        quarantined: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One incoming message: headers, text, attachments, state.
+    Show {
+        /// incoming_emails.id.
+        id: uuid::Uuid,
+    },
+    /// Store .eml files, Maildir folders and mbox files as if fetched
+    /// (same parsing, quarantine and follow-up jobs; a message already
+    /// stored for the account is stored once).
+    Import {
+        /// The account_type to store under, e.g. info.
+        #[arg(long)]
+        account: String,
+        /// Files and folders.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
     /// Ask for a mail as the web application does (the SQL function
     /// dkl_send_email); prints the job id.
     Send {
@@ -259,6 +306,9 @@ enum BenchCommand {
     Schedule(bench_schedule::ScheduleBenchArgs),
     /// Mail rendered, sent and logged, against smtp-sink, with smtp-source as the ceiling.
     Send(bench_send::SendBenchArgs),
+    /// Mail fetched from Dovecot, parsed and stored, with a bare UID FETCH as
+    /// the ceiling, and IDLE latency.
+    Ingest(bench_ingest::IngestBenchArgs),
 }
 
 #[tokio::main]
@@ -398,6 +448,36 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Mail {
             what: MailCommand::Resend { id },
         } => mail::resend(&pool, &client, id).await?,
+        Command::Mail {
+            what:
+                MailCommand::Inbox {
+                    account,
+                    unprocessed,
+                    quarantined,
+                    limit,
+                },
+        } => {
+            inbox::inbox(
+                &pool,
+                dkl_worker::store::incoming_emails::InboxFilter {
+                    account,
+                    unprocessed,
+                    quarantined,
+                    limit,
+                },
+            )
+            .await?
+        }
+        Command::Mail {
+            what: MailCommand::Show { id },
+        } => inbox::show(&pool, id).await?,
+        Command::Mail {
+            what: MailCommand::Import { account, paths },
+        } => inbox::import(&pool, &config, &account, &paths).await?,
+        Command::Accounts { what: None } => accounts::list(&pool, &config).await?,
+        Command::Accounts {
+            what: Some(AccountsCommand::Check { name }),
+        } => accounts::check(&config, name.as_deref()).await?,
         Command::Suppress {
             address,
             reason,
@@ -422,6 +502,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Send(args),
         } => bench_send::run(&pool, &config, args).await?,
+        Command::Bench {
+            what: BenchCommand::Ingest(args),
+        } => bench_ingest::run(&pool, &config, args).await?,
     }
     Ok(())
 }

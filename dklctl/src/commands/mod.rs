@@ -1,9 +1,12 @@
 //! One file per command family; `main.rs` only parses and dispatches.
 
+pub mod accounts;
 pub mod bench;
+pub mod bench_ingest;
 pub mod bench_schedule;
 pub mod bench_send;
 pub mod database;
+pub mod inbox;
 pub mod jobs;
 pub mod mail;
 pub mod schedules;

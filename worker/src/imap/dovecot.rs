@@ -212,26 +212,41 @@ impl Dovecot {
     /// delivery agent would): Dovecot gives it the next UID when it next
     /// looks, and wakes an IDLE connection.
     pub fn deliver(&self, user: &str, mailbox: &str, raw: &[u8]) -> io::Result<()> {
+        self.deliver_all(user, mailbox, std::iter::once(raw.to_vec()))
+            .map(|_| ())
+    }
+
+    /// Delivers many messages in order; returns how many.
+    pub fn deliver_all(
+        &self,
+        user: &str,
+        mailbox: &str,
+        messages: impl IntoIterator<Item = Vec<u8>>,
+    ) -> io::Result<usize> {
         let dir = self.maildir(user, mailbox);
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let name = format!(
-            "{}.M{}P{}Q{}.dkl",
-            chrono::Utc::now().timestamp(),
-            chrono::Utc::now().timestamp_subsec_micros(),
-            std::process::id(),
-            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let tmp = dir.join("tmp").join(&name);
-        std::fs::write(&tmp, raw)?;
-        std::fs::rename(&tmp, dir.join("new").join(&name))?;
+        let mut n = 0;
+        for raw in messages {
+            let name = format!(
+                "{}.M{}P{}Q{}.dkl",
+                chrono::Utc::now().timestamp(),
+                chrono::Utc::now().timestamp_subsec_micros(),
+                std::process::id(),
+                COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let tmp = dir.join("tmp").join(&name);
+            std::fs::write(&tmp, raw)?;
+            std::fs::rename(&tmp, dir.join("new").join(&name))?;
+            n += 1;
+        }
         let _ = Command::new("chown")
             .args(["-R", "vmail:vmail"])
             .arg(self.dir.join("mail").join(user))
             .status();
-        Ok(())
+        Ok(n)
     }
 
     /// Gives `user`'s `mailbox` a new UIDVALIDITY (as a server whose index

@@ -11,12 +11,14 @@
 //! 4. Only then is the after-import action (\Seen, move) done; messages
 //!    whose action a crash interrupted are finished on the next fetch.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use dkl_shared::config::{AfterImport, ImapAccount, ImapConfig};
 use futures::TryStreamExt;
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 
 use super::stats::ImapStats;
 use super::{ImapError, Session, timed};
@@ -25,6 +27,10 @@ use crate::store::incoming_emails::{self, BatchOutcome, CursorAdvance, Incoming}
 
 /// The most bytes of messages one batch holds in memory.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Batches in memory at once: one being fetched while earlier ones are
+/// parsed and stored.
+const PIPELINE: usize = 3;
 
 /// What one fetch of a mailbox did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,43 +106,85 @@ pub async fn fetch_mailbox(
     if listing.is_empty() {
         return Ok(report);
     }
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<BatchOutcome, sqlx::Error>>> = None;
+    let mut in_flight: VecDeque<StoreTask> = VecDeque::new();
+    let mut previous_commit: Option<oneshot::Receiver<bool>> = None;
     for batch in batches(&listing, config) {
-        let fetched = fetch_batch(session, &batch, config).await;
-        // The previous batch commits before this one is handed over: the
-        // cursor never moves past a batch that did not commit.
-        if let Some(previous) = in_flight.take() {
-            report_batch(&mut report, previous.await, stats, &account.name)?;
+        if in_flight.len() >= PIPELINE {
+            let oldest = in_flight.pop_front().expect("len checked");
+            if let Err(e) = report_batch(&mut report, oldest.await, stats, &account.name) {
+                drain(&mut report, in_flight, stats, &account.name)
+                    .await
+                    .ok();
+                return Err(e);
+            }
             // What is committed gets its after-import action now, so a
             // large mailbox is flagged (or moved) as it goes.
             report.actions_done +=
                 finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
         }
-        let fetched = fetched?;
-        let last_uid = i64::from(batch.iter().map(|(uid, _)| *uid).max().unwrap_or(0));
+        let fetched = match fetch_batch(session, &batch, config).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                // What was fetched before the error is still stored.
+                drain(&mut report, in_flight, stats, &account.name).await?;
+                return Err(e);
+            }
+        };
+        let (committed, commit_signal) = oneshot::channel();
+        let after = previous_commit.replace(commit_signal);
+        let advance = CursorAdvance {
+            uid_validity,
+            last_uid: i64::from(batch.iter().map(|(uid, _)| *uid).max().unwrap_or(0)),
+            resync,
+        };
         let pending = account.after_import != AfterImport::Leave;
-        let (pool, name, mailbox_name) = (pool.clone(), account.name.clone(), mailbox.to_string());
-        in_flight = Some(tokio::spawn(async move {
-            let messages = tokio::task::spawn_blocking({
-                let mailbox_name = mailbox_name.clone();
-                move || to_incoming(fetched, &mailbox_name, uid_validity, pending)
-            })
-            .await
-            .map_err(|e| sqlx::Error::Protocol(format!("parsing panicked: {e}")))?;
-            let advance = CursorAdvance {
-                uid_validity,
-                last_uid,
-                resync,
+        let (pool, name, mailbox) = (pool.clone(), account.name.clone(), mailbox.to_string());
+        in_flight.push_back(tokio::spawn(async move {
+            let parsing = {
+                let mailbox = mailbox.clone();
+                move || to_incoming(fetched, &mailbox, uid_validity, pending)
             };
-            incoming_emails::store_batch(&pool, &name, Some((&mailbox_name, advance)), &messages)
+            let messages = tokio::task::spawn_blocking(parsing)
                 .await
+                .map_err(|e| sqlx::Error::Protocol(format!("parsing panicked: {e}")))?;
+            // Batches commit in order: the cursor never passes a batch that
+            // did not commit.
+            if let Some(after) = after
+                && after.await != Ok(true)
+            {
+                return Err(sqlx::Error::Protocol(
+                    "an earlier batch was not stored; this one is fetched again next time".into(),
+                ));
+            }
+            let stored =
+                incoming_emails::store_batch(&pool, &name, Some((&mailbox, advance)), &messages)
+                    .await;
+            let _ = committed.send(stored.is_ok());
+            stored
         }));
     }
-    if let Some(previous) = in_flight.take() {
-        report_batch(&mut report, previous.await, stats, &account.name)?;
-    }
+    drain(&mut report, in_flight, stats, &account.name).await?;
     report.actions_done += finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
     Ok(report)
+}
+
+/// A batch being parsed and stored.
+type StoreTask = tokio::task::JoinHandle<Result<BatchOutcome, sqlx::Error>>;
+
+/// Waits for every batch in flight; the first error, after all have ended.
+async fn drain(
+    report: &mut FetchReport,
+    in_flight: VecDeque<StoreTask>,
+    stats: &ImapStats,
+    account: &str,
+) -> Result<(), ImapError> {
+    let mut first_error = None;
+    for task in in_flight {
+        if let Err(e) = report_batch(report, task.await, stats, account) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 fn report_batch(

@@ -443,3 +443,48 @@ pub async fn mark_processed(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Deletes every message of `account` and their pending follow-up jobs
+/// (benchmarks clean up after themselves with it). Returns the messages deleted.
+pub async fn delete_account(pool: &PgPool, account: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "DELETE FROM apalis.jobs
+          WHERE job_type = 'process_incoming_email'
+            AND convert_from(job, 'UTF8')::jsonb ->> 'incoming_email_id' IN
+                (SELECT id::text FROM incoming_emails WHERE account_type = $1)",
+    )
+    .bind(account)
+    .execute(&mut *tx)
+    .await?;
+    let deleted = sqlx::query("DELETE FROM incoming_emails WHERE account_type = $1")
+        .bind(account)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    for table in ["imap_cursors", "imap_account_status"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE account_type = $1"
+        )))
+        .bind(account)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// Whether a message with this Message-ID is stored for `account`.
+pub async fn has_message_id(
+    pool: &PgPool,
+    account: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM incoming_emails WHERE account_type = $1 AND message_id = $2)",
+    )
+    .bind(account)
+    .bind(message_id)
+    .fetch_one(pool)
+    .await
+}
