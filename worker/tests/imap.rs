@@ -532,3 +532,84 @@ async fn idle_stores_new_mail_within_seconds_and_survives_a_dropped_connection(p
         .unwrap();
     assert_eq!(stats.snapshot()["info"].idle_up, 0);
 }
+
+/// The real `dkl-worker` with an account that marks mail `\Seen` after
+/// import, killed with SIGKILL twice mid-ingest: at each kill, every
+/// message the server shows as seen is stored (the flag only ever follows
+/// the commit); after a restart every message is stored once and seen.
+#[sqlx::test(migrations = false)]
+async fn kill_9_between_commit_and_flag_loses_nothing_and_flags_only_what_is_stored(pool: PgPool) {
+    use dkl_tests::process::{self, log_path, signal, spawn_logged};
+    migrate(&pool).await;
+    let url = dkl_tests::url_of(&pool).await;
+    let dovecot = Dovecot::start(&[INFO]).unwrap();
+    const N: usize = 2000;
+    dovecot
+        .deliver_all(INFO.0, "INBOX", (0..N).map(numbered))
+        .unwrap();
+    let mut account = dovecot.account("info", INFO.0, INFO.1);
+    account.after_import = AfterImport::MarkSeen;
+    let worker = || {
+        let mut cmd = process::command(env!("CARGO_BIN_EXE_dkl-worker"), &url);
+        cmd.env("DKL_IMAP_ACCOUNTS", "info")
+            .env("DKL_IMAP_INFO_HOST", "127.0.0.1")
+            .env("DKL_IMAP_INFO_PORT", dovecot.port.to_string())
+            .env("DKL_IMAP_INFO_TLS", "plain")
+            .env("DKL_IMAP_INFO_USER", INFO.0)
+            .env("DKL_IMAP_INFO_PASSWORD", INFO.1)
+            .env("DKL_IMAP_INFO_AFTER_IMPORT", "seen")
+            .env("DKL_IMAP_FETCH_BATCH", "25");
+        cmd
+    };
+    let stored_uids = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT uid::int8 FROM incoming_emails")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<std::collections::BTreeSet<i64>>()
+    };
+    let mut checked_partial = 0;
+    for (round, at_least) in [(1, 300), (2, 900)] {
+        let mut child = spawn_logged(worker(), &log_path(&format!("imap-kill9-{round}")));
+        wait_for(Duration::from_secs(60), "messages being stored", || async {
+            (count(&pool, "SELECT count(*) FROM incoming_emails").await >= at_least).then_some(())
+        })
+        .await;
+        signal(&child.0, libc::SIGKILL);
+        let _ = child.0.wait();
+        let stored = stored_uids(pool.clone()).await;
+        let seen: Vec<u32> = flags(&account, "INBOX")
+            .await
+            .into_iter()
+            .filter(|(_, seen)| *seen)
+            .map(|(uid, _)| uid)
+            .collect();
+        let unstored_but_seen: Vec<&u32> =
+            seen.iter().filter(|u| !stored.contains(&i64::from(**u))).collect();
+        assert!(
+            unstored_but_seen.is_empty(),
+            "round {round}: flagged before stored: {unstored_but_seen:?}"
+        );
+        assert!(stored.len() < N, "round {round}: killed mid-ingest");
+        checked_partial += usize::from(seen.len() < stored.len());
+    }
+    eprintln!("rounds where the kill fell between a commit and its flag: {checked_partial}");
+
+    let _last = spawn_logged(worker(), &log_path("imap-kill9-last"));
+    wait_for(Duration::from_secs(90), "every message stored and seen", || async {
+        let stored = count(&pool, "SELECT count(*) FROM incoming_emails").await;
+        let pending = count(&pool, "SELECT count(*) FROM incoming_emails WHERE imap_action_pending").await;
+        (stored == N as i64 && pending == 0).then_some(())
+    })
+    .await;
+    let all = flags(&account, "INBOX").await;
+    assert_eq!(all.len(), N);
+    assert!(all.iter().all(|(_, seen)| *seen), "every stored message ends up seen");
+    assert_eq!(
+        count(&pool, "SELECT count(DISTINCT uid) FROM incoming_emails").await,
+        N as i64,
+        "nothing stored twice"
+    );
+    assert_eq!(follow_up_jobs(&pool).await, N as i64);
+}
