@@ -92,14 +92,20 @@ pub fn parse(raw: &[u8]) -> ParsedEmail {
             ..ParsedEmail::default()
         };
     };
+    if message.root_part().headers.is_empty() {
+        return ParsedEmail {
+            headers,
+            quarantine: Some(
+                "not a mail message: it does not start with header fields (Name: value); stored as it came"
+                    .into(),
+            ),
+            ..ParsedEmail::default()
+        };
+    }
     let mut mail = from_headers(&message, headers);
     mail.text_body = message.body_text(0).map(|t| text(&t));
     mail.html_body = html_part(&message).map(|h| sanitise_html(&h));
     mail.attachments = attachments(&message);
-    if mail.sender_email.is_empty() && mail.quarantine.is_none() {
-        mail.quarantine =
-            Some("no sender: the message has no From address that can be read".into());
-    }
     mail
 }
 
@@ -119,7 +125,7 @@ pub fn parse_header_only(header: &[u8], reason: String) -> ParsedEmail {
 }
 
 fn from_headers(message: &Message<'_>, headers: String) -> ParsedEmail {
-    let (sender_email, sender_name) = message
+    let (from_email, sender_name) = message
         .from()
         .and_then(|a| a.first())
         .map(|a| {
@@ -128,6 +134,20 @@ fn from_headers(message: &Message<'_>, headers: String) -> ParsedEmail {
                 a.name().map(text).filter(|n| !n.is_empty()),
             )
         })
+        .unwrap_or_default();
+    let return_path = return_path(message);
+    // Without a From address (bounces may say `From: MAILER-DAEMON <>`),
+    // the Sender, then the envelope sender; else empty, never a guess.
+    let sender_email = Some(from_email)
+        .filter(|a| !a.is_empty())
+        .or_else(|| {
+            message
+                .sender()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .map(normalise_address)
+        })
+        .or_else(|| return_path.clone())
         .unwrap_or_default();
     ParsedEmail {
         message_id: message.message_id().map(text).filter(|m| !m.is_empty()),
@@ -138,7 +158,7 @@ fn from_headers(message: &Message<'_>, headers: String) -> ParsedEmail {
         to: addresses(message.to()),
         cc: addresses(message.cc()),
         reply_to: addresses(message.reply_to()).into_iter().next(),
-        return_path: return_path(message),
+        return_path,
         subject: message.subject().map(text),
         sent_at: message
             .date()
@@ -303,12 +323,20 @@ mod tests {
     }
 
     #[test]
-    fn no_from_is_quarantined_with_the_reason() {
+    fn without_from_the_sender_comes_from_sender_or_return_path() {
+        let mail = parse(b"Subject: hallo\r\nReturn-Path: <bounce@x.nl>\r\n\r\nbody\r\n");
+        assert_eq!(mail.sender_email, "bounce@x.nl");
+        assert!(mail.quarantine.is_none());
         let mail = parse(b"Subject: hallo\r\n\r\nbody\r\n");
-        assert!(mail.quarantine.unwrap().contains("no From"));
+        assert_eq!(mail.sender_email, "");
         assert_eq!(mail.subject.as_deref(), Some("hallo"));
-        let mail = parse(b"");
-        assert!(mail.quarantine.unwrap().contains("no header"));
+    }
+
+    #[test]
+    fn what_is_not_mail_is_quarantined_with_the_reason() {
+        assert!(parse(b"").quarantine.unwrap().contains("no header"));
+        let garbage = parse(b"\x00\x01\x02\xff\xfe binary, not a message\n\n\x00");
+        assert!(garbage.quarantine.unwrap().contains("not a mail message"));
     }
 
     #[test]
