@@ -33,6 +33,30 @@ export DKL_SMTP_DEFAULT_PORT="$SMTP_PORT"
 log "loading the mail templates (dklctl templates sync)"
 "$BIN/dklctl" templates sync >/dev/null
 
+IMAP_PORT="${DKL_DEMO_IMAP_PORT:-1143}"
+MAILS="$REPO_ROOT/worker/tests/fixtures/mail"
+log "starting a local IMAP server (Dovecot) on 127.0.0.1:$IMAP_PORT with two accounts and real messages"
+"$BIN/dklctl" demo imap-server --port "$IMAP_PORT" \
+  --user info@demo.dkl.test:info-demo --user inschrijving@demo.dkl.test:inschrijving-demo \
+  --deliver "info@demo.dkl.test:$MAILS/mailparser-thirdparty-019-nested-mixed-alt-related.eml" \
+  --deliver "info@demo.dkl.test:$MAILS/mailparser-legacy-012-cp1252-qp.eml" \
+  --deliver "inschrijving@demo.dkl.test:$MAILS/mailparser-malformed-014-missing-close-boundary.eml" \
+  --deliver "inschrijving@demo.dkl.test:$MAILS/cpython-msg_16-dsn-mailing-list.eml" \
+  >"$DATA_DIR/logs/dovecot.log" 2>&1 &
+IMAP=$!
+trap 'kill -TERM "$IMAP" 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  grep -q '^ready' "$DATA_DIR/logs/dovecot.log" 2>/dev/null && break
+  kill -0 "$IMAP" 2>/dev/null || { cat "$DATA_DIR/logs/dovecot.log" >&2; echo "the IMAP server did not start" >&2; exit 1; }
+  sleep 0.2
+done
+export DKL_IMAP_ACCOUNTS=info,inschrijving
+export DKL_IMAP_INFO_HOST=127.0.0.1 DKL_IMAP_INFO_PORT="$IMAP_PORT" DKL_IMAP_INFO_TLS=plain
+export DKL_IMAP_INFO_USER=info@demo.dkl.test DKL_IMAP_INFO_PASSWORD=info-demo DKL_IMAP_INFO_AFTER_IMPORT=seen
+export DKL_IMAP_INSCHRIJVING_HOST=127.0.0.1 DKL_IMAP_INSCHRIJVING_PORT="$IMAP_PORT" DKL_IMAP_INSCHRIJVING_TLS=plain
+export DKL_IMAP_INSCHRIJVING_USER=inschrijving@demo.dkl.test DKL_IMAP_INSCHRIJVING_PASSWORD=inschrijving-demo
+"$BIN/dklctl" accounts check
+
 log "starting dkl-worker and dkl-scheduler (logs in .data/logs/)"
 DKL_RETRY_BASE_MS=1000 "$BIN/dkl-worker" >"$DATA_DIR/logs/worker.log" 2>&1 &
 WORKER=$!
@@ -43,6 +67,8 @@ stop() {
   kill -TERM "$WORKER" "$SCHEDULER" 2>/dev/null || true
   wait "$WORKER" "$SCHEDULER" 2>/dev/null || true
   [ -n "$MAILDEV" ] && kill "$MAILDEV" 2>/dev/null || true
+  kill -TERM "$IMAP" 2>/dev/null || true
+  wait "$IMAP" 2>/dev/null || true
 }
 trap stop EXIT
 trap 'exit 0' INT TERM
@@ -73,10 +99,15 @@ log "an admin schedules a job for 10 seconds from now (a scheduled_jobs row)"
 
 end=$(( $(date +%s) + ${DKL_DEMO_SECONDS:-1000000000} ))
 round=0
+APPENDED=""
 while [ "$(date +%s)" -lt "$end" ]; do
   sleep 2
   round=$((round + 1))
   [ "$round" -eq 3 ] && "$BIN/dklctl" cancel "$long" >/dev/null
+  if [ "$round" -eq 4 ]; then
+    "$BIN/dklctl" demo append --account info "$MAILS/mailparser-thirdparty-014-mailing-list-alternative.eml" >/dev/null
+    APPENDED="a new mail reached info's INBOX at $(date -u +%H:%M:%S) UTC (IMAP APPEND); IDLE brings it in within seconds"
+  fi
   [ $((round % 5)) -eq 0 ] && "$BIN/dklctl" ping "nog een ping (ronde $round)" >/dev/null
   kill -0 "$WORKER" 2>/dev/null || { echo "dkl-worker exited; see .data/logs/worker.log" >&2; exit 1; }
   kill -0 "$SCHEDULER" 2>/dev/null || { echo "dkl-scheduler exited; see .data/logs/scheduler.log" >&2; exit 1; }
@@ -86,6 +117,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
   echo
   "$BIN/dklctl" status --recent 12
   echo
-  echo "MAIL (verzonden_emails, newest first)"
+  echo "MAIL OUT (verzonden_emails, newest first)"
   "$BIN/dklctl" mail log --limit 5
+  echo
+  echo "MAIL IN (incoming_emails, newest first) ${APPENDED:-}"
+  "$BIN/dklctl" mail inbox --limit 6
 done

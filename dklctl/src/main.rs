@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use commands::{
-    accounts, bench, bench_ingest, bench_schedule, bench_send, database, inbox, jobs, mail,
+    accounts, bench, bench_ingest, bench_schedule, bench_send, database, demo, inbox, jobs, mail,
     schedules, status, templates,
 };
 use dkl_shared::config::Config;
@@ -183,10 +183,39 @@ enum Command {
         #[command(subcommand)]
         what: TemplatesCommand,
     },
+    /// Helpers of scripts/demo.sh: a local IMAP server, new mail arriving.
+    Demo {
+        #[command(subcommand)]
+        what: DemoCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Run a local Dovecot (installed with apt if missing) until Ctrl-C.
+    ImapServer {
+        /// Port on 127.0.0.1.
+        #[arg(long, default_value_t = 1143)]
+        port: u16,
+        /// A user as LOGIN:PASSWORD (repeat for more).
+        #[arg(long = "user", required = true)]
+        users: Vec<String>,
+        /// A message to put in a user's INBOX first, as LOGIN:FILE (repeatable).
+        #[arg(long)]
+        deliver: Vec<String>,
+    },
+    /// APPEND a message file to an account's INBOX, as new mail arriving.
+    Append {
+        /// The account (DKL_IMAP_ACCOUNTS name).
+        #[arg(long)]
+        account: String,
+        /// The message file.
+        file: std::path::PathBuf,
     },
 }
 
@@ -474,6 +503,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Mail {
             what: MailCommand::Import { account, paths },
         } => inbox::import(&pool, &config, &account, &paths).await?,
+        Command::Demo {
+            what:
+                DemoCommand::ImapServer {
+                    port,
+                    users,
+                    deliver,
+                },
+        } => demo::imap_server(port, &users, &deliver).await?,
+        Command::Demo {
+            what: DemoCommand::Append { account, file },
+        } => demo::append(&config, &account, &file).await?,
         Command::Accounts { what: None } => accounts::list(&pool, &config).await?,
         Command::Accounts {
             what: Some(AccountsCommand::Check { name }),

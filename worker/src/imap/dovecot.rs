@@ -68,8 +68,12 @@ fn free_port() -> io::Result<u16> {
 impl Dovecot {
     /// Starts Dovecot on a free port with these users (`(login, password)`).
     pub fn start(users: &[(&str, &str)]) -> io::Result<Self> {
+        Self::start_on(free_port()?, users)
+    }
+
+    /// Starts Dovecot on `port` (the demo's fixed port).
+    pub fn start_on(port: u16, users: &[(&str, &str)]) -> io::Result<Self> {
         ensure_installed()?;
-        let port = free_port()?;
         let dir = std::env::temp_dir().join(format!(
             "dkl-dovecot-{port}-{}-{}",
             std::process::id(),
