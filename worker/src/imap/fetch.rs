@@ -67,6 +67,9 @@ pub async fn fetch_mailbox(
     stats: &ImapStats,
 ) -> Result<FetchReport, ImapError> {
     let t = config.timeout;
+    // Unsolicited responses (EXISTS, EXPUNGE, …) are not used: a fetch
+    // always starts from the cursor. Drop what earlier commands left.
+    while session.unsolicited_responses.try_recv().is_ok() {}
     let selected = timed(t, "SELECT", session.select(mailbox))
         .await
         .map_err(|e| match e {
