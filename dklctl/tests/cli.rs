@@ -623,11 +623,17 @@ async fn mail_import_inbox_and_show(pool: PgPool) {
     .iter()
     .enumerate()
     {
-        std::fs::copy(fixtures_dir().join(name), maildir.join("cur").join(format!("{i}.eml:2,S")))
-            .unwrap();
+        std::fs::copy(
+            fixtures_dir().join(name),
+            maildir.join("cur").join(format!("{i}.eml:2,S")),
+        )
+        .unwrap();
     }
     let mut mbox = Vec::new();
-    for name in ["cpython-msg_07-no-message-id.eml", "mailparser-thirdparty-014-mailing-list-alternative.eml"] {
+    for name in [
+        "cpython-msg_07-no-message-id.eml",
+        "mailparser-thirdparty-014-mailing-list-alternative.eml",
+    ] {
         mbox.extend_from_slice(b"From sender@example.org Mon Nov 30 10:00:00 2026\n");
         mbox.extend_from_slice(&std::fs::read(fixtures_dir().join(name)).unwrap());
         mbox.extend_from_slice(b"\n");
@@ -635,7 +641,11 @@ async fn mail_import_inbox_and_show(pool: PgPool) {
     let mbox_path = dir.path().join("archief.mbox");
     std::fs::write(&mbox_path, mbox).unwrap();
     let broken = dir.path().join("kapot.eml");
-    std::fs::write(&broken, b"\x00\x01\x02\xff\xfe zonder kop, geen bericht\n\n\x00").unwrap();
+    std::fs::write(
+        &broken,
+        b"\x00\x01\x02\xff\xfe zonder kop, geen bericht\n\n\x00",
+    )
+    .unwrap();
     let eml = fixtures_dir().join("cpython-msg_43-dsn-report-type.eml");
 
     let paths = [
@@ -649,37 +659,65 @@ async fn mail_import_inbox_and_show(pool: PgPool) {
     let first = stdout(&dklctl(&url, &args));
     assert!(first.contains("(maildir): 2 messages, 2 stored"), "{first}");
     assert!(first.contains("(mbox): 2 messages, 2 stored"), "{first}");
-    assert!(first.contains("total: 6 stored (1 quarantined), 0 already stored"), "{first}");
+    assert!(
+        first.contains("total: 6 stored (1 quarantined), 0 already stored"),
+        "{first}"
+    );
     let again = stdout(&dklctl(&url, &args));
-    assert!(again.contains("total: 0 stored (0 quarantined), 6 already stored"), "{again}");
+    assert!(
+        again.contains("total: 0 stored (0 quarantined), 6 already stored"),
+        "{again}"
+    );
 
     let inbox = stdout(&dklctl(&url, &["mail", "inbox"]));
-    assert_eq!(inbox.lines().count(), 7, "a header and six messages: {inbox}");
-    assert!(inbox.contains("unprocessed") && inbox.contains("quarantined: not a mail message"), "{inbox}");
+    assert_eq!(
+        inbox.lines().count(),
+        7,
+        "a header and six messages: {inbox}"
+    );
+    assert!(
+        inbox.contains("unprocessed") && inbox.contains("quarantined: not a mail message"),
+        "{inbox}"
+    );
     let quarantined = stdout(&dklctl(&url, &["mail", "inbox", "--quarantined"]));
     assert_eq!(quarantined.lines().count(), 2, "{quarantined}");
-    assert!(quarantined.contains("kapot") || quarantined.contains("not a mail"), "{quarantined}");
+    assert!(
+        quarantined.contains("kapot") || quarantined.contains("not a mail"),
+        "{quarantined}"
+    );
 
-    let id: uuid::Uuid = sqlx::query_scalar(
-        "SELECT id FROM incoming_emails WHERE subject LIKE '30 plaintext%'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM incoming_emails WHERE subject LIKE '30 plaintext%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let shown = stdout(&dklctl(&url, &["mail", "show", &id.to_string()]));
     assert!(shown.contains("account:       info / import"), "{shown}");
-    assert!(shown.contains("--- attachments ---") && shown.contains("image/"), "{shown}");
-    assert!(shown.contains("waiting for process_incoming_email"), "{shown}");
+    assert!(
+        shown.contains("--- attachments ---") && shown.contains("image/"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("waiting for process_incoming_email"),
+        "{shown}"
+    );
     let missing = dklctl(&url, &["mail", "show", &uuid::Uuid::nil().to_string()]);
     assert!(!missing.status.success());
-    assert!(stderr(&missing).contains("dklctl mail inbox"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("dklctl mail inbox"),
+        "{}",
+        stderr(&missing)
+    );
     let jobs: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM apalis.jobs WHERE job_type = 'process_incoming_email'",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(jobs, 5, "a follow-up for each message that is not quarantined");
+    assert_eq!(
+        jobs, 5,
+        "a follow-up for each message that is not quarantined"
+    );
 }
 
 /// `dklctl accounts` and `accounts check` against a real Dovecot: a right
@@ -688,14 +726,25 @@ async fn mail_import_inbox_and_show(pool: PgPool) {
 async fn accounts_and_accounts_check(pool: PgPool) {
     let url = url_of(&pool).await;
     stdout(&dklctl(&url, &["migrate"]));
-    let dovecot =
-        dkl_worker::imap::dovecot::Dovecot::start(&[("info@dkl.test", "goed"), ("in@dkl.test", "ook")])
-            .unwrap();
+    let dovecot = dkl_worker::imap::dovecot::Dovecot::start(&[
+        ("info@dkl.test", "goed"),
+        ("in@dkl.test", "ook"),
+    ])
+    .unwrap();
     dovecot
-        .deliver("info@dkl.test", "INBOX", &std::fs::read(fixtures_dir().join("cpython-msg_07-no-message-id.eml")).unwrap())
+        .deliver(
+            "info@dkl.test",
+            "INBOX",
+            &std::fs::read(fixtures_dir().join("cpython-msg_07-no-message-id.eml")).unwrap(),
+        )
         .unwrap();
     let port = dovecot.port.to_string();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
     let run = |extra: &[(&str, &str)], args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dklctl"));
         cmd.args(args)
@@ -720,26 +769,47 @@ async fn accounts_and_accounts_check(pool: PgPool) {
     };
     let ok = run(&[], &["accounts", "check", "info"]);
     let text = stdout(&ok);
-    assert!(text.contains("info: OK") && text.contains("INBOX: 1 messages"), "{text}");
+    assert!(
+        text.contains("info: OK") && text.contains("INBOX: 1 messages"),
+        "{text}"
+    );
     assert!(text.contains("IDLE: yes"), "{text}");
 
     let all = run(&[], &["accounts", "check"]);
     assert!(!all.status.success());
     let out = String::from_utf8_lossy(&all.stdout);
-    assert!(out.contains("inschrijving: FAILED: login as `in@dkl.test` refused"), "{out}");
-    assert!(out.contains("DKL_IMAP_INSCHRIJVING_PASSWORD") && !out.contains("fout-wachtwoord"), "{out}");
+    assert!(
+        out.contains("inschrijving: FAILED: login as `in@dkl.test` refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("DKL_IMAP_INSCHRIJVING_PASSWORD") && !out.contains("fout-wachtwoord"),
+        "{out}"
+    );
 
-    let tls = run(&[("DKL_IMAP_INFO_TLS", "tls")], &["accounts", "check", "info"]);
+    let tls = run(
+        &[("DKL_IMAP_INFO_TLS", "tls")],
+        &["accounts", "check", "info"],
+    );
     let out = String::from_utf8_lossy(&tls.stdout);
     assert!(!tls.status.success() && out.contains("TLS"), "{out}");
     assert!(out.contains("DKL_IMAP_INFO_TLS"), "the fix is named: {out}");
 
-    let gone = run(&[("DKL_IMAP_INFO_PORT", &closed)], &["accounts", "check", "info"]);
+    let gone = run(
+        &[("DKL_IMAP_INFO_PORT", &closed)],
+        &["accounts", "check", "info"],
+    );
     let out = String::from_utf8_lossy(&gone.stdout);
-    assert!(out.contains("cannot connect") && out.contains("DKL_IMAP_INFO_HOST"), "{out}");
+    assert!(
+        out.contains("cannot connect") && out.contains("DKL_IMAP_INFO_HOST"),
+        "{out}"
+    );
 
     // The list shows each mailbox with its state (nothing fetched yet).
     let list = stdout(&run(&[], &["accounts"]));
-    assert!(list.contains("info") && list.contains("inschrijving") && list.contains("never"), "{list}");
+    assert!(
+        list.contains("info") && list.contains("inschrijving") && list.contains("never"),
+        "{list}"
+    );
     assert!(!list.contains("goed"), "no password in the list: {list}");
 }

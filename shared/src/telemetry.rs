@@ -10,6 +10,12 @@ use crate::config::LogFormat;
 pub fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // The IMAP client's debug and trace output holds the LOGIN command, with
+    // its password: capped at info whatever RUST_LOG says.
+    let filter = ["async_imap=info", "imap_proto=info"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

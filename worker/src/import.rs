@@ -102,6 +102,7 @@ async fn flush(
 /// One imported message, parsed (a too-large one keeps only its header).
 pub fn incoming(raw: Vec<u8>, max_message_bytes: u64) -> Incoming {
     let size = raw.len();
+    let content_hash = crate::mime::content_hash(&raw);
     let (parsed, raw) = if size as u64 > max_message_bytes {
         let reason = format!(
             "too large to import: {:.1} MB, over DKL_IMAP_MAX_MESSAGE_MB; only its header is stored (the file keeps the message)",
@@ -118,6 +119,7 @@ pub fn incoming(raw: Vec<u8>, max_message_bytes: u64) -> Incoming {
         received_at: parsed.sent_at.unwrap_or_else(Utc::now),
         raw,
         raw_size: size as i64,
+        content_hash,
         parsed,
         action_pending: false,
     }

@@ -64,8 +64,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let result = runtime.run(shutdown).await.context("job runtime failed");
+    // Watchers stop at once on shutdown (a fetch in progress is dropped;
+    // what it committed stays); a stuck one does not hold the exit.
     for watcher in watchers {
-        let _ = watcher.await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), watcher).await;
     }
     http_stop.cancel();
     if let Some(server) = server {

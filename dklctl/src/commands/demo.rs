@@ -25,8 +25,10 @@ pub async fn imap_server(port: u16, users: &[String], deliver: &[String]) -> any
             .map(|(u, p)| (u.to_string(), p.to_string()))
             .collect();
         move || {
-            let refs: Vec<(&str, &str)> =
-                pairs.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+            let refs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(u, p)| (u.as_str(), p.as_str()))
+                .collect();
             Dovecot::start_on(port, &refs)
         }
     })
@@ -36,11 +38,14 @@ pub async fn imap_server(port: u16, users: &[String], deliver: &[String]) -> any
         let (user, file) = d
             .split_once(':')
             .with_context(|| format!("--deliver {d}: expected LOGIN:FILE"))?;
-        let raw = std::fs::read(PathBuf::from(file)).with_context(|| format!("cannot read {file}"))?;
+        let raw =
+            std::fs::read(PathBuf::from(file)).with_context(|| format!("cannot read {file}"))?;
         dovecot.deliver(user, "INBOX", &raw)?;
     }
     println!("ready: Dovecot on 127.0.0.1:{port} ({} users)", users.len());
-    dkl_shared::telemetry::shutdown_on_signals().cancelled().await;
+    dkl_shared::telemetry::shutdown_on_signals()
+        .cancelled()
+        .await;
     drop(dovecot);
     Ok(())
 }

@@ -116,13 +116,19 @@ impl Fetcher {
             .await
             {
                 Ok(report) => {
-                    imap_cursors::record_result(&self.pool, &account.name, Some(mailbox), None)
-                        .await?;
+                    imap_cursors::record_result(
+                        &self.pool,
+                        &account.name,
+                        Some(mailbox),
+                        report.action_error.as_deref(),
+                    )
+                    .await?;
                     total.stored += report.stored;
                     total.quarantined += report.quarantined;
                     total.duplicates += report.duplicates;
                     total.actions_done += report.actions_done;
                     total.resynced |= report.resynced;
+                    total.action_error = total.action_error.or(report.action_error);
                 }
                 Err(e) => {
                     let _ = imap_cursors::record_result(

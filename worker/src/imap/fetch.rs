@@ -33,7 +33,7 @@ const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 const PIPELINE: usize = 3;
 
 /// What one fetch of a mailbox did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FetchReport {
     /// New messages stored (quarantined ones included).
     pub stored: usize,
@@ -45,6 +45,22 @@ pub struct FetchReport {
     pub resynced: bool,
     /// After-import actions done.
     pub actions_done: usize,
+    /// Why an after-import action failed (new mail was still stored).
+    pub action_error: Option<String>,
+    /// Another fetch of this mailbox was running; nothing was done.
+    pub busy: bool,
+}
+
+impl FetchReport {
+    fn note_actions(&mut self, result: Result<usize, ImapError>) {
+        match result {
+            Ok(n) => self.actions_done += n,
+            Err(e) => {
+                tracing::warn!(error = %e, "after-import action failed; new mail is still stored, the action is tried again on the next fetch");
+                self.action_error = Some(format!("after-import action failed: {e}"));
+            }
+        }
+    }
 }
 
 /// A message as the server gave it.
@@ -59,6 +75,30 @@ struct Fetched {
 
 /// Fetches `mailbox` of `account` into `incoming_emails` (see the module docs).
 pub async fn fetch_mailbox(
+    pool: &PgPool,
+    session: &mut Session,
+    account: &ImapAccount,
+    mailbox: &str,
+    config: &ImapConfig,
+    stats: &ImapStats,
+) -> Result<FetchReport, ImapError> {
+    let t = config.timeout;
+    // One fetch of a mailbox at a time, across processes: the IDLE watcher
+    // and the fetch-mail job would otherwise download a backlog twice and
+    // run its after-import actions twice.
+    let Some(lock) = imap_cursors::MailboxLock::acquire(pool, &account.name, mailbox, t).await?
+    else {
+        return Ok(FetchReport {
+            busy: true,
+            ..FetchReport::default()
+        });
+    };
+    let result = fetch_locked(pool, session, account, mailbox, config, stats).await;
+    lock.release().await;
+    result
+}
+
+async fn fetch_locked(
     pool: &PgPool,
     session: &mut Session,
     account: &ImapAccount,
@@ -101,7 +141,15 @@ pub async fn fetch_mailbox(
         resynced: resync,
         ..FetchReport::default()
     };
-    report.actions_done += finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
+    let actions = Actions {
+        pool,
+        account,
+        mailbox,
+        uid_validity,
+        timeout: t,
+    };
+    // Actions a crash left undone; a failing action never stops new mail.
+    report.note_actions(actions.finish(session, &[]).await);
     if selected.exists == 0 {
         return Ok(report);
     }
@@ -114,16 +162,17 @@ pub async fn fetch_mailbox(
     for batch in batches(&listing, config) {
         if in_flight.len() >= PIPELINE {
             let oldest = in_flight.pop_front().expect("len checked");
-            if let Err(e) = report_batch(&mut report, oldest.await, stats, &account.name) {
-                drain(&mut report, in_flight, stats, &account.name)
-                    .await
-                    .ok();
-                return Err(e);
+            match report_batch(&mut report, oldest.await, stats, &account.name) {
+                // What is committed gets its after-import action now, so a
+                // large mailbox is flagged (or moved) as it goes.
+                Ok(uids) => report.note_actions(actions.finish(session, &uids).await),
+                Err(e) => {
+                    drain(&mut report, in_flight, stats, &account.name)
+                        .await
+                        .ok();
+                    return Err(e);
+                }
             }
-            // What is committed gets its after-import action now, so a
-            // large mailbox is flagged (or moved) as it goes.
-            report.actions_done +=
-                finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
         }
         let fetched = match fetch_batch(session, &batch, config).await {
             Ok(fetched) => fetched,
@@ -143,6 +192,7 @@ pub async fn fetch_mailbox(
         let pending = account.after_import != AfterImport::Leave;
         let (pool, name, mailbox) = (pool.clone(), account.name.clone(), mailbox.to_string());
         in_flight.push_back(tokio::spawn(async move {
+            let whole_uids: Vec<u32> = fetched.iter().filter(|f| f.whole).map(|f| f.uid).collect();
             let parsing = {
                 let mailbox = mailbox.clone();
                 move || to_incoming(fetched, &mailbox, uid_validity, pending)
@@ -159,72 +209,82 @@ pub async fn fetch_mailbox(
                     "an earlier batch was not stored; this one is fetched again next time".into(),
                 ));
             }
-            let stored =
-                incoming_emails::store_batch(&pool, &name, Some((&mailbox, advance)), &messages)
-                    .await;
+            let stored = incoming_emails::store_batch_resilient(
+                &pool,
+                &name,
+                Some((&mailbox, advance)),
+                &messages,
+            )
+            .await;
             let _ = committed.send(stored.is_ok());
-            stored
+            stored.map(|outcome| (outcome, whole_uids))
         }));
     }
-    drain(&mut report, in_flight, stats, &account.name).await?;
-    report.actions_done += finish_actions(pool, session, account, mailbox, uid_validity, t).await?;
+    let uids = drain(&mut report, in_flight, stats, &account.name).await?;
+    report.note_actions(actions.finish(session, &uids).await);
     Ok(report)
 }
 
-/// A batch being parsed and stored.
-type StoreTask = tokio::task::JoinHandle<Result<BatchOutcome, sqlx::Error>>;
+/// A batch being parsed and stored: its outcome and the UIDs it holds whole.
+type StoreTask = tokio::task::JoinHandle<Result<(BatchOutcome, Vec<u32>), sqlx::Error>>;
 
-/// Waits for every batch in flight; the first error, after all have ended.
+/// Waits for every batch in flight; their UIDs, or the first error after
+/// all have ended.
 async fn drain(
     report: &mut FetchReport,
     in_flight: VecDeque<StoreTask>,
     stats: &ImapStats,
     account: &str,
-) -> Result<(), ImapError> {
+) -> Result<Vec<u32>, ImapError> {
     let mut first_error = None;
+    let mut uids = Vec::new();
     for task in in_flight {
-        if let Err(e) = report_batch(report, task.await, stats, account) {
-            first_error.get_or_insert(e);
+        match report_batch(report, task.await, stats, account) {
+            Ok(batch) => uids.extend(batch),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    first_error.map_or(Ok(uids), Err)
 }
 
 fn report_batch(
     report: &mut FetchReport,
-    joined: Result<Result<BatchOutcome, sqlx::Error>, tokio::task::JoinError>,
+    joined: Result<Result<(BatchOutcome, Vec<u32>), sqlx::Error>, tokio::task::JoinError>,
     stats: &ImapStats,
     account: &str,
-) -> Result<(), ImapError> {
-    let outcome = joined
+) -> Result<Vec<u32>, ImapError> {
+    let (outcome, uids) = joined
         .map_err(|e| ImapError::Database(sqlx::Error::Protocol(format!("store task: {e}"))))??;
     report.stored += outcome.stored;
     report.quarantined += outcome.quarantined;
     report.duplicates += outcome.duplicates;
     stats.count(account, outcome.stored as u64, outcome.quarantined as u64);
-    Ok(())
+    Ok(uids)
 }
 
-/// New UIDs and their sizes, from `first_uid` on, ascending.
+/// New UIDs and their sizes, from `first_uid` on, ascending. Read as a
+/// stream and kept as two numbers each: a held response would keep its
+/// whole read buffer alive (a 50,000-message mailbox cost 300 MB that way).
 async fn list_new(
     session: &mut Session,
     first_uid: i64,
     t: std::time::Duration,
 ) -> Result<Vec<(u32, u32)>, ImapError> {
     let first = first_uid.clamp(1, i64::from(u32::MAX));
-    let stream = timed(
+    let mut stream = timed(
         t,
         "UID FETCH (listing)",
         session.uid_fetch(format!("{first}:*"), "(UID RFC822.SIZE)"),
     )
     .await?;
-    let fetches: Vec<async_imap::types::Fetch> =
-        timed(t * 4, "UID FETCH (listing)", stream.try_collect()).await?;
-    let mut listing: Vec<(u32, u32)> = fetches
-        .iter()
-        .filter_map(|f| Some((f.uid?, f.size.unwrap_or(0))))
-        .filter(|(uid, _)| i64::from(*uid) >= first_uid)
-        .collect();
+    let mut listing: Vec<(u32, u32)> = Vec::new();
+    while let Some(fetch) = timed(t, "UID FETCH (listing)", stream.try_next()).await? {
+        if let Some(uid) = fetch.uid.filter(|uid| i64::from(*uid) >= first_uid) {
+            listing.push((uid, fetch.size.unwrap_or(0)));
+        }
+    }
     listing.sort_unstable();
     listing.dedup_by_key(|(uid, _)| *uid);
     Ok(listing)
@@ -293,6 +353,9 @@ async fn fetch_batch(
         .iter()
         .partition(|(_, size)| u64::from(*size) > config.max_message_bytes);
     let mut out = Vec::with_capacity(batch.len());
+    let mut got = std::collections::HashSet::new();
+    // A large body may take a while to arrive.
+    let per_message = config.timeout * 4;
     for (uids, query, whole) in [
         (normal, "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[])", true),
         (
@@ -307,25 +370,70 @@ async fn fetch_batch(
         let wanted: std::collections::HashSet<u32> = uids.iter().map(|(u, _)| *u).collect();
         let set = uid_set(uids.iter().map(|(u, _)| *u));
         let mut stream = timed(config.timeout, "UID FETCH", session.uid_fetch(set, query)).await?;
-        loop {
-            let next = timed(config.timeout, "UID FETCH", stream.try_next()).await?;
-            let Some(fetch) = next else { break };
+        while let Some(fetch) = timed(per_message, "UID FETCH", stream.try_next()).await? {
             let Some(uid) = fetch.uid.filter(|u| wanted.contains(u)) else {
                 continue;
             };
-            let bytes = if whole { fetch.body() } else { fetch.header() };
+            // A response without the section asked for (a flag change the
+            // server reports on its own) is not the message.
+            let Some(bytes) = (if whole { fetch.body() } else { fetch.header() }) else {
+                continue;
+            };
+            if !got.insert(uid) {
+                continue;
+            }
             out.push(Fetched {
                 uid,
                 size: fetch.size.unwrap_or(0),
                 internal_date: fetch.internal_date().map(|d| d.with_timezone(&Utc)),
-                bytes: bytes.unwrap_or_default().to_vec(),
+                bytes: bytes.to_vec(),
                 whole,
             });
         }
     }
-    // A message expunged meanwhile is simply absent; the cursor still passes it.
+    let missing: Vec<u32> = batch
+        .iter()
+        .map(|(uid, _)| *uid)
+        .filter(|uid| !got.contains(uid))
+        .collect();
+    if !missing.is_empty() {
+        // async-imap does not report a NO that ends a FETCH: ask whether
+        // the missing messages still exist. Expunged ones are simply gone;
+        // one that exists must never be passed by the cursor.
+        let still_there = existing(session, &missing, config.timeout).await?;
+        if !still_there.is_empty() {
+            return Err(ImapError::Incomplete {
+                uids: uid_set(still_there),
+            });
+        }
+        tracing::info!(uids = %uid_set(missing.iter().copied()), "messages expunged while being fetched; skipped");
+    }
     out.sort_by_key(|f| f.uid);
     Ok(out)
+}
+
+/// Which of `uids` the selected mailbox still holds.
+async fn existing(
+    session: &mut Session,
+    uids: &[u32],
+    t: std::time::Duration,
+) -> Result<Vec<u32>, ImapError> {
+    let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
+    let mut stream = timed(
+        t,
+        "UID FETCH (UID)",
+        session.uid_fetch(uid_set(uids.iter().copied()), "(UID)"),
+    )
+    .await?;
+    let mut found = Vec::new();
+    while let Some(fetch) = timed(t, "UID FETCH (UID)", stream.try_next()).await? {
+        if let Some(uid) = fetch.uid.filter(|u| wanted.contains(u)) {
+            found.push(uid);
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
 }
 
 fn to_incoming(
@@ -337,17 +445,23 @@ fn to_incoming(
     fetched
         .into_iter()
         .map(|f| {
-            let (parsed, raw) = if f.whole {
-                (crate::mime::parse(&f.bytes), Some(f.bytes))
+            let (parsed, raw, content_hash) = if f.whole {
+                let hash = crate::mime::content_hash(&f.bytes);
+                (crate::mime::parse(&f.bytes), Some(f.bytes), hash)
             } else {
                 let reason = format!(
                     "too large to import: {:.1} MB, over DKL_IMAP_MAX_MESSAGE_MB; left on the server (UID {}), only its header is stored",
                     f64::from(f.size) / 1_048_576.0,
                     f.uid
                 );
-                (crate::mime::parse_header_only(&f.bytes, reason), None)
+                // The header and the size tell this message from any other.
+                let mut key = f.bytes.clone();
+                key.extend_from_slice(format!("\0size={}", f.size).as_bytes());
+                let hash = crate::mime::content_hash(&key);
+                (crate::mime::parse_header_only(&f.bytes, reason), None, hash)
             };
             Incoming {
+                content_hash,
                 mailbox: mailbox.to_string(),
                 uid_validity: Some(uid_validity),
                 uid: Some(i64::from(f.uid)),
@@ -364,65 +478,92 @@ fn to_incoming(
         .collect()
 }
 
-/// Does the after-import action of every stored message that still has it
-/// pending; returns how many.
-async fn finish_actions(
-    pool: &PgPool,
-    session: &mut Session,
-    account: &ImapAccount,
-    mailbox: &str,
+/// The after-import action of one mailbox.
+struct Actions<'a> {
+    pool: &'a PgPool,
+    account: &'a ImapAccount,
+    mailbox: &'a str,
     uid_validity: i64,
-    t: std::time::Duration,
-) -> Result<usize, ImapError> {
-    if account.after_import == AfterImport::Leave {
-        return Ok(0);
-    }
-    let uids = incoming_emails::pending_actions(pool, &account.name, mailbox, uid_validity).await?;
-    if uids.is_empty() {
-        return Ok(0);
-    }
-    let started = Instant::now();
-    let mut can_move = None;
-    for chunk in uids.chunks(500) {
-        let set = uid_set(chunk.iter().map(|u| *u as u32));
-        match &account.after_import {
-            AfterImport::Leave => {}
-            AfterImport::MarkSeen => {
-                let stream = timed(
-                    t,
-                    "UID STORE",
-                    session.uid_store(&set, "+FLAGS.SILENT (\\Seen)"),
-                )
-                .await?;
-                let _: Vec<_> = timed(t, "UID STORE", stream.try_collect()).await?;
-            }
-            AfterImport::MoveTo(folder) => {
-                if can_move.is_none() {
-                    let caps = timed(t, "CAPABILITY", session.capabilities()).await?;
-                    can_move = Some(caps.has_str("MOVE"));
-                    // Creating a folder that exists fails harmlessly.
-                    let _ = timed(t, "CREATE", session.create(folder)).await;
-                }
-                if can_move == Some(true) {
-                    timed(t, "UID MOVE", session.uid_mv(&set, folder)).await?;
-                } else {
-                    timed(t, "UID COPY", session.uid_copy(&set, folder)).await?;
+    timeout: std::time::Duration,
+}
+
+impl Actions<'_> {
+    /// Does the after-import action for `committed` (UIDs whose messages are
+    /// now stored, duplicates included) and for every stored message that
+    /// still has it pending; returns how many.
+    async fn finish(&self, session: &mut Session, committed: &[u32]) -> Result<usize, ImapError> {
+        let (account, t) = (self.account, self.timeout);
+        if account.after_import == AfterImport::Leave {
+            return Ok(0);
+        }
+        let mut uids: Vec<u32> = incoming_emails::pending_actions(
+            self.pool,
+            &account.name,
+            self.mailbox,
+            self.uid_validity,
+        )
+        .await?
+        .into_iter()
+        .filter_map(|u| u32::try_from(u).ok())
+        .chain(committed.iter().copied())
+        .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        if uids.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let mut can_move = None;
+        for chunk in uids.chunks(500) {
+            let set = uid_set(chunk.iter().copied());
+            match &account.after_import {
+                AfterImport::Leave => {}
+                AfterImport::MarkSeen => {
                     let stream = timed(
                         t,
                         "UID STORE",
-                        session.uid_store(&set, "+FLAGS.SILENT (\\Deleted)"),
+                        session.uid_store(&set, "+FLAGS.SILENT (\\Seen)"),
                     )
                     .await?;
                     let _: Vec<_> = timed(t, "UID STORE", stream.try_collect()).await?;
-                    let stream = timed(t, "UID EXPUNGE", session.uid_expunge(&set)).await?;
-                    let _: Vec<_> = timed(t, "UID EXPUNGE", stream.try_collect()).await?;
+                }
+                AfterImport::MoveTo(folder) => {
+                    if can_move.is_none() {
+                        let caps = timed(t, "CAPABILITY", session.capabilities()).await?;
+                        can_move = Some(caps.has_str("MOVE"));
+                        // Creating a folder that exists fails harmlessly.
+                        let _ = timed(t, "CREATE", session.create(folder)).await;
+                    }
+                    if can_move == Some(true) {
+                        timed(t, "UID MOVE", session.uid_mv(&set, folder)).await?;
+                    } else {
+                        timed(t, "UID COPY", session.uid_copy(&set, folder)).await?;
+                        let stream = timed(
+                            t,
+                            "UID STORE",
+                            session.uid_store(&set, "+FLAGS.SILENT (\\Deleted)"),
+                        )
+                        .await?;
+                        let _: Vec<_> = timed(t, "UID STORE", stream.try_collect()).await?;
+                        let stream = timed(t, "UID EXPUNGE", session.uid_expunge(&set)).await?;
+                        let _: Vec<_> = timed(t, "UID EXPUNGE", stream.try_collect()).await?;
+                    }
                 }
             }
+            let done: Vec<i64> = chunk.iter().map(|u| i64::from(*u)).collect();
+            incoming_emails::actions_done(
+                self.pool,
+                &account.name,
+                self.mailbox,
+                self.uid_validity,
+                &done,
+            )
+            .await?;
         }
-        incoming_emails::actions_done(pool, &account.name, mailbox, uid_validity, chunk).await?;
+        tracing::debug!(account = %account.name, mailbox = self.mailbox, done = uids.len(),
+            ms = started.elapsed().as_millis() as u64, "after-import actions done");
+        Ok(uids.len())
     }
-    tracing::debug!(account = %account.name, mailbox, done = uids.len(), ms = started.elapsed().as_millis() as u64, "after-import actions done");
-    Ok(uids.len())
 }
 
 #[cfg(test)]

@@ -138,6 +138,15 @@ pub enum ImapError {
         /// The limit.
         secs: u64,
     },
+    /// The server left out messages that exist: nothing from them on is
+    /// stored, and they are fetched again next time.
+    #[error(
+        "the server did not return messages {uids} although they exist (it may have answered NO); they are fetched again next time"
+    )]
+    Incomplete {
+        /// The UIDs, as an IMAP set.
+        uids: String,
+    },
     /// The connection broke or the server answered nonsense.
     #[error("IMAP: {0}")]
     Protocol(#[from] async_imap::error::Error),

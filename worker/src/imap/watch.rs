@@ -121,7 +121,17 @@ async fn watch_once(
     let t = config.timeout;
     let mut session = super::connect(account, t).await?;
     let has_idle = super::has_idle(&mut session, t).await?;
-    fetch_and_record(pool, &mut session, account, mailbox, config, stats).await?;
+    // A fetch of a big mailbox may take a while: shutdown does not wait for
+    // it (its committed batches stay, the rest is fetched next time).
+    macro_rules! fetch_or_stop {
+        () => {
+            tokio::select! {
+                r = fetch_until_quiet(pool, &mut session, account, mailbox, config, stats) => { r?; }
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        };
+    }
+    fetch_or_stop!();
     // A working connection clears the error a broken one left.
     imap_cursors::record_result(pool, &account.name, Some(mailbox), None).await?;
     *failures = 0;
@@ -133,7 +143,7 @@ async fn watch_once(
                 _ = tokio::time::sleep(config.poll_every) => {}
                 _ = shutdown.cancelled() => return Ok(()),
             }
-            fetch_and_record(pool, &mut session, account, mailbox, config, stats).await?;
+            fetch_or_stop!();
         }
     }
     stats.idle(&account.name, true);
@@ -145,23 +155,53 @@ async fn watch_once(
     loop {
         let mut idle = session.idle();
         timed(t, "IDLE", idle.init()).await?;
-        let response = {
+        // Re-issued after idle_renew even when the server keeps talking
+        // (Dovecot's "OK Still here" every 2 minutes would otherwise restart
+        // async-imap's own timer forever).
+        let renew_at = tokio::time::Instant::now() + config.idle_renew;
+        let woke = {
             let (wait, _stop) = idle.wait_with_timeout(config.idle_renew);
             tokio::select! {
-                r = wait => Some(r),
+                r = wait => Some(r.map(|r| matches!(r, IdleResponse::NewData(_)))),
+                _ = tokio::time::sleep_until(renew_at) => Some(Ok(false)),
                 _ = shutdown.cancelled() => None,
             }
         };
-        let Some(response) = response else {
+        let Some(woke) = woke else {
             return Ok(());
         };
-        let response = response?;
+        let woke = woke?;
         session = timed(t, "DONE", idle.done()).await?;
-        if let IdleResponse::NewData(data) = &response {
-            tracing::debug!(account = %account.name, mailbox, response = ?data.parsed(), "IDLE woke");
-        }
-        fetch_and_record(pool, &mut session, account, mailbox, config, stats).await?;
+        tracing::debug!(account = %account.name, mailbox, woke, "IDLE ended; fetching");
+        fetch_or_stop!();
     }
+}
+
+/// Fetches until no EXISTS or RECENT arrived during the fetch, so a message
+/// that came in between the listing and the next IDLE is not left waiting.
+async fn fetch_until_quiet(
+    pool: &PgPool,
+    session: &mut super::Session,
+    account: &ImapAccount,
+    mailbox: &str,
+    config: &ImapConfig,
+    stats: &ImapStats,
+) -> Result<(), ImapError> {
+    for _ in 0..5 {
+        fetch_and_record(pool, session, account, mailbox, config, stats).await?;
+        let mut more = false;
+        while let Ok(response) = session.unsolicited_responses.try_recv() {
+            more |= matches!(
+                response,
+                async_imap::types::UnsolicitedResponse::Exists(_)
+                    | async_imap::types::UnsolicitedResponse::Recent(_)
+            );
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn fetch_and_record(

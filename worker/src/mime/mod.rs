@@ -81,6 +81,18 @@ pub fn content_hash(raw: &[u8]) -> Vec<u8> {
 /// Parses a whole message. Never fails: what cannot be read is reported in
 /// [`ParsedEmail::quarantine`], with as much as could be read filled in.
 pub fn parse(raw: &[u8]) -> ParsedEmail {
+    // A parser bug on one message must not stop its mailbox: it is kept,
+    // quarantined, and the others go on.
+    std::panic::catch_unwind(|| parse_unguarded(raw)).unwrap_or_else(|_| ParsedEmail {
+        headers: text(&String::from_utf8_lossy(header_block(raw))),
+        quarantine: Some(
+            "the MIME parser failed on this message (a parser bug); stored as it came".into(),
+        ),
+        ..ParsedEmail::default()
+    })
+}
+
+fn parse_unguarded(raw: &[u8]) -> ParsedEmail {
     let headers = text(&String::from_utf8_lossy(header_block(raw)));
     let Some(message) = MessageParser::default().parse(raw) else {
         return ParsedEmail {
@@ -150,8 +162,11 @@ fn from_headers(message: &Message<'_>, headers: String) -> ParsedEmail {
         .or_else(|| return_path.clone())
         .unwrap_or_default();
     ParsedEmail {
-        message_id: message.message_id().map(text).filter(|m| !m.is_empty()),
-        in_reply_to: first_id(message.in_reply_to()),
+        message_id: message
+            .message_id()
+            .map(|id| short_id(&text(id)))
+            .filter(|m| !m.is_empty()),
+        in_reply_to: first_id(message.in_reply_to()).map(|id| short_id(&id)),
         references: ids(message.references()),
         sender_email,
         sender_name,
@@ -187,6 +202,16 @@ pub fn text(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// An id cut to 998 bytes (the longest header line RFC 5322 allows), so
+/// that an absurd one still fits the index it is looked up by.
+fn short_id(id: &str) -> String {
+    let mut cut = id.len().min(998);
+    while !id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    id[..cut].to_string()
 }
 
 fn normalise_address(address: &str) -> String {
@@ -280,6 +305,7 @@ fn attachments(message: &Message<'_>) -> Vec<Attachment> {
                     Some(sub) => format!("{}/{}", ct.ctype(), sub),
                     None => ct.ctype().to_string(),
                 })
+                .map(|t| text(&t))
                 .unwrap_or_else(|| "application/octet-stream".into())
                 .to_ascii_lowercase();
             let content_id = part

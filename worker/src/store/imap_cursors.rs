@@ -66,9 +66,85 @@ pub(crate) async fn advance(
     .bind(cursor.last_uid)
     .bind(outcome.stored as i64)
     .bind(outcome.quarantined as i64)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    if cursor.resync {
+        // Old UIDs mean nothing under the new UIDVALIDITY: the messages'
+        // actions are done through their new UIDs as they are re-read.
+        sqlx::query(
+            "UPDATE incoming_emails SET imap_action_pending = false
+              WHERE account_type = $1 AND mailbox = $2 AND imap_action_pending
+                AND uid_validity IS DISTINCT FROM $3",
+        )
+        .bind(account)
+        .bind(mailbox)
+        .bind(cursor.uid_validity)
+        .execute(conn)
+        .await?;
+    }
     Ok(())
+}
+
+/// Holds the right to fetch one (account, mailbox), across processes: a
+/// session advisory lock on a pool connection. [`release`](Self::release)
+/// unlocks it; dropped without (an error path), the connection is closed,
+/// which releases the lock too.
+pub struct MailboxLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: String,
+}
+
+impl MailboxLock {
+    /// Takes the lock, waiting at most `wait` for a fetch that holds it;
+    /// `None` when it is still held then.
+    pub async fn acquire(
+        pool: &PgPool,
+        account: &str,
+        mailbox: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        let key = format!("dkl-imap-fetch:{account}/{mailbox}");
+        let mut conn = pool.acquire().await?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(&key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if locked {
+                return Ok(Some(Self {
+                    conn: Some(conn),
+                    key,
+                }));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Unlocks and gives the connection back to the pool.
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind(&self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                conn.close_on_drop();
+            }
+        }
+    }
+}
+
+impl Drop for MailboxLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 /// Records the end of a fetch of (account, mailbox): a success clears the

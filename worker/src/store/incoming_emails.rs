@@ -24,6 +24,9 @@ pub struct Incoming {
     pub raw: Option<Vec<u8>>,
     /// Its size in bytes.
     pub raw_size: i64,
+    /// SHA-256 of the message (of the header and size when only the header
+    /// is kept): the same message is stored once per account.
+    pub content_hash: Vec<u8>,
     /// What it says.
     pub parsed: ParsedEmail,
     /// The after-import action (\Seen, move) is still to be done.
@@ -81,6 +84,61 @@ pub async fn store_batch(
     Ok(outcome)
 }
 
+/// [`store_batch`], and when the database refuses the batch (a value it
+/// cannot take), the messages one by one: one it refuses is stored
+/// quarantined with the reason instead, so one bad message never stops its
+/// mailbox.
+pub async fn store_batch_resilient(
+    pool: &PgPool,
+    account: &str,
+    cursor: Option<(&str, CursorAdvance)>,
+    messages: &[Incoming],
+) -> Result<BatchOutcome, sqlx::Error> {
+    let refused = match store_batch(pool, account, cursor, messages).await {
+        Err(sqlx::Error::Database(e)) => e.to_string(),
+        other => return other,
+    };
+    tracing::warn!(account, error = %refused, "the database refused a batch; storing its messages one by one");
+    let mut tx = pool.begin().await?;
+    let mut outcome = BatchOutcome::default();
+    for message in messages {
+        sqlx::query("SAVEPOINT one_message")
+            .execute(&mut *tx)
+            .await?;
+        match store_batch_on(&mut tx, account, None, std::slice::from_ref(message)).await {
+            Ok(o) => {
+                sqlx::query("RELEASE SAVEPOINT one_message")
+                    .execute(&mut *tx)
+                    .await?;
+                outcome += o;
+            }
+            Err(sqlx::Error::Database(e)) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT one_message")
+                    .execute(&mut *tx)
+                    .await?;
+                let kept = Incoming {
+                    parsed: crate::mime::ParsedEmail {
+                        headers: message.parsed.headers.clone(),
+                        quarantine: Some(format!(
+                            "the database refused this message as parsed ({e}); stored as it came"
+                        )),
+                        ..crate::mime::ParsedEmail::default()
+                    },
+                    ..message.clone()
+                };
+                outcome +=
+                    store_batch_on(&mut tx, account, None, std::slice::from_ref(&kept)).await?;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if let Some((mailbox, cursor)) = cursor {
+        super::imap_cursors::advance(&mut tx, account, mailbox, cursor, outcome).await?;
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
+
 /// [`store_batch`] inside the caller's transaction.
 pub async fn store_batch_on(
     conn: &mut PgConnection,
@@ -92,7 +150,7 @@ pub async fn store_batch_on(
     if !messages.is_empty() {
         let hashes: Vec<Option<Vec<u8>>> = messages
             .iter()
-            .map(|m| m.raw.as_deref().map(crate::mime::content_hash))
+            .map(|m| Some(m.content_hash.clone()))
             .collect();
         let inserted: Vec<(Uuid, Option<Vec<u8>>, bool)> = sqlx::query_as(
             "INSERT INTO incoming_emails (
@@ -120,7 +178,7 @@ pub async fn store_batch_on(
               WHERE NOT ($25 AND u.message_id IS NOT NULL AND EXISTS (
                         SELECT 1 FROM incoming_emails e
                          WHERE e.account_type = $1 AND e.message_id = u.message_id
-                           AND e.mailbox = u.mailbox
+                           AND e.mailbox = u.mailbox AND e.raw_size = u.raw_size
                            AND e.uid_validity IS DISTINCT FROM u.uid_validity))
               ORDER BY u.n
              ON CONFLICT DO NOTHING
