@@ -62,17 +62,26 @@ pub async fn import_path(
     };
     let mut batch: Vec<Incoming> = Vec::with_capacity(BATCH);
     for file in files {
-        let bytes = std::fs::read(&file).map_err(|source| ImportError::Read {
+        let read_err = |source| ImportError::Read {
             path: file.clone(),
             source,
-        })?;
-        let messages = if is_mbox(&bytes) {
-            split_mbox(&bytes)
+        };
+        // An mbox is read one message at a time: an archive of any size
+        // takes the memory of one batch.
+        let mut reader = std::io::BufReader::new(std::fs::File::open(&file).map_err(read_err)?);
+        let mbox = {
+            use std::io::BufRead;
+            is_mbox(reader.fill_buf().map_err(read_err)?)
+        };
+        let messages: Box<dyn Iterator<Item = std::io::Result<Vec<u8>>>> = if mbox {
+            Box::new(MboxMessages::new(reader))
         } else {
-            vec![bytes]
+            let mut whole = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut whole).map_err(read_err)?;
+            Box::new(std::iter::once(Ok(whole)))
         };
         for raw in messages {
-            batch.push(incoming(raw, max_message_bytes));
+            batch.push(incoming(raw.map_err(read_err)?, max_message_bytes));
             if batch.len() >= BATCH {
                 flush(pool, account, &mut batch, &mut report).await?;
                 progress(&report);
@@ -175,38 +184,75 @@ fn is_mbox(bytes: &[u8]) -> bool {
 /// `From ` line at the start of the file or after a blank line; `>From `
 /// quoting is undone one level.
 pub fn split_mbox(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut messages: Vec<Vec<u8>> = Vec::new();
-    let mut current: Option<Vec<u8>> = None;
-    let mut previous_blank = true;
-    for line in bytes.split_inclusive(|b| *b == b'\n') {
-        if previous_blank && line.starts_with(b"From ") {
-            if let Some(done) = current.take() {
-                messages.push(trim_separator(done));
+    MboxMessages::new(bytes)
+        .collect::<std::io::Result<_>>()
+        .unwrap_or_default()
+}
+
+/// The messages of an mbox, read line by line from `R`.
+pub struct MboxMessages<R> {
+    reader: R,
+    current: Option<Vec<u8>>,
+    previous_blank: bool,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> MboxMessages<R> {
+    /// Reads messages from `reader`.
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            current: None,
+            previous_blank: true,
+            done: false,
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for MboxMessages<R> {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Vec::new();
+        while !self.done {
+            line.clear();
+            match self.reader.read_until(b'\n', &mut line) {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Ok(0) => {
+                    self.done = true;
+                    break;
+                }
+                Ok(_) => {}
             }
-            current = Some(Vec::new());
-            previous_blank = false;
-            continue;
+            if self.previous_blank && line.starts_with(b"From ") {
+                self.previous_blank = false;
+                let finished = self.current.replace(Vec::new());
+                if let Some(message) = finished.map(trim_separator).filter(|m| !m.is_empty()) {
+                    return Some(Ok(message));
+                }
+                continue;
+            }
+            let body = line.strip_suffix(b"\n").unwrap_or(&line);
+            let body = body.strip_suffix(b"\r").unwrap_or(body);
+            self.previous_blank = body.is_empty();
+            let Some(message) = self.current.as_mut() else {
+                continue;
+            };
+            let quoted = line
+                .iter()
+                .position(|b| *b != b'>')
+                .is_some_and(|n| n > 0 && line[n..].starts_with(b"From "));
+            message.extend_from_slice(if quoted { &line[1..] } else { &line });
         }
-        let body = line.strip_suffix(b"\n").unwrap_or(line);
-        let body = body.strip_suffix(b"\r").unwrap_or(body);
-        previous_blank = body.is_empty();
-        let Some(message) = current.as_mut() else {
-            continue;
-        };
-        let unquoted = line
-            .iter()
-            .position(|b| *b != b'>')
-            .filter(|&n| n > 0 && line[n..].starts_with(b"From "));
-        match unquoted {
-            Some(_) => message.extend_from_slice(&line[1..]),
-            None => message.extend_from_slice(line),
-        }
+        self.current
+            .take()
+            .map(trim_separator)
+            .filter(|m| !m.is_empty())
+            .map(Ok)
     }
-    if let Some(done) = current {
-        messages.push(trim_separator(done));
-    }
-    messages.retain(|m| !m.is_empty());
-    messages
 }
 
 /// Drops the blank line that separates a message from the next `From `.

@@ -222,7 +222,7 @@ pub fn render_imap(
         &str,
         &str,
         fn(&crate::imap::stats::AccountCounters) -> Option<i64>,
-    ); 4] = [
+    ); 5] = [
         (
             "dkl_imap_messages_fetched_total",
             "counter",
@@ -240,6 +240,12 @@ pub fn render_imap(
             "gauge",
             "Unix time of the last fetch of the account that ended without error.",
             |c| c.last_success_unix,
+        ),
+        (
+            "dkl_imap_fetch_errors_total",
+            "counter",
+            "Fetches and IDLE connections of the account that ended in an error (the reason is in dklctl accounts).",
+            |c| Some(c.errors as i64),
         ),
         (
             "dkl_imap_idle_connections",

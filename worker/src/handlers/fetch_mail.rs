@@ -45,13 +45,22 @@ impl Fetcher {
             })?],
             None => self.config.accounts.iter().collect(),
         };
+        // Accounts are fetched side by side: a slow or unreachable server
+        // never delays the others.
+        let ctx = &ctx;
+        let fetches = accounts.iter().map(|account| async move {
+            tokio::select! {
+                r = self.fetch_account(account) => Some((account, r)),
+                _ = ctx.cancelled() => None,
+            }
+        });
         let mut failed = Vec::new();
         let mut transient = true;
-        for account in accounts {
-            if ctx.is_cancelled() {
+        for result in futures::future::join_all(fetches).await {
+            let Some((account, result)) = result else {
                 return Err(JobError::retryable("fetch_mail cancelled"));
-            }
-            match self.fetch_account(account).await {
+            };
+            match result {
                 Ok(report) => tracing::info!(account = %account.name, stored = report.stored,
                     quarantined = report.quarantined, duplicates = report.duplicates, "account fetched"),
                 Err(e) => {
@@ -94,8 +103,9 @@ impl Fetcher {
         {
             tracing::warn!(account = %account.name, error = %e, "could not record the fetch result");
         }
-        if result.is_ok() {
-            self.stats.success(&account.name);
+        match &result {
+            Ok(_) => self.stats.success(&account.name),
+            Err(_) => self.stats.error(&account.name),
         }
         result
     }

@@ -59,16 +59,10 @@ pub struct Dovecot {
     child: Option<Child>,
 }
 
-fn free_port() -> io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-}
-
 impl Dovecot {
     /// Starts Dovecot on a free port with these users (`(login, password)`).
     pub fn start(users: &[(&str, &str)]) -> io::Result<Self> {
-        Self::start_on(free_port()?, users)
+        Self::start_on(crate::smtp::sink::free_port()?, users)
     }
 
     /// Starts Dovecot on `port` (the demo's fixed port).

@@ -15,6 +15,8 @@ pub struct AccountCounters {
     pub last_success_unix: Option<i64>,
     /// Mailboxes with an IDLE connection up now.
     pub idle_up: u64,
+    /// Fetches (or IDLE connections) that ended in an error.
+    pub errors: u64,
 }
 
 /// Shared by the fetch job, the IDLE watchers and `/metrics`.
@@ -42,6 +44,11 @@ impl ImapStats {
         self.with(account, |c| {
             c.last_success_unix = Some(chrono::Utc::now().timestamp());
         });
+    }
+
+    /// A fetch of `account`, or its IDLE connection, failed.
+    pub fn error(&self, account: &str) {
+        self.with(account, |c| c.errors += 1);
     }
 
     /// An IDLE connection of `account` came up (`true`) or went down.

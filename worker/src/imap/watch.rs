@@ -70,6 +70,7 @@ pub async fn watch_mailbox(
         .await;
         let Err(error) = result else { break };
         failures += 1;
+        stats.error(&account.name);
         let _ = imap_cursors::record_result(
             &pool,
             &account.name,

@@ -24,10 +24,24 @@ impl Drop for Reaper {
     }
 }
 
-fn free_port() -> io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+/// A free port on 127.0.0.1 that no server of this process had before: a
+/// test that stops a server for a while (an outage) keeps its port, which
+/// a parallel test must not take in the meantime.
+pub fn free_port() -> io::Result<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())?;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other(
+        "no port left that this process has not used",
+    ))
 }
 
 /// A running `smtp-sink`; stopped when dropped.
@@ -77,7 +91,12 @@ impl SmtpSink {
 
     fn start_with(port: u16, flags: &[&str], keep: bool) -> io::Result<Self> {
         ensure_installed()?;
-        let dir = std::env::temp_dir().join(format!("dkl-smtp-sink-{port}-{}", std::process::id()));
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dkl-smtp-sink-{port}-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         // smtp-sink drops to `nobody`, who must be able to write there.
