@@ -228,9 +228,10 @@ impl<R: std::io::BufRead> Iterator for MboxMessages<R> {
                 Ok(_) => {}
             }
             if self.previous_blank && line.starts_with(b"From ") {
-                self.previous_blank = false;
+                // A From_ line right after another one: an empty message.
+                self.previous_blank = true;
                 let finished = self.current.replace(Vec::new());
-                if let Some(message) = finished.map(trim_separator).filter(|m| !m.is_empty()) {
+                if let Some(message) = finished.map(trim_separator).filter(|m| !is_blank(m)) {
                     return Some(Ok(message));
                 }
                 continue;
@@ -250,9 +251,13 @@ impl<R: std::io::BufRead> Iterator for MboxMessages<R> {
         self.current
             .take()
             .map(trim_separator)
-            .filter(|m| !m.is_empty())
+            .filter(|m| !is_blank(m))
             .map(Ok)
     }
+}
+
+fn is_blank(message: &[u8]) -> bool {
+    message.iter().all(u8::is_ascii_whitespace)
 }
 
 /// Drops the blank line that separates a message from the next `From `.
@@ -279,5 +284,10 @@ mod tests {
             b"From: a@b.nl\nSubject: een\n\nregel\nFrom here\n".to_vec()
         );
         assert!(messages[1].starts_with(b"From: c@d.nl"));
+        // Empty messages (two From_ lines in a row, or only a blank line) are skipped.
+        let odd = b"From a\nFrom b\nSubject: x\n\ny\n\nFrom c\n\nFrom d\nSubject: z\n\nw";
+        let messages = split_mbox(odd);
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].starts_with(b"Subject: x") && messages[1].starts_with(b"Subject: z"));
     }
 }

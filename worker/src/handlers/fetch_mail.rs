@@ -125,6 +125,9 @@ impl Fetcher {
             )
             .await
             {
+                Ok(report) if report.busy => {
+                    tracing::debug!(account = %account.name, mailbox, "another fetch of this mailbox is running; skipped");
+                }
                 Ok(report) => {
                     imap_cursors::record_result(
                         &self.pool,
@@ -148,9 +151,14 @@ impl Fetcher {
                         Some(&e.to_string()),
                     )
                     .await;
-                    // A missing mailbox does not stop the account's others;
-                    // a broken connection does.
-                    let next = matches!(e, ImapError::Mailbox { .. });
+                    // A missing mailbox or a refused message does not stop
+                    // the account's others; a broken connection does.
+                    let next = matches!(
+                        e,
+                        ImapError::Mailbox { .. }
+                            | ImapError::Incomplete { .. }
+                            | ImapError::Database(_)
+                    );
                     first_error.get_or_insert(e);
                     if !next {
                         break;

@@ -71,6 +71,8 @@ struct Fetched {
     /// The whole message, or only its header when it is too large.
     bytes: Vec<u8>,
     whole: bool,
+    /// The server would not give its content.
+    unreadable: bool,
 }
 
 /// Fetches `mailbox` of `account` into `incoming_emails` (see the module docs).
@@ -158,6 +160,9 @@ async fn fetch_locked(
         return Ok(report);
     }
     let mut in_flight: VecDeque<StoreTask> = VecDeque::new();
+    // A fetch dropped midway (shutdown) takes its unfinished batches with it:
+    // their transactions roll back, the cursor stays at the last commit.
+    let mut abort_on_drop = AbortOnDrop(Vec::new());
     let mut previous_commit: Option<oneshot::Receiver<bool>> = None;
     for batch in batches(&listing, config) {
         if in_flight.len() >= PIPELINE {
@@ -191,7 +196,7 @@ async fn fetch_locked(
         };
         let pending = account.after_import != AfterImport::Leave;
         let (pool, name, mailbox) = (pool.clone(), account.name.clone(), mailbox.to_string());
-        in_flight.push_back(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let whole_uids: Vec<u32> = fetched.iter().filter(|f| f.whole).map(|f| f.uid).collect();
             let parsing = {
                 let mailbox = mailbox.clone();
@@ -218,11 +223,24 @@ async fn fetch_locked(
             .await;
             let _ = committed.send(stored.is_ok());
             stored.map(|outcome| (outcome, whole_uids))
-        }));
+        });
+        abort_on_drop.0.push(task.abort_handle());
+        in_flight.push_back(task);
     }
     let uids = drain(&mut report, in_flight, stats, &account.name).await?;
     report.note_actions(actions.finish(session, &uids).await);
     Ok(report)
+}
+
+/// Aborts the tasks when dropped (finished ones are not affected).
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// A batch being parsed and stored: its outcome and the UIDs it holds whole.
@@ -388,6 +406,7 @@ async fn fetch_batch(
                 internal_date: fetch.internal_date().map(|d| d.with_timezone(&Utc)),
                 bytes: bytes.to_vec(),
                 whole,
+                unreadable: false,
             });
         }
     }
@@ -398,18 +417,84 @@ async fn fetch_batch(
         .collect();
     if !missing.is_empty() {
         // async-imap does not report a NO that ends a FETCH: ask whether
-        // the missing messages still exist. Expunged ones are simply gone;
-        // one that exists must never be passed by the cursor.
+        // the missing messages still exist. Expunged ones are simply gone.
         let still_there = existing(session, &missing, config.timeout).await?;
-        if !still_there.is_empty() {
-            return Err(ImapError::Incomplete {
-                uids: uid_set(still_there),
-            });
+        if still_there.len() < missing.len() {
+            tracing::info!(
+                expunged = missing.len() - still_there.len(),
+                "messages expunged while being fetched; skipped"
+            );
         }
-        tracing::info!(uids = %uid_set(missing.iter().copied()), "messages expunged while being fetched; skipped");
+        // One that exists is asked for once more, alone; a message the
+        // server still will not give is stored quarantined (its UID named,
+        // left on the server) so that it never stalls the mailbox.
+        for uid in still_there {
+            match fetch_one(session, uid, config).await? {
+                Some(fetched) => out.push(fetched),
+                None => out.push(Fetched {
+                    uid,
+                    size: 0,
+                    internal_date: None,
+                    bytes: Vec::new(),
+                    whole: false,
+                    unreadable: true,
+                }),
+            }
+        }
     }
     out.sort_by_key(|f| f.uid);
     Ok(out)
+}
+
+/// One message asked for alone (whole, or its header when too large).
+async fn fetch_one(
+    session: &mut Session,
+    uid: u32,
+    config: &ImapConfig,
+) -> Result<Option<Fetched>, ImapError> {
+    let mut stream = timed(
+        config.timeout,
+        "UID FETCH",
+        session.uid_fetch(uid.to_string(), "(UID RFC822.SIZE INTERNALDATE)"),
+    )
+    .await?;
+    let mut size = None;
+    while let Some(fetch) = timed(config.timeout, "UID FETCH", stream.try_next()).await? {
+        if fetch.uid == Some(uid) {
+            size = fetch.size;
+        }
+    }
+    drop(stream);
+    let whole = size.is_some_and(|s| u64::from(s) <= config.max_message_bytes);
+    let query = if whole {
+        "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[])"
+    } else {
+        "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
+    };
+    let mut stream = timed(
+        config.timeout,
+        "UID FETCH",
+        session.uid_fetch(uid.to_string(), query),
+    )
+    .await?;
+    let mut found = None;
+    while let Some(fetch) = timed(config.timeout * 4, "UID FETCH", stream.try_next()).await? {
+        let bytes = if whole { fetch.body() } else { fetch.header() };
+        if fetch.uid == Some(uid)
+            && found.is_none()
+            && let Some(bytes) = bytes
+        {
+            found = Some(Fetched {
+                uid,
+                size: fetch.size.unwrap_or(0),
+                internal_date: fetch.internal_date().map(|d| d.with_timezone(&Utc)),
+                bytes: bytes.to_vec(),
+                whole,
+                unreadable: false,
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// Which of `uids` the selected mailbox still holds.
@@ -445,7 +530,18 @@ fn to_incoming(
     fetched
         .into_iter()
         .map(|f| {
-            let (parsed, raw, content_hash) = if f.whole {
+            let (parsed, raw, content_hash) = if f.unreadable {
+                let reason = format!(
+                    "the server did not give this message's content (UID {} of UIDVALIDITY {uid_validity}, asked twice); it is still on the server",
+                    f.uid
+                );
+                let key = format!("unreadable:{mailbox}:{uid_validity}:{}", f.uid);
+                let parsed = crate::mime::ParsedEmail {
+                    quarantine: Some(reason),
+                    ..crate::mime::ParsedEmail::default()
+                };
+                (parsed, None, crate::mime::content_hash(key.as_bytes()))
+            } else if f.whole {
                 let hash = crate::mime::content_hash(&f.bytes);
                 (crate::mime::parse(&f.bytes), Some(f.bytes), hash)
             } else {

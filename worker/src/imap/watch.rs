@@ -214,11 +214,21 @@ async fn fetch_and_record(
     stats: &ImapStats,
 ) -> Result<fetch::FetchReport, ImapError> {
     let report = fetch::fetch_mailbox(pool, session, account, mailbox, config, stats).await?;
+    if report.busy {
+        // The other fetch stores what is there; ours comes with the next wake.
+        return Ok(report);
+    }
     stats.success(&account.name);
-    if report.stored > 0 {
+    if report.stored > 0 || report.action_error.is_some() {
         tracing::info!(account = %account.name, mailbox, stored = report.stored,
             quarantined = report.quarantined, duplicates = report.duplicates, "new mail stored");
-        imap_cursors::record_result(pool, &account.name, Some(mailbox), None).await?;
+        imap_cursors::record_result(
+            pool,
+            &account.name,
+            Some(mailbox),
+            report.action_error.as_deref(),
+        )
+        .await?;
     }
     Ok(report)
 }

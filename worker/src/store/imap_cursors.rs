@@ -86,11 +86,12 @@ pub(crate) async fn advance(
 }
 
 /// Holds the right to fetch one (account, mailbox), across processes: a
-/// session advisory lock on a pool connection. [`release`](Self::release)
-/// unlocks it; dropped without (an error path), the connection is closed,
-/// which releases the lock too.
+/// session advisory lock on a connection of its own, outside the pool (a
+/// fetch also needs pool connections; many fetches holding pool connections
+/// while waiting for more would starve the pool). Dropped on any path,
+/// cancellation included, the connection closes and the lock goes with it.
 pub struct MailboxLock {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    conn: Option<sqlx::PgConnection>,
     key: String,
 }
 
@@ -103,20 +104,22 @@ impl MailboxLock {
         mailbox: &str,
         wait: std::time::Duration,
     ) -> Result<Option<Self>, sqlx::Error> {
+        use sqlx::ConnectOptions;
         let key = format!("dkl-imap-fetch:{account}/{mailbox}");
-        let mut conn = pool.acquire().await?;
+        let mut lock = Self {
+            conn: Some(pool.connect_options().connect().await?),
+            key,
+        };
         let deadline = std::time::Instant::now() + wait;
         loop {
+            let conn = lock.conn.as_mut().expect("set above");
             let locked: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(&key)
-                    .fetch_one(&mut *conn)
+                    .bind(&lock.key)
+                    .fetch_one(conn)
                     .await?;
             if locked {
-                return Ok(Some(Self {
-                    conn: Some(conn),
-                    key,
-                }));
+                return Ok(Some(lock));
             }
             if std::time::Instant::now() >= deadline {
                 return Ok(None);
@@ -125,24 +128,13 @@ impl MailboxLock {
         }
     }
 
-    /// Unlocks and gives the connection back to the pool.
+    /// Unlocks and closes the connection.
     pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-                .bind(&self.key)
-                .execute(&mut *conn)
-                .await;
-            if unlocked.is_err() {
-                conn.close_on_drop();
-            }
-        }
-    }
-}
-
-impl Drop for MailboxLock {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.close_on_drop();
+        if let Some(conn) = self.conn.take() {
+            use sqlx::Connection;
+            // Closing releases the lock; a failed close drops the socket,
+            // which does too.
+            let _ = conn.close().await;
         }
     }
 }

@@ -95,17 +95,28 @@ pub async fn store_batch_resilient(
     messages: &[Incoming],
 ) -> Result<BatchOutcome, sqlx::Error> {
     let refused = match store_batch(pool, account, cursor, messages).await {
-        Err(sqlx::Error::Database(e)) => e.to_string(),
+        // Data errors (22), constraint violations (23), values too large for
+        // an index (54): this batch's content. Anything else (a deadlock, a
+        // timeout, a lost connection) is retried with the batch as it is.
+        Err(sqlx::Error::Database(e))
+            if e.code().is_some_and(|c| {
+                c.starts_with("22") || c.starts_with("23") || c.starts_with("54")
+            }) =>
+        {
+            e.to_string()
+        }
         other => return other,
     };
     tracing::warn!(account, error = %refused, "the database refused a batch; storing its messages one by one");
     let mut tx = pool.begin().await?;
     let mut outcome = BatchOutcome::default();
+    // Each message is stored with the batch's cursor (same resync rules; the
+    // cursor moves in this one transaction, to the batch's end).
     for message in messages {
         sqlx::query("SAVEPOINT one_message")
             .execute(&mut *tx)
             .await?;
-        match store_batch_on(&mut tx, account, None, std::slice::from_ref(message)).await {
+        match store_batch_on(&mut tx, account, cursor, std::slice::from_ref(message)).await {
             Ok(o) => {
                 sqlx::query("RELEASE SAVEPOINT one_message")
                     .execute(&mut *tx)
@@ -127,13 +138,10 @@ pub async fn store_batch_resilient(
                     ..message.clone()
                 };
                 outcome +=
-                    store_batch_on(&mut tx, account, None, std::slice::from_ref(&kept)).await?;
+                    store_batch_on(&mut tx, account, cursor, std::slice::from_ref(&kept)).await?;
             }
             Err(other) => return Err(other),
         }
-    }
-    if let Some((mailbox, cursor)) = cursor {
-        super::imap_cursors::advance(&mut tx, account, mailbox, cursor, outcome).await?;
     }
     tx.commit().await?;
     Ok(outcome)
