@@ -210,3 +210,48 @@ fn nul_byte_in_a_real_header() {
     );
     assert!(!mail.headers.contains('\0'));
 }
+
+/// 8-bit windows-1252, from a real message: legacy-012 (Outlook, cp1252
+/// quoted-printable) with its body decoded to the raw 8-bit bytes and its
+/// Content-Transfer-Encoding set to 8bit, as many mailers send it. Both
+/// must read the same, umlauts and ß included.
+#[test]
+fn eight_bit_windows_1252_reads_like_its_quoted_printable_original() {
+    let (dir, _) = fixtures();
+    let raw = std::fs::read(dir.join("mailparser-legacy-012-cp1252-qp.eml")).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let (head, body) = raw.split_at(split);
+    let mut eight_bit = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'=' if body[i + 1..].starts_with(b"\r\n") => i += 3,
+            b'=' => {
+                let hex = std::str::from_utf8(&body[i + 1..i + 3]).unwrap();
+                eight_bit.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b => {
+                eight_bit.push(b);
+                i += 1;
+            }
+        }
+    }
+    assert!(
+        eight_bit.contains(&0xDF) && eight_bit.contains(&0xFC),
+        "real 8-bit bytes"
+    );
+    let head = String::from_utf8(head.to_vec()).unwrap().replace(
+        "Content-Transfer-Encoding: quoted-printable",
+        "Content-Transfer-Encoding: 8bit",
+    );
+    let mut message = head.into_bytes();
+    message.extend_from_slice(&eight_bit);
+    let original = parse(&raw).text_body.unwrap();
+    let parsed = parse(&message).text_body.unwrap();
+    assert!(
+        parsed.contains("Die Hasen klagten einst über ihre mißliche Lage"),
+        "{parsed}"
+    );
+    assert_eq!(parsed.trim_end(), original.trim_end());
+}
