@@ -155,6 +155,19 @@ fn nodelay_on_local_port(port: u16) -> usize {
     set
 }
 
+/// A small pool on the database of `pool`, for work that writes big rows
+/// (mail ingest): sqlx keeps each connection's grown write buffer and hands
+/// idle connections out in turn, so memory is bounded by this pool's size
+/// rather than the main pool's; and it never takes the job runtime's
+/// connections.
+pub fn side_pool(pool: &PgPool, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max.max(2))
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _| Box::pin(disable_nagle(conn)))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// A small pool for monitoring reads (`/healthz`, `/metrics`), apart from
 /// the job runtime's, so any number of scrapes cannot take a connection that
 /// a job needs. Connects lazily; a down database shows as failed reads.

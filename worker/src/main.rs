@@ -27,7 +27,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // IDLE watchers stop with the runtime; the fetch-mail schedule covers
     // any account without IDLE.
     let watchers = dkl_worker::imap::watch::spawn_all(
-        &pool,
+        &dkl_worker::imap::ingest_pool(&pool, &config.imap),
         &config.imap,
         imap_stats.clone(),
         shutdown.clone(),

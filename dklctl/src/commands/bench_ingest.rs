@@ -95,6 +95,9 @@ pub async fn run(pool: &PgPool, config: &Config, args: IngestBenchArgs) -> anyho
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let rss_before_kib = rss_kib("VmRSS:");
     let stats = ImapStats::default();
+    // As dkl-worker does: ingest writes through a small pool of its own.
+    let ingest_pool = imap::ingest_pool(pool, &imap_config);
+    let pool = &ingest_pool;
     let ingest_started = Instant::now();
     let mut session = imap::connect(&account, imap_config.timeout).await?;
     let report =

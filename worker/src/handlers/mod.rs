@@ -63,7 +63,7 @@ pub fn registry_with(
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));
     let fetcher = fetch_mail::Fetcher {
-        pool: pool.clone(),
+        pool: crate::imap::ingest_pool(pool, &config.imap),
         config: config.imap.clone(),
         stats: imap_stats,
     };

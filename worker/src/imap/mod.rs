@@ -330,6 +330,14 @@ async fn tls_handshake(
         })
 }
 
+/// The pool mail ingest writes through: its own few connections (a
+/// fetch holds one for its lock and stores through up to three more), so
+/// memory stays flat however big a mailbox is.
+pub fn ingest_pool(pool: &sqlx::PgPool, config: &dkl_shared::config::ImapConfig) -> sqlx::PgPool {
+    let mailboxes: usize = config.accounts.iter().map(|a| a.mailboxes.len()).sum();
+    dkl_shared::db::side_pool(pool, (4 + 2 * mailboxes).min(24) as u32)
+}
+
 /// Whether the server offers IDLE (RFC 2177).
 pub async fn has_idle(session: &mut Session, timeout: Duration) -> Result<bool, ImapError> {
     let caps = timed(timeout, "CAPABILITY", session.capabilities()).await?;
