@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use commands::{
-    accounts, bench, bench_ingest, bench_schedule, bench_send, database, demo, inbox, jobs, mail,
-    schedules, status, templates,
+    accounts, bench, bench_ingest, bench_newsletter, bench_schedule, bench_send, database, demo,
+    inbox, jobs, mail, newsletter, schedules, status, templates,
 };
 use dkl_shared::config::Config;
 use dkl_shared::jobs::JobClient;
@@ -157,6 +157,11 @@ enum Command {
         #[command(subcommand)]
         what: Option<AccountsCommand>,
     },
+    /// Newsletters: create, schedule, pause, resume, cancel, progress, test copy.
+    Newsletter {
+        #[command(subcommand)]
+        what: NewsletterCommand,
+    },
     /// Mail: ask for one, read the send log; the inbox, one message, import.
     Mail {
         #[command(subcommand)]
@@ -226,6 +231,54 @@ enum AccountsCommand {
     Check {
         /// The account (DKL_IMAP_ACCOUNTS name); all when absent.
         name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NewsletterCommand {
+    /// Newsletters, newest first, with how many were sent.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// A new draft from a text file (and optionally an HTML file); prints its id.
+    Create {
+        /// The title (the mail's subject).
+        #[arg(long)]
+        title: String,
+        /// The content as text.
+        #[arg(long)]
+        text: std::path::PathBuf,
+        /// The content as HTML (used instead of the text in the HTML part).
+        #[arg(long)]
+        html: Option<std::path::PathBuf>,
+    },
+    /// Schedule a draft (or move a scheduled one): status scheduled, scheduled_send_time.
+    Schedule {
+        id: uuid::Uuid,
+        /// When (RFC 3339, e.g. 2026-12-01T09:00:00+01:00); now when absent.
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Stop sending within seconds; `resume` goes on where it stopped.
+    Pause { id: uuid::Uuid },
+    /// Go on sending a paused newsletter.
+    Resume { id: uuid::Uuid },
+    /// Stop for good; recipients not yet sent to are marked cancelled.
+    Cancel { id: uuid::Uuid },
+    /// Progress: a live bar in a terminal, JSON otherwise (or with --json).
+    Status {
+        id: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send again, on purpose, the deliveries whose outcome is unknown.
+    ResendUnknown { id: uuid::Uuid },
+    /// Send one copy to an address (not counted as a delivery).
+    SendTest {
+        id: uuid::Uuid,
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -338,6 +391,9 @@ enum BenchCommand {
     /// Mail fetched from Dovecot, parsed and stored, with a bare UID FETCH as
     /// the ceiling, and IDLE latency.
     Ingest(bench_ingest::IngestBenchArgs),
+    /// A newsletter to 100,000 recipients through smtp-sink, with smtp-source
+    /// as the ceiling, and the worker's peak memory.
+    Newsletter(bench_newsletter::NewsletterBenchArgs),
 }
 
 #[tokio::main]
@@ -545,6 +601,39 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Ingest(args),
         } => bench_ingest::run(&pool, &config, args).await?,
+        Command::Bench {
+            what: BenchCommand::Newsletter(args),
+        } => bench_newsletter::run(&pool, &config, args).await?,
+        Command::Newsletter { what } => run_newsletter(&pool, &config, what).await?,
     }
     Ok(())
+}
+
+async fn run_newsletter(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    what: NewsletterCommand,
+) -> anyhow::Result<()> {
+    use dkl_worker::store::newsletters::NewsletterStatus;
+    match what {
+        NewsletterCommand::List { limit } => newsletter::list(pool, limit).await,
+        NewsletterCommand::Create { title, text, html } => {
+            newsletter::create(pool, &title, &text, html.as_deref()).await
+        }
+        NewsletterCommand::Schedule { id, at } => newsletter::schedule(pool, id, at).await,
+        NewsletterCommand::Pause { id } => {
+            newsletter::set_status(pool, id, NewsletterStatus::Paused).await
+        }
+        NewsletterCommand::Resume { id } => {
+            newsletter::set_status(pool, id, NewsletterStatus::Sending).await
+        }
+        NewsletterCommand::Cancel { id } => {
+            newsletter::set_status(pool, id, NewsletterStatus::Cancelled).await
+        }
+        NewsletterCommand::Status { id, json } => newsletter::status(pool, id, json).await,
+        NewsletterCommand::ResendUnknown { id } => newsletter::resend_unknown(pool, id).await,
+        NewsletterCommand::SendTest { id, to } => {
+            newsletter::send_test(pool, config, id, &to).await
+        }
+    }
 }

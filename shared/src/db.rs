@@ -97,7 +97,7 @@ pub async fn connect_url(url: &str, max: u32) -> Result<PgPool, DbError> {
 /// instead of ~3,900 messages/s. The connection's socket is found by its
 /// local port (the server's `inet_client_port()`) among this process's file
 /// descriptors and set to TCP_NODELAY. Unix-socket connections need nothing.
-async fn disable_nagle(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+pub async fn disable_nagle(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     let port: Option<i32> = sqlx::query_scalar("SELECT inet_client_port()")
         .fetch_one(conn)
         .await?;

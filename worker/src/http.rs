@@ -126,7 +126,12 @@ async fn read_figures(pool: &PgPool) -> Result<Arc<DatabaseFigures>, String> {
     let read = async {
         let queues = monitor::queue_summary(pool).await?;
         let leadership = monitor::leadership(pool).await?;
-        Ok::<_, sqlx::Error>(DatabaseFigures { queues, leadership })
+        let newsletter_deliveries = crate::store::newsletters::deliveries_by_state(pool).await?;
+        Ok::<_, sqlx::Error>(DatabaseFigures {
+            queues,
+            leadership,
+            newsletter_deliveries,
+        })
     };
     match tokio::time::timeout(DB_TIMEOUT, read).await {
         Ok(Ok(f)) => Ok(Arc::new(f)),
@@ -139,6 +144,7 @@ async fn read_figures(pool: &PgPool) -> Result<Arc<DatabaseFigures>, String> {
 pub async fn bind(
     addr: SocketAddr,
     monitoring: Monitoring,
+    unsubscribe: Option<Arc<crate::unsubscribe::Unsubscribe>>,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -150,6 +156,10 @@ pub async fn bind(
             cache: Arc::default(),
             ping: Arc::default(),
         });
+    let app = match unsubscribe {
+        Some(pages) => app.merge(crate::unsubscribe::router(pages)),
+        None => app,
+    };
     Ok((local, async move { axum::serve(listener, app).await }))
 }
 

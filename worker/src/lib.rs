@@ -16,7 +16,9 @@
 //! - [`http`]: `/healthz` and `/metrics`, [`metrics`] their text format;
 //! - [`store`]: data access per table family;
 //! - [`smtp`] and [`templates`]: mail out; [`imap`] and [`mime`]: mail in;
-//!   [`import`]: `.eml`, Maildir and mbox files stored as if fetched.
+//!   [`import`]: `.eml`, Maildir and mbox files stored as if fetched;
+//! - [`newsletter`]: newsletters sent once per recipient, and
+//!   [`unsubscribe`]: the one-click unsubscribe pages.
 
 pub mod address;
 pub mod handlers;
@@ -25,6 +27,8 @@ pub mod imap;
 pub mod import;
 pub mod metrics;
 pub mod mime;
+pub mod newsletter;
 pub mod smtp;
 pub mod store;
 pub mod templates;
+pub mod unsubscribe;

@@ -53,12 +53,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 heartbeat_stale_after: config.jobs.rescue_after,
                 config: config.monitor.clone(),
             };
-            let (bound, server) = http::bind(addr, monitoring).await.with_context(|| {
+            let unsubscribe = std::sync::Arc::new(dkl_worker::unsubscribe::Unsubscribe {
+                pool: db::monitoring_pool(&config),
+                keys: dkl_worker::newsletter::token::TokenKey::new(
+                    config.newsletter.unsubscribe_secret.clone(),
+                ),
+            });
+            let (bound, server) = http::bind(addr, monitoring, Some(unsubscribe)).await.with_context(|| {
                 format!(
                     "cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"
                 )
             })?;
-            tracing::info!(addr = %bound, "serving /healthz and /metrics");
+            tracing::info!(addr = %bound, public_base_url = %config.newsletter.public_base_url, "serving /healthz, /metrics and /unsubscribe");
             Some(tokio::spawn(http::serve_until(server, http_stop.clone())))
         }
         None => None,

@@ -19,6 +19,9 @@ pub struct DatabaseFigures {
     pub queues: Vec<QueueSummary>,
     /// Scheduler leadership.
     pub leadership: Leadership,
+    /// Newsletter deliveries by state, of the newsletters sending, paused,
+    /// or finished in the last day.
+    pub newsletter_deliveries: Vec<(String, i64)>,
 }
 
 /// Renders every series.
@@ -108,6 +111,25 @@ pub fn render(stats: &StatsSnapshot, mail: &MailSnapshot, db: Option<&DatabaseFi
     );
     let _ = writeln!(out, "dkl_database_up {}", u8::from(db.is_some()));
     let Some(db) = db else { return out };
+
+    header(
+        &mut out,
+        "dkl_newsletter_deliveries",
+        "gauge",
+        "Newsletter deliveries by state, of newsletters sending, paused or finished in the last day (all workers).",
+    );
+    for state in crate::store::newsletters::DeliveryStatus::ALL {
+        let n = db
+            .newsletter_deliveries
+            .iter()
+            .find(|(s, _)| s == state.as_str())
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(
+            out,
+            "dkl_newsletter_deliveries{{state=\"{}\"}} {n}",
+            state.as_str()
+        );
+    }
 
     header(
         &mut out,

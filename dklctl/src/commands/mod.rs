@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod bench;
 pub mod bench_ingest;
+pub mod bench_newsletter;
 pub mod bench_schedule;
 pub mod bench_send;
 pub mod database;
@@ -10,6 +11,7 @@ pub mod demo;
 pub mod inbox;
 pub mod jobs;
 pub mod mail;
+pub mod newsletter;
 pub mod schedules;
 pub mod status;
 pub mod templates;

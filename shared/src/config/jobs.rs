@@ -69,7 +69,7 @@ impl Default for JobsConfig {
 }
 
 fn default_queue_concurrency() -> BTreeMap<String, usize> {
-    [("default", 10), ("mail", 4), ("maintenance", 2)]
+    [("default", 10), ("mail", 4), ("newsletter", 2), ("maintenance", 2)]
         .into_iter()
         .map(|(q, n)| (q.to_string(), n))
         .collect()

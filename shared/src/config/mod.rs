@@ -13,11 +13,13 @@ mod http;
 mod imap;
 mod jobs;
 mod mail;
+mod newsletter;
 mod parse;
 mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
 pub use imap::{AfterImport, ImapAccount, ImapConfig};
+pub use newsletter::{DEFAULT_PUBLIC_BASE_URL, NewsletterConfig};
 pub use jobs::JobsConfig;
 pub use mail::{DkimConfig, MailConfig, SmtpConfig, TlsMode};
 pub use parse::{MAX_AGE, parse_age};
@@ -69,6 +71,8 @@ pub struct Config {
     pub mail: MailConfig,
     /// Incoming mail: the IMAP accounts.
     pub imap: ImapConfig,
+    /// Newsletters: unsubscribe links, List-Id, retries.
+    pub newsletter: NewsletterConfig,
 }
 
 /// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
@@ -101,6 +105,11 @@ pub const VARIABLES: &[&str] = &[
     "DKL_IMAP_POLL_SECS",
     "DKL_IMAP_IDLE_RENEW_SECS",
     "DKL_IMAP_TIMEOUT_SECS",
+    "DKL_PUBLIC_BASE_URL",
+    "DKL_UNSUBSCRIBE_SECRET",
+    "DKL_NEWSLETTER_LIST_ID",
+    "DKL_NEWSLETTER_MAX_ATTEMPTS",
+    "DKL_NEWSLETTER_RETRY_SECS",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
     "DKL_SCHEDULER_LEADER_STALE_SECS",
@@ -150,6 +159,7 @@ impl Config {
             monitor: MonitorConfig::from_lookup(&get)?,
             mail: MailConfig::from_lookup(&get)?,
             imap: ImapConfig::from_lookup(&get)?,
+            newsletter: NewsletterConfig::from_lookup(&get)?,
         })
     }
 }
@@ -277,6 +287,7 @@ mod tests {
             include_str!("http.rs"),
             include_str!("mail.rs"),
             include_str!("imap.rs"),
+            include_str!("newsletter.rs"),
         ]
         .concat();
         for quoted in source.split('"').skip(1).step_by(2) {

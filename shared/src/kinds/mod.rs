@@ -14,10 +14,12 @@
 pub mod diagnostics;
 pub mod mail;
 pub mod maintenance;
+pub mod newsletter;
 
 pub use diagnostics::Ping;
 pub use mail::{FetchMail, MailKind, ProcessIncomingEmail, SendEmail};
 pub use maintenance::{ApplyRetention, ExpireSessions, PruneJobs, RecomputeLeaderboards};
+pub use newsletter::SendNewsletter;
 
 use crate::jobs::Catalog;
 
@@ -32,6 +34,7 @@ pub fn catalog() -> Catalog {
         .with::<FetchMail>()
         .with::<ProcessIncomingEmail>()
         .with::<SendEmail>()
+        .with::<SendNewsletter>()
         .with::<ApplyRetention>()
         .with::<RecomputeLeaderboards>()
         .with::<ExpireSessions>()

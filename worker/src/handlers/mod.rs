@@ -12,6 +12,7 @@ pub mod ping;
 pub mod process_incoming_email;
 pub mod prune_jobs;
 pub mod send_email;
+pub mod send_newsletter;
 
 use dkl_shared::config::Config;
 use dkl_shared::jobs::Registry;
@@ -52,9 +53,10 @@ pub fn registry_with(
         config.jobs.prune_done_after,
         config.jobs.prune_discarded_after,
     );
+    let smtp = std::sync::Arc::new(crate::smtp::Smtp::new(config.mail.clone(), mail_stats));
     let mailer = send_email::Mailer {
         pool: pool.clone(),
-        smtp: crate::smtp::Smtp::new(config.mail.clone(), mail_stats),
+        smtp: smtp.clone(),
         renderer: crate::templates::Renderer::new(),
         templates: crate::store::email_templates::TemplateCache::new(
             crate::store::email_templates::TemplateCache::DEFAULT_TTL,
@@ -62,6 +64,26 @@ pub fn registry_with(
         send_log: crate::store::send_log::SendLog::new(pool),
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));
+    let newsletter_config = smtp.config_for(dkl_shared::kinds::MailKind::Newsletter);
+    let lanes = send_newsletter::NewsletterSender {
+        pool: pool.clone(),
+        writer: crate::newsletter::writer::DeliveryWriter::new(
+            pool,
+            crate::store::newsletters::WriteSettings {
+                smtp: newsletter_config.name.clone(),
+                max_attempts: config.newsletter.max_attempts,
+                backoff_secs: config.newsletter.retry_after.as_secs() as u32,
+            },
+        ),
+        smtp,
+        renderer: crate::templates::Renderer::new(),
+        templates: crate::store::email_templates::TemplateCache::new(
+            crate::store::email_templates::TemplateCache::DEFAULT_TTL,
+        ),
+        config: config.newsletter.clone(),
+        keys: crate::newsletter::token::TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
+    };
+    send_newsletter::register(&mut registry, std::sync::Arc::new(lanes));
     let fetcher = fetch_mail::Fetcher {
         pool: crate::imap::ingest_pool(pool, &config.imap),
         config: config.imap.clone(),

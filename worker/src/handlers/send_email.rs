@@ -45,8 +45,8 @@ pub const SLOT_WAIT: Duration = Duration::from_secs(30);
 pub struct Mailer {
     /// The database.
     pub pool: PgPool,
-    /// SMTP connections.
-    pub smtp: Smtp,
+    /// SMTP connections (shared with the newsletter lanes).
+    pub smtp: Arc<Smtp>,
     /// Template renderer.
     pub renderer: Renderer,
     /// Template rows, read at most every few seconds.

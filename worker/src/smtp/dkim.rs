@@ -23,6 +23,11 @@ const SIGNED_HEADERS: &[&str] = &[
     "Reply-To",
     "MIME-Version",
     "Content-Type",
+    // A newsletter's unsubscribe headers: Gmail and Yahoo want them signed
+    // (RFC 8058 section 4), and no one on the way may change them.
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Id",
 ];
 
 /// Signs the messages of one configuration.

@@ -4,6 +4,7 @@
 pub mod email_templates;
 pub mod imap_cursors;
 pub mod incoming_emails;
+pub mod newsletters;
 pub mod send_log;
 pub mod suppressions;
 pub mod verzonden_emails;
