@@ -23,8 +23,11 @@ COMMENT ON COLUMN newsletters.status IS
     'Set scheduled (with scheduled_send_time, NULL = now) to send; the worker sets sending and sent.';
 
 -- Which worker session is sending: a delivery claimed or being sent names
--- its sender, and a sender whose database session is gone (its process
--- died: kill -9 closes the socket, PostgreSQL ends the backend) is dead.
+-- its sender. The sender's session holds the advisory lock
+-- dkl_newsletter_sender_key(id) for as long as it lives; when the session
+-- is gone (its process died: kill -9 closes the socket, PostgreSQL ends the
+-- backend) the lock is free and the sender is dead. (pid and backend_start
+-- are for people reading the table.)
 CREATE TABLE newsletter_senders (
     id            UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     pid           INT NOT NULL,
@@ -32,6 +35,9 @@ CREATE TABLE newsletter_senders (
     worker        TEXT,
     started_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+CREATE FUNCTION dkl_newsletter_sender_key(p_id UUID) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('newsletter-sender:' || p_id::text, 0) $$;
 
 -- One row per newsletter and address. `claimed`: taken by a sender, not yet
 -- on the wire (returned to `pending` if its sender dies); `sending`: its SMTP
@@ -70,12 +76,17 @@ COMMENT ON TABLE newsletter_deliveries IS
 -- The lane jobs of a newsletter: four `send_newsletter` jobs (each worker
 -- process runs as many as its `newsletter` queue allows), deduplicated per
 -- lane, so enqueueing again while they live changes only their time.
-CREATE FUNCTION dkl_newsletter_enqueue(p_id UUID, p_at TIMESTAMPTZ) RETURNS VOID
+-- `p_tag` gives a resume its own lanes: the lanes that found the newsletter
+-- paused may still be finishing, and must not swallow the new ones.
+-- `by_status`: a lane that finds the newsletter back in draft (unscheduled)
+-- leaves it alone.
+CREATE FUNCTION dkl_newsletter_enqueue(p_id UUID, p_at TIMESTAMPTZ, p_tag TEXT DEFAULT NULL) RETURNS VOID
 LANGUAGE sql AS $$
     INSERT INTO apalis.jobs (id, job_type, queue, job, status, attempts, max_attempts, run_at, priority, idempotency_key)
     SELECT apalis.generate_ulid(), 'send_newsletter', 'newsletter',
-           convert_to(jsonb_build_object('newsletter_id', p_id, 'lane', lane)::text, 'UTF8'),
-           'Pending', 0, 25, greatest(coalesce(p_at, now()), now()), 0, 'newsletter:' || p_id || ':' || lane
+           convert_to(jsonb_build_object('newsletter_id', p_id, 'lane', lane, 'by_status', true)::text, 'UTF8'),
+           'Pending', 0, 25, greatest(coalesce(p_at, now()), now()), 0,
+           'newsletter:' || p_id || ':' || lane || coalesce(':' || p_tag, '')
       FROM generate_series(0, 3) lane
     ON CONFLICT (job_type, idempotency_key)
         WHERE status IN ('Pending', 'Running') AND idempotency_key IS NOT NULL
@@ -153,7 +164,12 @@ BEGIN
             OR OLD.scheduled_send_time IS DISTINCT FROM NEW.scheduled_send_time) THEN
         PERFORM dkl_newsletter_enqueue(NEW.id, NEW.scheduled_send_time);
     ELSIF TG_OP = 'UPDATE' AND NEW.status = 'sending' AND OLD.status IN ('paused', 'sent') THEN
-        PERFORM dkl_newsletter_enqueue(NEW.id, now());
+        PERFORM dkl_newsletter_enqueue(NEW.id, now(), 'resumed-' || (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+    ELSIF TG_OP = 'UPDATE' AND NEW.status = 'draft' AND OLD.status = 'scheduled' THEN
+        -- Unscheduled: its lanes that have not started go.
+        DELETE FROM apalis.jobs
+         WHERE job_type = 'send_newsletter' AND status = 'Pending'
+           AND idempotency_key LIKE 'newsletter:' || NEW.id || ':%';
     ELSIF TG_OP = 'UPDATE' AND NEW.status = 'cancelled' THEN
         UPDATE newsletter_deliveries
            SET status = 'cancelled', sender_id = NULL, error = 'newsletter cancelled', updated_at = now()
@@ -205,8 +221,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_dead UUID[];
 BEGIN
+    -- A free lock: its session is gone (the try takes it for this
+    -- transaction only). A delivery naming no registered sender counts too.
     SELECT coalesce(array_agg(s.id), '{}') INTO v_dead FROM newsletter_senders s
-     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.pid AND a.backend_start = s.backend_start);
+     WHERE pg_try_advisory_xact_lock(dkl_newsletter_sender_key(s.id));
+    SELECT v_dead || coalesce(array_agg(DISTINCT d.sender_id), '{}') INTO v_dead
+      FROM newsletter_deliveries d
+     WHERE d.status IN ('claimed', 'sending') AND d.sender_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM newsletter_senders s WHERE s.id = d.sender_id);
     IF cardinality(v_dead) = 0 THEN
         returned := 0; unknown := 0;
         RETURN;
@@ -216,14 +238,14 @@ BEGIN
     GET DIAGNOSTICS returned = ROW_COUNT;
     WITH lost AS (
         UPDATE newsletter_deliveries
-           SET status = 'unknown', sender_id = NULL, updated_at = now(),
+           SET status = 'unknown', updated_at = now(),
                error = 'its worker died during the SMTP transaction; it may have been delivered, so it is not resent by itself'
          WHERE sender_id = ANY (v_dead) AND status = 'sending'
         RETURNING *)
     INSERT INTO verzonden_emails AS v
         (dedup_key, recipient_email, subject, template_name, status, error_message, mail_kind, smtp_config,
          message_id, newsletter_id, sent_at)
-    SELECT 'newsletter:' || l.newsletter_id || ':' || l.email, l.email, n.title, 'newsletter', 'unknown', l.error,
+    SELECT 'newsletter:' || l.newsletter_id || ':' || l.email, left(l.email, 255), left(n.title, 255), 'newsletter', 'unknown', l.error,
            'newsletter', 'newsletter', l.message_id, l.newsletter_id, l.sending_at
       FROM lost l JOIN newsletters n ON n.id = l.newsletter_id
     ON CONFLICT (dedup_key) DO UPDATE SET status = 'unknown', error_message = EXCLUDED.error_message,
@@ -244,7 +266,8 @@ $$;
 CREATE FUNCTION dkl_newsletter_write(
     p_sender UUID, p_smtp TEXT, p_max_attempts INT, p_backoff_secs INT,
     p_mark_ids BIGINT[],
-    p_out_ids BIGINT[], p_out_status TEXT[], p_out_code INT[], p_out_reply TEXT[], p_out_error TEXT[])
+    p_out_ids BIGINT[], p_out_senders UUID[], p_out_status TEXT[], p_out_code INT[], p_out_reply TEXT[],
+    p_out_error TEXT[])
 RETURNS TABLE (id BIGINT, outcome TEXT)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -265,7 +288,7 @@ BEGIN
             INSERT INTO verzonden_emails AS v
                 (dedup_key, recipient_email, subject, template_name, status, error_message, mail_kind, smtp_config,
                  message_id, newsletter_id, sent_at)
-            SELECT 'newsletter:' || k.newsletter_id || ':' || k.email, k.email, n.title, 'newsletter', 'suppressed',
+            SELECT 'newsletter:' || k.newsletter_id || ':' || k.email, left(k.email, 255), left(n.title, 255), 'newsletter', 'suppressed',
                    k.error, 'newsletter', p_smtp, k.message_id, k.newsletter_id, now()
               FROM marked k JOIN newsletters n ON n.id = k.newsletter_id
              WHERE k.status = 'skipped'
@@ -286,13 +309,14 @@ BEGIN
     END IF;
     IF cardinality(p_out_ids) > 0 THEN
         WITH o AS (
-            SELECT * FROM unnest(p_out_ids, p_out_status, p_out_code, p_out_reply, p_out_error)
-                       AS o(id, status, code, reply, error)),
+            SELECT * FROM unnest(p_out_ids, p_out_senders, p_out_status, p_out_code, p_out_reply, p_out_error)
+                       AS o(id, sender, status, code, reply, error)),
         done AS (
             UPDATE newsletter_deliveries d
                SET status = CASE
                        WHEN o.status <> 'retry' THEN o.status
                        WHEN d.attempts + 1 >= p_max_attempts THEN 'failed'
+                       WHEN n.status = 'cancelled' THEN 'cancelled'
                        ELSE 'pending' END,
                    attempts = d.attempts + 1,
                    sender_id = CASE WHEN o.status = 'retry' AND d.attempts + 1 < p_max_attempts THEN NULL
@@ -307,16 +331,19 @@ BEGIN
                        ELSE o.error END,
                    sent_at = CASE WHEN o.status = 'sent' THEN now() END,
                    updated_at = now()
-              FROM o
-             -- a sent message is recorded whatever happened to the row meanwhile
-             -- (a reclaim that found its sender's session gone marked it unknown)
-             WHERE d.id = o.id AND (d.status = 'sending' OR (d.status = 'unknown' AND o.status = 'sent'))
+              FROM o, newsletters n
+             -- Only the attempt the outcome belongs to: the sender that
+             -- marked it. A sent message is recorded even after a reclaim
+             -- marked it unknown (its sender's session broke meanwhile).
+             WHERE d.id = o.id AND d.sender_id = o.sender AND n.id = d.newsletter_id
+               AND (d.status = 'sending' OR (d.status = 'unknown' AND o.status = 'sent'))
             RETURNING d.*)
         INSERT INTO verzonden_emails AS v
             (dedup_key, recipient_email, subject, template_name, status, error_message, mail_kind, smtp_config,
              message_id, newsletter_id, smtp_code, smtp_reply, retry_count, sent_at)
-        SELECT 'newsletter:' || d.newsletter_id || ':' || d.email, d.email, n.title, 'newsletter', d.status, d.error,
-               'newsletter', p_smtp, d.message_id, d.newsletter_id, d.smtp_code, d.smtp_reply, d.attempts - 1,
+        SELECT 'newsletter:' || d.newsletter_id || ':' || d.email, left(d.email, 255), left(n.title, 255), 'newsletter',
+               d.status, d.error, 'newsletter', p_smtp, d.message_id, d.newsletter_id, d.smtp_code, d.smtp_reply,
+               d.attempts - 1,
                coalesce(d.sent_at, now())
           FROM done d JOIN newsletters n ON n.id = d.newsletter_id
          WHERE d.status IN ('sent', 'failed', 'unknown')
@@ -364,7 +391,7 @@ BEGIN
         IF v_status = 'sent' THEN
             UPDATE newsletters SET status = 'sending' WHERE id = p_id;
         ELSIF v_status = 'sending' THEN
-            PERFORM dkl_newsletter_enqueue(p_id, now());
+            PERFORM dkl_newsletter_enqueue(p_id, now(), 'resend-' || (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
         END IF;
     END IF;
     RETURN v_count;

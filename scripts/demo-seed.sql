@@ -6,6 +6,11 @@ INSERT INTO gebruikers (naam, email, newsletter_subscribed) VALUES
     ('Bram Jansen',    'bram@demo.dkl.test',   true)
 ON CONFLICT (email) DO NOTHING;
 
+-- Newsletter subscribers (the demo schedules a newsletter to them).
+INSERT INTO gebruikers (naam, email, newsletter_subscribed)
+SELECT 'Demolid ' || i, 'lid' || lpad(i::text, 2, '0') || '@demo.dkl.test', true FROM generate_series(1, 50) i
+ON CONFLICT (email) DO NOTHING;
+
 INSERT INTO events (name, description, start_time, end_time)
 SELECT 'De Koninklijke Loop (demo)', 'Sponsorloop voor het goede doel',
        date_trunc('day', now()) + interval '30 days 9 hours',

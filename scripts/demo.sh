@@ -78,7 +78,7 @@ log "enqueueing demo jobs"
 "$BIN/dklctl" ping --fail-attempts 2 "lukt pas bij de derde poging (backoff)" >/dev/null
 "$BIN/dklctl" ping --at "$(date -u -d '+8 seconds' +%Y-%m-%dT%H:%M:%SZ)" "gepland over 8 seconden" >/dev/null
 "$BIN/dklctl" enqueue ping --payload '{"permanent_error":"demo: template bestaat niet"}' >/dev/null
-"$BIN/dklctl" enqueue send_newsletter --payload '{"newsletter_id":1}' >/dev/null
+"$BIN/dklctl" enqueue upload_image --payload '{"path":"demo.jpg"}' >/dev/null
 long=$("$BIN/dklctl" ping --sleep-ms 60000 "lange taak die we annuleren")
 log "the web application asks for two mails, as it does after a contact form (SQL function dkl_send_email)"
 psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 <<'SQL'
@@ -93,6 +93,15 @@ SELECT dkl_send_email('contact_admin_email', 'beheer@demo.dkl.test',
        'demo-contact-admin-' || extract(epoch FROM now())::bigint, 'admin');
 COMMIT;
 SQL
+NL_SECS="${DKL_DEMO_NEWSLETTER_SECS:-60}"
+log "an admin schedules a newsletter to the demo's subscribers, $NL_SECS seconds from now (plain SQL)"
+NL=$(psql "$DATABASE_URL" -qAt -v ON_ERROR_STOP=1 -c "
+INSERT INTO newsletters (title, content, html_content, status, scheduled_send_time)
+VALUES ('Nieuws van De Koninklijke Loop (demo)',
+        'De inschrijving voor De Koninklijke Loop 2027 is geopend. Loop je mee?',
+        '<p>De inschrijving voor <b>De Koninklijke Loop 2027</b> is geopend.</p><p>Loop je mee? Elke stap steunt het goede doel.</p>',
+        'scheduled', now() + make_interval(secs => $NL_SECS))
+RETURNING id")
 log "an admin schedules a job for 10 seconds from now (a scheduled_jobs row)"
 "$BIN/dklctl" schedule ping --at "$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)" \
   --payload '{"message":"door een beheerder ingepland"}' --note "demo: admin row" --created-by "demo-admin" >/dev/null
@@ -122,4 +131,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
   echo
   echo "MAIL IN (incoming_emails, newest first) ${APPENDED:-}"
   "$BIN/dklctl" mail inbox --limit 6
+  echo
+  echo "NEWSLETTER $NL (dklctl newsletter status; read it, and unsubscribe with its link, in $MAIL_URL)"
+  "$BIN/dklctl" newsletter status "$NL" --once
 done

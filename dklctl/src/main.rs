@@ -271,6 +271,9 @@ enum NewsletterCommand {
         id: uuid::Uuid,
         #[arg(long)]
         json: bool,
+        /// One line with the bar, then exit (for scripts that refresh).
+        #[arg(long)]
+        once: bool,
     },
     /// Send again, on purpose, the deliveries whose outcome is unknown.
     ResendUnknown { id: uuid::Uuid },
@@ -630,7 +633,7 @@ async fn run_newsletter(
         NewsletterCommand::Cancel { id } => {
             newsletter::set_status(pool, id, NewsletterStatus::Cancelled).await
         }
-        NewsletterCommand::Status { id, json } => newsletter::status(pool, id, json).await,
+        NewsletterCommand::Status { id, json, once } => newsletter::status(pool, id, json, once).await,
         NewsletterCommand::ResendUnknown { id } => newsletter::resend_unknown(pool, id).await,
         NewsletterCommand::SendTest { id, to } => {
             newsletter::send_test(pool, config, id, &to).await

@@ -155,9 +155,13 @@ async fn scheduled_by_sql_goes_once_to_each_subscriber_with_list_headers(pool: P
         .execute(&pool)
         .await
         .unwrap();
-    wait_newsletter(&pool, id, "sent", T).await;
-    // Someone who subscribes now does not get it.
+    // Someone who subscribes once sending has started does not get it.
+    wait_for(T, "sending started", || async {
+        (status(&pool, id).await != "scheduled").then_some(())
+    })
+    .await;
     subscribers(&pool, "laat", 1).await;
+    wait_newsletter(&pool, id, "sent", T).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     rt.stop().await;
 
@@ -595,4 +599,74 @@ async fn kill_9_three_times_during_a_10000_recipient_newsletter_sends_nobody_two
         "kill -9 ×3 during {N}: sent {sent_n}, failed {failed}, unknown {unknown}, at the server {}, duplicates 0",
         at_server.len()
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn unscheduling_stops_a_scheduled_newsletter(pool: PgPool) {
+    migrate(&pool).await;
+    sync_templates(&pool).await;
+    subscribers(&pool, "terug", 5).await;
+    let sink = SmtpSink::start(&[]).expect("start smtp-sink");
+    let id = draft(&pool, "Toch niet").await;
+    let rt = start_worker(&pool, &config(sink.port, &[]));
+    sqlx::query("UPDATE newsletters SET status = 'scheduled', scheduled_send_time = now() + interval '2 seconds' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let lanes = scalar_i64(&pool, "SELECT count(*) FROM apalis.jobs WHERE job_type = 'send_newsletter' AND convert_from(job, 'UTF8')::jsonb ->> 'newsletter_id' = $1::text", id).await;
+    assert_eq!(lanes, 4, "four lanes enqueued by scheduling");
+    sqlx::query("UPDATE newsletters SET status = 'draft' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    rt.stop().await;
+    assert_eq!(status(&pool, id).await, "draft");
+    assert!(deliveries(&pool, id).await.is_empty(), "never started");
+    assert!(received(&sink.stop_and_collect()).is_empty());
+}
+
+/// The delivery writer's database session is cut off mid-send while the
+/// worker lives (a network blip, a proxy restart): its deliveries on the
+/// wire become unknown, its claimed ones go back, it goes on under a new
+/// session, and no address gets two copies.
+#[sqlx::test(migrations = false)]
+async fn a_cut_off_writer_session_sends_nobody_two(pool: PgPool) {
+    migrate(&pool).await;
+    sync_templates(&pool).await;
+    const N: i64 = 2000;
+    subscribers(&pool, "knip", N).await;
+    let sink = SmtpSink::start(&[]).expect("start smtp-sink");
+    let id = draft(&pool, "Knip").await;
+    let rt = start_worker(&pool, &config(sink.port, &[]));
+    dkl_worker::store::newsletters::schedule(&pool, id, None).await.unwrap();
+    for at_least in [300, 1000] {
+        wait_for(T, "some sent", || async {
+            (scalar_i64(&pool, "SELECT count(*) FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'sent'", id).await >= at_least)
+                .then_some(())
+        })
+        .await;
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM newsletter_senders) t",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(cut >= 1);
+    }
+    wait_newsletter(&pool, id, "sent", T).await;
+    rt.stop().await;
+    let d = deliveries(&pool, id).await;
+    let total: i64 = d.values().sum();
+    assert_eq!(total, N);
+    assert_eq!(
+        d.get("sent").copied().unwrap_or(0) + d.get("unknown").copied().unwrap_or(0),
+        N,
+        "{d:?}"
+    );
+    let got = received(&sink.stop_and_collect());
+    assert!(got.values().all(|n| *n == 1), "duplicates at the server");
+    assert!(got.len() as i64 >= d.get("sent").copied().unwrap_or(0));
 }

@@ -193,7 +193,28 @@ async fn send_round(pool: &PgPool, config: &Config, n: usize, quiet: bool) -> an
         run: run.clone(),
         id,
     };
+    let result = send_newsletter(pool, config, &run, id, quiet).await;
+    cleanup.run().await?;
+    result
+}
+
+/// Sends the benchmark's newsletter `id` to the subscribers of `run` only.
+async fn send_newsletter(
+    pool: &PgPool,
+    config: &Config,
+    run: &str,
+    id: Uuid,
+    quiet: bool,
+) -> anyhow::Result<Run> {
     newsletters::start(pool, id).await?;
+    // Only the benchmark's own subscribers: never a real one.
+    sqlx::query(
+        "DELETE FROM newsletter_deliveries WHERE newsletter_id = $1 AND email NOT LIKE 'nb-' || $2 || '-%@example.org'",
+    )
+    .bind(id)
+    .bind(run)
+    .execute(pool)
+    .await?;
     let total = newsletters::progress(pool, id)
         .await?
         .map_or(0, |p| p.total) as usize;
@@ -202,6 +223,7 @@ async fn send_round(pool: &PgPool, config: &Config, n: usize, quiet: bool) -> an
             serde_json::to_vec(&SendNewsletter {
                 newsletter_id: id,
                 lane,
+                by_status: false,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -251,22 +273,45 @@ async fn send_round(pool: &PgPool, config: &Config, n: usize, quiet: bool) -> an
             progress.sent
         );
     }
-    let message_bytes: i64 = sqlx::query_scalar(
-        "SELECT length(html_content) * 2 + 1500 FROM newsletters WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await?;
-    cleanup.run().await?;
+    let message_bytes = message_size(pool, config, id).await?;
     Ok(Run {
         recipients: total,
         seconds,
         peak_kib,
-        message_bytes: message_bytes as usize,
+        message_bytes,
     })
 }
 
-/// Removes what a round made (also when it failed half-way: best effort).
+/// The size of one recipient's message as sent (for smtp-source's `-l`).
+async fn message_size(pool: &PgPool, config: &Config, id: Uuid) -> anyhow::Result<usize> {
+    use dkl_worker::newsletter::message::Edition;
+    use dkl_worker::newsletter::token::{Subject, TokenKey};
+    let newsletter = newsletters::get(pool, id).await?.context("the newsletter went away")?;
+    let template = dkl_worker::store::email_templates::by_name(pool, "newsletter")
+        .await?
+        .context("no template `newsletter`")?;
+    let from = config
+        .mail
+        .smtp_for("newsletter")
+        .from
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the newsletter From address: {e}"))?;
+    let signer = TokenKey::new(config.newsletter.unsubscribe_secret.clone())
+        .signer(pool)
+        .await?
+        .clone();
+    let edition = Edition::new(&newsletter, template.template(), from, &config.newsletter, signer);
+    let message = edition.build(
+        &dkl_worker::templates::Renderer::new(),
+        "deelnemer1@example.org",
+        Some("Deelnemer 1"),
+        &Subject::Address("deelnemer1@example.org".into()),
+        "<bench@example.org>",
+    )?;
+    Ok(message.formatted().len())
+}
+
+/// Removes what a round made.
 struct Cleanup {
     pool: PgPool,
     run: String,

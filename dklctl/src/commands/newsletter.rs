@@ -100,14 +100,18 @@ pub async fn resend_unknown(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
 
 /// Progress: a live bar in a terminal (until the newsletter is final), one
 /// JSON object otherwise or with `json`.
-pub async fn status(pool: &PgPool, id: Uuid, json: bool) -> anyhow::Result<()> {
+pub async fn status(pool: &PgPool, id: Uuid, json: bool, once: bool) -> anyhow::Result<()> {
     let read = || async {
         newsletters::progress(pool, id)
             .await?
             .with_context(|| format!("no newsletter {id}; `dklctl newsletter list` shows them"))
     };
-    if json || !std::io::stdout().is_terminal() {
+    if json || (!once && !std::io::stdout().is_terminal()) {
         println!("{}", serde_json::to_string(&read().await?)?);
+        return Ok(());
+    }
+    if once {
+        println!("{}", bar_line(&read().await?));
         return Ok(());
     }
     let stop = dkl_shared::telemetry::shutdown_on_signals();

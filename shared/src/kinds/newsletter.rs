@@ -16,6 +16,11 @@ pub struct SendNewsletter {
     /// Which of the newsletter's lanes (0–3).
     #[serde(default)]
     pub lane: u8,
+    /// Enqueued because the newsletter was scheduled (its status): a lane
+    /// that finds it back in `draft` (unscheduled) leaves it alone. An
+    /// admin's job row (false) sends a draft at the row's time.
+    #[serde(default)]
+    pub by_status: bool,
 }
 
 impl JobKind for SendNewsletter {

@@ -6,9 +6,9 @@
 //!
 //! Nothing twice: a delivery is committed as `sending` before its SMTP
 //! transaction begins (and only while the newsletter is sending and the
-//! delivery is still this process's), and the SMTP connection is taken
-//! before that mark, so a delivery left `sending` by a dead worker really
-//! was on its way: it becomes `unknown`, never resent by itself.
+//! delivery is still this process's), after its SMTP slot is taken (so a
+//! mark is not followed by a long wait), and a delivery left `sending` by a
+//! dead worker becomes `unknown`, never resent by itself.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -105,6 +105,10 @@ impl NewsletterSender {
             )));
         };
         match newsletter.status {
+            NewsletterStatus::Draft if job.by_status => {
+                tracing::info!(newsletter = %id, lane = job.lane, "newsletter was unscheduled (back to draft); lane ends");
+                return Ok(());
+            }
             NewsletterStatus::Draft | NewsletterStatus::Scheduled => {
                 if let Some(at) = newsletter.scheduled_send_time
                     && at > Utc::now()
@@ -178,8 +182,18 @@ impl NewsletterSender {
                 wait,
                 "the newsletter SMTP configuration reached its hourly limit",
             )),
-            Stop::NotSending => Ok(()),
-            Stop::Drained => {
+            Stop::NotSending | Stop::Drained => {
+                // A mark refused because the delivery was no longer this
+                // sender's (a reconnect) also stops the senders: the lane
+                // ends only if the newsletter really stopped.
+                let status = newsletters::get(&self.pool, id)
+                    .await
+                    .map_err(JobError::retryable)?
+                    .map(|n| n.status);
+                if status != Some(NewsletterStatus::Sending) {
+                    tracing::info!(newsletter = %id, status = ?status, "newsletter not sending; lane ends");
+                    return Ok(());
+                }
                 newsletters::reclaim(&self.pool)
                     .await
                     .map_err(JobError::retryable)?;
@@ -204,8 +218,13 @@ impl NewsletterSender {
                         Duration::from_millis(100),
                         "deliveries returned by a reclaim; continuing",
                     )),
-                    // Others (live) are sending the rest; the last lane finishes.
-                    _ => Ok(()),
+                    // Others are sending the last ones: look again shortly,
+                    // so a sender that dies meanwhile is reclaimed and the
+                    // newsletter still finishes.
+                    _ => Err(JobError::snooze(
+                        Duration::from_secs(2),
+                        format!("{} deliveries in flight; waiting for them to finish", left.in_flight),
+                    )),
                 }
             }
         }
@@ -370,8 +389,11 @@ impl Lane<'_> {
                 return;
             }
             Err(e) => {
+                // Not marked: it goes back with the unsent ones (or, if the
+                // writer's session is gone, a reclaim returns it).
                 tracing::warn!(error = %e, "cannot mark a newsletter delivery; handing over");
                 self.stop_with(Stop::HandOver);
+                self.give_back(d).await;
                 return;
             }
         }
@@ -403,6 +425,7 @@ impl Lane<'_> {
             .record(&self.config.name, MailKind::Newsletter.as_str(), counted);
         owner.writer.outcome(Outcome {
             id: d.id,
+            sender: self.me,
             result: kind,
             code,
             reply,

@@ -24,6 +24,10 @@ use crate::store::newsletters::{self, Marked, Outcome, WriteSettings};
 /// The most marks and outcomes in one round trip.
 const MAX_BATCH: usize = 512;
 
+/// A write that takes longer has a dead connection (or a lock it waits on):
+/// the session is dropped and a new one made.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A write that could not be made.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("newsletter delivery writer: {0}")]
@@ -147,7 +151,11 @@ impl Task {
                     Err(_) => break,
                 }
             }
-            match self.write(&mut senders, marks).await {
+            let result = self.write(&mut senders, marks).await;
+            if self.outcomes.is_empty() {
+                self.answer_flushes();
+            }
+            match result {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -206,7 +214,11 @@ impl Task {
         let Some((conn, _)) = self.conn.as_mut() else {
             return Err(WriteError("not connected".into()));
         };
-        match newsletters::write(conn, me, &self.settings, &ids, &self.outcomes).await {
+        let writing = newsletters::write(conn, me, &self.settings, &ids, &self.outcomes);
+        let written = tokio::time::timeout(WRITE_TIMEOUT, writing)
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        match written {
             Ok(rows) => {
                 let marked: std::collections::HashMap<i64, Marked> = rows.into_iter().collect();
                 for (_, id, reply) in ours {

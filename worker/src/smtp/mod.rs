@@ -88,6 +88,51 @@ impl SmtpError {
     }
 }
 
+/// How a transaction failed: before the message content went out (nothing
+/// can have been delivered), or once it was on its way.
+enum Failed {
+    /// A command before DATA's content failed or was refused (`None`: timed out).
+    Refused(Option<lettre::transport::smtp::Error>),
+    /// Writing the content or reading its answer failed (`None`: timed out).
+    OnTheWire(Option<lettre::transport::smtp::Error>),
+}
+
+/// One SMTP transaction (MAIL, RCPT, DATA, content), as lettre's
+/// `AsyncSmtpConnection::send` does it, but telling a failure before the
+/// content from one after it: only the latter can have delivered the
+/// message, so only the latter makes bulk mail `unknown`.
+async fn transaction(
+    conn: &mut AsyncSmtpConnection,
+    timeout: Duration,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<lettre::transport::smtp::response::Response, Failed> {
+    use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+    use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+    // Addresses are ASCII by now (`crate::address`: IDN domains in
+    // ASCII, non-ASCII local parts refused), so SMTPUTF8 is never needed.
+    let mut options = Vec::new();
+    if !message.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let commands = async {
+        conn.command(Mail::new(envelope.from().cloned(), options)).await?;
+        for to in envelope.to() {
+            conn.command(Rcpt::new(to.clone(), vec![])).await?;
+        }
+        conn.command(Data).await
+    };
+    tokio::time::timeout(timeout, commands)
+        .await
+        .map_err(|_| Failed::Refused(None))?
+        .map_err(|e| Failed::Refused(Some(e)))?;
+    match tokio::time::timeout(timeout, conn.message(message)).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(Failed::OnTheWire(Some(e))),
+        Err(_) => Err(Failed::OnTheWire(None)),
+    }
+}
+
 /// A pooled connection idle for longer than this is checked with NOOP
 /// before it is used. One used a moment ago is not: the check would cost
 /// a round trip per message, and a server that closed it since (a restart)
@@ -253,9 +298,8 @@ impl Smtp {
                 None => break self.connect(config).await?,
             }
         };
-        let sending = tokio::time::timeout(config.command_timeout, conn.send(envelope, message));
-        match sending.await {
-            Ok(Ok(reply)) => {
+        match transaction(&mut conn, config.command_timeout, envelope, message).await {
+            Ok(reply) => {
                 let accepted = Accepted {
                     code: u16::from(reply.code()),
                     text: reply.message().collect::<Vec<_>>().join(" "),
@@ -263,16 +307,39 @@ impl Smtp {
                 self.put_idle(config, conn);
                 Ok(accepted)
             }
-            // lettre ends the session after any error (QUIT); it is dropped.
-            Ok(Err(e)) => Err(SmtpError::from_lettre(config, &e)),
-            Err(_) => Err(SmtpError::Unanswered {
+            // A failed session is dropped (never reused).
+            Err(Failed::Refused(Some(e))) => Err(SmtpError::from_lettre(config, &e)),
+            Err(Failed::Refused(None)) => Err(SmtpError::Transient {
+                code: None,
                 message: format!(
-                    "SMTP `{}` ({}:{}): no answer within {}s (DKL_SMTP_{}_COMMAND_TIMEOUT_SECS); the message may or may not have been accepted",
+                    "SMTP `{}` ({}:{}): no answer within {}s before the message was sent (DKL_SMTP_{}_COMMAND_TIMEOUT_SECS)",
                     config.name,
                     config.host,
                     config.port,
                     config.command_timeout.as_secs(),
                     config.name.to_uppercase()
+                ),
+            }),
+            // The server answered the end of the message with an error.
+            Err(Failed::OnTheWire(Some(e))) if e.status().is_some() => {
+                Err(SmtpError::from_lettre(config, &e))
+            }
+            // The message was (partly) on its way and no answer came: it may
+            // have been accepted.
+            Err(Failed::OnTheWire(e)) => Err(SmtpError::Unanswered {
+                message: format!(
+                    "SMTP `{}` ({}:{}): {} while the message was being sent; it may or may not have been accepted",
+                    config.name,
+                    config.host,
+                    config.port,
+                    match e {
+                        Some(e) => format!("connection failed ({e})"),
+                        None => format!(
+                            "no answer within {}s (DKL_SMTP_{}_COMMAND_TIMEOUT_SECS)",
+                            config.command_timeout.as_secs(),
+                            config.name.to_uppercase()
+                        ),
+                    }
                 ),
             }),
         }

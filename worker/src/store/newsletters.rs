@@ -244,14 +244,20 @@ pub async fn enqueue_lanes(executor: impl PgExecutor<'_>, id: Uuid) -> Result<()
 /// Registers the session of `conn` as a sender; its deliveries are
 /// reclaimed once this session is gone.
 pub async fn register_sender(conn: &mut PgConnection, worker: &str) -> Result<Uuid, sqlx::Error> {
-    sqlx::query_scalar(
+    let id: Uuid = sqlx::query_scalar(
         "INSERT INTO newsletter_senders (pid, backend_start, worker)
          SELECT pid, backend_start, $1 FROM pg_stat_activity WHERE pid = pg_backend_pid()
          RETURNING id",
     )
     .bind(worker)
-    .fetch_one(conn)
-    .await
+    .fetch_one(&mut *conn)
+    .await?;
+    // Held for the session's life: a free lock means a dead sender.
+    sqlx::query("SELECT pg_advisory_lock(dkl_newsletter_sender_key($1))")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
 }
 
 /// Deliveries of dead senders: claimed ones back to pending, sending ones
@@ -334,6 +340,8 @@ pub enum Marked {
 pub struct Outcome {
     /// The delivery.
     pub id: i64,
+    /// The sender that marked it `sending` (the outcome is of that attempt only).
+    pub sender: Uuid,
     /// What it became.
     pub result: OutcomeKind,
     /// The server's reply code.
@@ -388,7 +396,7 @@ pub async fn write(
     outcomes: &[Outcome],
 ) -> Result<Vec<(i64, Marked)>, sqlx::Error> {
     let rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, outcome FROM dkl_newsletter_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "SELECT id, outcome FROM dkl_newsletter_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(sender)
     .bind(&settings.smtp)
@@ -396,6 +404,7 @@ pub async fn write(
     .bind(settings.backoff_secs as i32)
     .bind(marks)
     .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.sender).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.result.as_str()).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.code.map(i32::from)).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.reply.clone()).collect::<Vec<_>>())
@@ -547,16 +556,19 @@ pub async fn deliveries_by_state(executor: impl PgExecutor<'_>) -> Result<Vec<(S
 
 /// The secret unsubscribe tokens are signed with when none is configured:
 /// made once (random), kept in `dkl_secrets`, the same for every worker.
-pub async fn stored_unsubscribe_secret(executor: impl PgExecutor<'_>) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH made AS (
-             INSERT INTO dkl_secrets (name, value)
-             VALUES ('unsubscribe', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
-             ON CONFLICT (name) DO NOTHING RETURNING value)
-         SELECT value FROM made UNION ALL SELECT value FROM dkl_secrets WHERE name = 'unsubscribe' LIMIT 1",
+pub async fn stored_unsubscribe_secret(pool: &sqlx::PgPool) -> Result<String, sqlx::Error> {
+    // Two statements: the select sees a row another worker made at the same
+    // moment (one statement's snapshot would not).
+    sqlx::query(
+        "INSERT INTO dkl_secrets (name, value)
+         VALUES ('unsubscribe', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
+         ON CONFLICT (name) DO NOTHING",
     )
-    .fetch_one(executor)
-    .await
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar("SELECT value FROM dkl_secrets WHERE name = 'unsubscribe'")
+        .fetch_one(pool)
+        .await
 }
 
 /// Unsubscribes subscriber `gebruiker` (or, without one, `address`) from
