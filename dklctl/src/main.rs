@@ -633,7 +633,9 @@ async fn run_newsletter(
         NewsletterCommand::Cancel { id } => {
             newsletter::set_status(pool, id, NewsletterStatus::Cancelled).await
         }
-        NewsletterCommand::Status { id, json, once } => newsletter::status(pool, id, json, once).await,
+        NewsletterCommand::Status { id, json, once } => {
+            newsletter::status(pool, id, json, once).await
+        }
         NewsletterCommand::ResendUnknown { id } => newsletter::resend_unknown(pool, id).await,
         NewsletterCommand::SendTest { id, to } => {
             newsletter::send_test(pool, config, id, &to).await

@@ -59,11 +59,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     config.newsletter.unsubscribe_secret.clone(),
                 ),
             });
-            let (bound, server) = http::bind(addr, monitoring, Some(unsubscribe)).await.with_context(|| {
-                format!(
-                    "cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"
-                )
-            })?;
+            let (bound, server) = http::bind(addr, monitoring, Some(unsubscribe))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"
+                    )
+                })?;
             tracing::info!(addr = %bound, public_base_url = %config.newsletter.public_base_url, "serving /healthz, /metrics and /unsubscribe");
             Some(tokio::spawn(http::serve_until(server, http_stop.clone())))
         }

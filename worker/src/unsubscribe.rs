@@ -115,9 +115,7 @@ async fn check(app: &Unsubscribe, token: &str) -> Result<Subject, Response> {
         page(
             code,
             "Ongeldige afmeldlink",
-            &format!(
-                "{e}. Deze link werkt niet; gebruik de afmeldlink onderaan een nieuwsbrief."
-            ),
+            &format!("{e}. Deze link werkt niet; gebruik de afmeldlink onderaan een nieuwsbrief."),
             false,
         )
     })

@@ -73,7 +73,11 @@ async fn draft(pool: &PgPool, title: &str) -> Uuid {
 }
 
 async fn scalar_i64(pool: &PgPool, sql: &'static str, id: Uuid) -> i64 {
-    sqlx::query_scalar(sql).bind(id).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 async fn status(pool: &PgPool, id: Uuid) -> String {
@@ -116,7 +120,11 @@ fn received(messages: &[String]) -> BTreeMap<String, usize> {
         if !(last.starts_with("--") && last.ends_with("--")) {
             continue;
         }
-        if let Some(to) = parsed.to().and_then(|a| a.first()).and_then(|a| a.address()) {
+        if let Some(to) = parsed
+            .to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+        {
             *seen.entry(to.to_lowercase()).or_insert(0) += 1;
         }
     }
@@ -170,7 +178,10 @@ async fn scheduled_by_sql_goes_once_to_each_subscriber_with_list_headers(pool: P
     assert_eq!(got.len(), 25, "{got:?}");
     assert!(got.values().all(|n| *n == 1), "each once: {got:?}");
     assert!(got.keys().all(|a| a.starts_with("lid")), "{got:?}");
-    assert_eq!(deliveries(&pool, id).await, BTreeMap::from([("sent".into(), 25)]));
+    assert_eq!(
+        deliveries(&pool, id).await,
+        BTreeMap::from([("sent".into(), 25)])
+    );
     let (total, sent_at_set): (i32, bool) = sqlx::query_as(
         "SELECT recipients_total, sent_at IS NOT NULL FROM newsletters WHERE id = $1",
     )
@@ -188,19 +199,36 @@ async fn scheduled_by_sql_goes_once_to_each_subscriber_with_list_headers(pool: P
     assert_eq!(logged, 25);
 
     // The headers of RFC 2369, 2919 and 8058, and the body.
-    let raw = messages.iter().find(|m| m.contains("lid7@example.org")).unwrap();
-    let m = mail_parser::MessageParser::default().parse(raw.as_bytes()).unwrap();
+    let raw = messages
+        .iter()
+        .find(|m| m.contains("lid7@example.org"))
+        .unwrap();
+    let m = mail_parser::MessageParser::default()
+        .parse(raw.as_bytes())
+        .unwrap();
     let unsubscribe = header(&m, "List-Unsubscribe").expect("List-Unsubscribe");
     let (https, mailto) = unsubscribe.split_once(", ").expect("two URIs");
-    assert!(https.starts_with("<https://dkl.example/mail/unsubscribe/") && https.ends_with('>'), "{unsubscribe}");
-    assert!(mailto.starts_with("<mailto:") && mailto.contains("?subject=unsubscribe"), "{unsubscribe}");
+    assert!(
+        https.starts_with("<https://dkl.example/mail/unsubscribe/") && https.ends_with('>'),
+        "{unsubscribe}"
+    );
+    assert!(
+        mailto.starts_with("<mailto:") && mailto.contains("?subject=unsubscribe"),
+        "{unsubscribe}"
+    );
     assert_eq!(
         header(&m, "List-Unsubscribe-Post").as_deref(),
         Some("List-Unsubscribe=One-Click")
     );
     let list_id = header(&m, "List-Id").unwrap();
-    assert!(list_id.ends_with("<nieuwsbrief.dekoninklijkeloop.nl>"), "{list_id}");
-    assert_eq!(header(&m, "Auto-Submitted").as_deref(), Some("auto-generated"));
+    assert!(
+        list_id.ends_with("<nieuwsbrief.dekoninklijkeloop.nl>"),
+        "{list_id}"
+    );
+    assert_eq!(
+        header(&m, "Auto-Submitted").as_deref(),
+        Some("auto-generated")
+    );
     assert_eq!(m.subject(), Some("Nieuws van De Koninklijke Loop"));
     let html = m.body_html(0).unwrap();
     assert!(html.contains("Beste Lid 7"), "{html}");
@@ -226,28 +254,61 @@ async fn transitions_that_make_no_sense_are_refused(pool: PgPool) {
         let pool = pool.clone();
         async move { sqlx::query(sql).bind(id).execute(&pool).await }
     };
-    let err = try_sql("UPDATE newsletters SET status = 'sending' WHERE id = $1").await.unwrap_err();
-    assert!(err.to_string().contains("set status = 'scheduled'"), "{err}");
-    let err = try_sql("UPDATE newsletters SET status = 'sent' WHERE id = $1").await.unwrap_err();
-    assert!(err.to_string().contains("cannot go from draft to sent"), "{err}");
-    let err = try_sql("UPDATE newsletters SET status = 'verstuurd' WHERE id = $1").await.unwrap_err();
-    assert!(err.to_string().contains("cannot go from draft to verstuurd") || err.to_string().contains("newsletters_status_check"), "{err}");
-    let err = sqlx::query("INSERT INTO newsletters (title, content, status) VALUES ('x', 'y', 'sent')")
-        .execute(&pool)
+    let err = try_sql("UPDATE newsletters SET status = 'sending' WHERE id = $1")
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("starts as draft or scheduled"), "{err}");
+    assert!(
+        err.to_string().contains("set status = 'scheduled'"),
+        "{err}"
+    );
+    let err = try_sql("UPDATE newsletters SET status = 'sent' WHERE id = $1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot go from draft to sent"),
+        "{err}"
+    );
+    let err = try_sql("UPDATE newsletters SET status = 'verstuurd' WHERE id = $1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot go from draft to verstuurd")
+            || err.to_string().contains("newsletters_status_check"),
+        "{err}"
+    );
+    let err =
+        sqlx::query("INSERT INTO newsletters (title, content, status) VALUES ('x', 'y', 'sent')")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("starts as draft or scheduled"),
+        "{err}"
+    );
     // Scheduling and unscheduling are fine; content can change until sending starts.
     try_sql("UPDATE newsletters SET status = 'scheduled', scheduled_send_time = now() + interval '1 day' WHERE id = $1").await.unwrap();
-    try_sql("UPDATE newsletters SET content = 'nieuw' WHERE id = $1").await.unwrap();
-    try_sql("UPDATE newsletters SET status = 'draft' WHERE id = $1").await.unwrap();
+    try_sql("UPDATE newsletters SET content = 'nieuw' WHERE id = $1")
+        .await
+        .unwrap();
+    try_sql("UPDATE newsletters SET status = 'draft' WHERE id = $1")
+        .await
+        .unwrap();
     // Once sending has started, the content is fixed.
-    dkl_worker::store::newsletters::start(&pool, id).await.unwrap();
+    dkl_worker::store::newsletters::start(&pool, id)
+        .await
+        .unwrap();
     assert_eq!(status(&pool, id).await, "sending");
-    let err = try_sql("UPDATE newsletters SET html_content = '<p>anders</p>' WHERE id = $1").await.unwrap_err();
+    let err = try_sql("UPDATE newsletters SET html_content = '<p>anders</p>' WHERE id = $1")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("content cannot change"), "{err}");
-    try_sql("UPDATE newsletters SET status = 'cancelled' WHERE id = $1").await.unwrap();
-    let err = try_sql("UPDATE newsletters SET status = 'scheduled' WHERE id = $1").await.unwrap_err();
+    try_sql("UPDATE newsletters SET status = 'cancelled' WHERE id = $1")
+        .await
+        .unwrap();
+    let err = try_sql("UPDATE newsletters SET status = 'scheduled' WHERE id = $1")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("stays cancelled"), "{err}");
 }
 
@@ -288,7 +349,9 @@ async fn two_workers_share_one_newsletter_and_send_each_once(pool: PgPool) {
     let id = draft(&pool, "Twee werkers").await;
     let a = start_worker(&pool, &config);
     let b = start_worker(&pool, &config);
-    dkl_worker::store::newsletters::schedule(&pool, id, None).await.unwrap();
+    dkl_worker::store::newsletters::schedule(&pool, id, None)
+        .await
+        .unwrap();
     wait_newsletter(&pool, id, "sent", T).await;
     a.stop().await;
     b.stop().await;
@@ -314,11 +377,16 @@ async fn pause_stops_within_two_seconds_resume_goes_on_cancel_stops_for_good(poo
     let config = config(sink.port, &[("DKL_SMTP_DEFAULT_RATE_PER_SECOND", "100")]);
     let id = draft(&pool, "Pauze").await;
     let rt = start_worker(&pool, &config);
-    dkl_worker::store::newsletters::schedule(&pool, id, None).await.unwrap();
+    dkl_worker::store::newsletters::schedule(&pool, id, None)
+        .await
+        .unwrap();
     let sent = |pool: PgPool| async move {
         scalar_i64(&pool, "SELECT count(*) FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'sent'", id).await
     };
-    wait_for(T, "some sent", || async { (sent(pool.clone()).await >= 50).then_some(()) }).await;
+    wait_for(T, "some sent", || async {
+        (sent(pool.clone()).await >= 50).then_some(())
+    })
+    .await;
     sqlx::query("UPDATE newsletters SET status = 'paused' WHERE id = $1")
         .bind(id)
         .execute(&pool)
@@ -328,25 +396,46 @@ async fn pause_stops_within_two_seconds_resume_goes_on_cancel_stops_for_good(poo
     let at_pause = sent(pool.clone()).await;
     let on_wire_at_pause = sink.messages().len();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(sent(pool.clone()).await, at_pause, "nothing sent after 2 s of pause");
-    assert_eq!(sink.messages().len(), on_wire_at_pause, "nothing reached the server");
+    assert_eq!(
+        sent(pool.clone()).await,
+        at_pause,
+        "nothing sent after 2 s of pause"
+    );
+    assert_eq!(
+        sink.messages().len(),
+        on_wire_at_pause,
+        "nothing reached the server"
+    );
     assert!(at_pause < 400, "paused mid-send ({at_pause})");
     let d = deliveries(&pool, id).await;
-    assert_eq!(d.get("claimed"), None, "claimed deliveries went back: {d:?}");
+    assert_eq!(
+        d.get("claimed"),
+        None,
+        "claimed deliveries went back: {d:?}"
+    );
     assert_eq!(d.get("sending"), None, "{d:?}");
     // Resume: goes on where it stopped.
-    dkl_worker::store::newsletters::set_status(&pool, id, dkl_worker::store::newsletters::NewsletterStatus::Sending)
-        .await
-        .unwrap();
+    dkl_worker::store::newsletters::set_status(
+        &pool,
+        id,
+        dkl_worker::store::newsletters::NewsletterStatus::Sending,
+    )
+    .await
+    .unwrap();
     wait_newsletter(&pool, id, "sent", T).await;
 
     // Cancel mid-send: the rest is cancelled, never sent.
     let other = draft(&pool, "Afgelast").await;
-    dkl_worker::store::newsletters::schedule(&pool, other, None).await.unwrap();
+    dkl_worker::store::newsletters::schedule(&pool, other, None)
+        .await
+        .unwrap();
     let sent_other = |pool: PgPool| async move {
         scalar_i64(&pool, "SELECT count(*) FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'sent'", other).await
     };
-    wait_for(T, "some sent", || async { (sent_other(pool.clone()).await >= 30).then_some(()) }).await;
+    wait_for(T, "some sent", || async {
+        (sent_other(pool.clone()).await >= 30).then_some(())
+    })
+    .await;
     sqlx::query("UPDATE newsletters SET status = 'cancelled' WHERE id = $1")
         .bind(other)
         .execute(&pool)
@@ -357,7 +446,11 @@ async fn pause_stops_within_two_seconds_resume_goes_on_cancel_stops_for_good(poo
     let d = deliveries(&pool, other).await;
     let sent_n = d.get("sent").copied().unwrap_or(0);
     assert!(d.get("cancelled").copied().unwrap_or(0) > 0, "{d:?}");
-    assert_eq!(sent_n + d.get("cancelled").copied().unwrap_or(0), 400, "{d:?}");
+    assert_eq!(
+        sent_n + d.get("cancelled").copied().unwrap_or(0),
+        400,
+        "{d:?}"
+    );
     assert_eq!(status(&pool, other).await, "cancelled");
 
     let got = received(&sink.stop_and_collect());
@@ -365,7 +458,10 @@ async fn pause_stops_within_two_seconds_resume_goes_on_cancel_stops_for_good(poo
     // Each address got the first newsletter once and the second at most once.
     assert_eq!(got.len(), 400);
     let twice = got.values().filter(|n| **n == 2).count() as i64;
-    assert_eq!(twice, sent_n, "the second newsletter reached exactly its sent recipients");
+    assert_eq!(
+        twice, sent_n,
+        "the second newsletter reached exactly its sent recipients"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -377,10 +473,15 @@ async fn refusals_fail_retries_back_off_and_suppressed_addresses_are_skipped(poo
     let refusing = SmtpSink::start(&["-f", "rcpt"]).expect("start smtp-sink");
     let id = draft(&pool, "Geweigerd").await;
     let rt = start_worker(&pool, &config(refusing.port, &[]));
-    dkl_worker::store::newsletters::schedule(&pool, id, None).await.unwrap();
+    dkl_worker::store::newsletters::schedule(&pool, id, None)
+        .await
+        .unwrap();
     wait_newsletter(&pool, id, "sent", T).await;
     rt.stop().await;
-    assert_eq!(deliveries(&pool, id).await, BTreeMap::from([("failed".into(), 6)]));
+    assert_eq!(
+        deliveries(&pool, id).await,
+        BTreeMap::from([("failed".into(), 6)])
+    );
     let (error, code): (String, i32) = sqlx::query_as(
         "SELECT error, smtp_code FROM newsletter_deliveries WHERE newsletter_id = $1 LIMIT 1",
     )
@@ -397,10 +498,15 @@ async fn refusals_fail_retries_back_off_and_suppressed_addresses_are_skipped(poo
     let id = draft(&pool, "Later").await;
     let retrying = config(
         busy.port,
-        &[("DKL_NEWSLETTER_MAX_ATTEMPTS", "2"), ("DKL_NEWSLETTER_RETRY_SECS", "1")],
+        &[
+            ("DKL_NEWSLETTER_MAX_ATTEMPTS", "2"),
+            ("DKL_NEWSLETTER_RETRY_SECS", "1"),
+        ],
     );
     let rt = start_worker(&pool, &retrying);
-    dkl_worker::store::newsletters::schedule(&pool, id, None).await.unwrap();
+    dkl_worker::store::newsletters::schedule(&pool, id, None)
+        .await
+        .unwrap();
     wait_newsletter(&pool, id, "sent", T).await;
     rt.stop().await;
     let (attempts, error): (i32, String) = sqlx::query_as(
@@ -412,35 +518,49 @@ async fn refusals_fail_retries_back_off_and_suppressed_addresses_are_skipped(poo
     .unwrap();
     assert_eq!(attempts, 2);
     assert!(error.starts_with("gave up after 2 attempts"), "{error}");
-    assert_eq!(deliveries(&pool, id).await, BTreeMap::from([("failed".into(), 6)]));
+    assert_eq!(
+        deliveries(&pool, id).await,
+        BTreeMap::from([("failed".into(), 6)])
+    );
 
     // Suppressed after the recipients were fixed: skipped, with the reason.
     let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     let id = draft(&pool, "Overgeslagen").await;
-    dkl_worker::store::newsletters::start(&pool, id).await.unwrap();
+    dkl_worker::store::newsletters::start(&pool, id)
+        .await
+        .unwrap();
     dkl_worker::store::suppressions::add(&pool, "vijf3@example.org", "all", "hard_bounce", "test")
         .await
         .unwrap();
-    dkl_worker::store::newsletters::enqueue_lanes(&pool, id).await.unwrap();
+    dkl_worker::store::newsletters::enqueue_lanes(&pool, id)
+        .await
+        .unwrap();
     let rt = start_worker(&pool, &config(sink.port, &[]));
     wait_newsletter(&pool, id, "sent", T).await;
     rt.stop().await;
     let d = deliveries(&pool, id).await;
-    assert_eq!(d, BTreeMap::from([("sent".into(), 5), ("skipped".into(), 1)]));
+    assert_eq!(
+        d,
+        BTreeMap::from([("sent".into(), 5), ("skipped".into(), 1)])
+    );
     let got = received(&sink.stop_and_collect());
     assert!(!got.contains_key("vijf3@example.org"));
-    let why: String = sqlx::query_scalar("SELECT error FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'skipped'")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let why: String = sqlx::query_scalar(
+        "SELECT error FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'skipped'",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert!(why.contains("hard_bounce"), "{why}");
 }
 
 /// A raw HTTP/1.1 request; returns (status, body).
 async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -450,7 +570,11 @@ async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) 
     stream.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (code, body.to_string())
 }
 
@@ -473,15 +597,19 @@ async fn one_click_post_unsubscribes_get_never_does_forged_tokens_change_nothing
     let signer = TokenKey::new(None).signer(&pool).await.unwrap().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, dkl_worker::unsubscribe::router(pages)).await });
+    tokio::spawn(
+        async move { axum::serve(listener, dkl_worker::unsubscribe::router(pages)).await },
+    );
     let subscribed = |id: Uuid| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, bool>("SELECT newsletter_subscribed FROM gebruikers WHERE id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, bool>(
+                "SELECT newsletter_subscribed FROM gebruikers WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
         }
     };
     let token = signer.sign_now(&Subject::Gebruiker(anna));
@@ -500,11 +628,25 @@ async fn one_click_post_unsubscribes_get_never_does_forged_tokens_change_nothing
     let forged = format!("/unsubscribe/{bert_payload}.{tag}");
     let (code, _) = http(port, "POST", &forged, "List-Unsubscribe=One-Click").await;
     assert_eq!(code, 403);
-    let (code, body) = http(port, "POST", &format!("/unsubscribe/{}", &token[..token.len() - 4]), "List-Unsubscribe=One-Click").await;
+    let (code, body) = http(
+        port,
+        "POST",
+        &format!("/unsubscribe/{}", &token[..token.len() - 4]),
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("incomplete or damaged"), "{body}");
-    assert!(subscribed(anna).await && subscribed(bert).await, "nothing changed");
-    let suppressed = scalar_i64(&pool, "SELECT count(*) FROM email_suppressions WHERE $1::uuid IS NOT NULL", anna).await;
+    assert!(
+        subscribed(anna).await && subscribed(bert).await,
+        "nothing changed"
+    );
+    let suppressed = scalar_i64(
+        &pool,
+        "SELECT count(*) FROM email_suppressions WHERE $1::uuid IS NOT NULL",
+        anna,
+    )
+    .await;
     assert_eq!(suppressed, 0);
 
     // One click: unsubscribed, suppressed for bulk mail only, 200, no redirect.
@@ -546,21 +688,28 @@ async fn kill_9_three_times_during_a_10000_recipient_newsletter_sends_nobody_two
         cmd
     };
     let id = draft(&pool, "Kill -9").await;
-    dkl_worker::store::newsletters::schedule(&pool, id, None).await.unwrap();
+    dkl_worker::store::newsletters::schedule(&pool, id, None)
+        .await
+        .unwrap();
     let sent = |pool: PgPool| async move {
         scalar_i64(&pool, "SELECT count(*) FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'sent'", id).await
     };
     let mut unknown_after = Vec::new();
     for (round, at_least) in [1500, 4000, 6500].into_iter().enumerate() {
         let mut child = spawn_logged(worker(), &log_path(&format!("newsletter-kill9-{round}")));
-        wait_for(Duration::from_secs(120), "deliveries being sent", || async {
-            (sent(pool.clone()).await >= at_least).then_some(())
-        })
+        wait_for(
+            Duration::from_secs(120),
+            "deliveries being sent",
+            || async { (sent(pool.clone()).await >= at_least).then_some(()) },
+        )
         .await;
         signal(&child.0, libc::SIGKILL);
         let _ = child.0.wait();
         let d = deliveries(&pool, id).await;
-        assert!(d.get("sent").copied().unwrap_or(0) < N, "round {round}: killed mid-send: {d:?}");
+        assert!(
+            d.get("sent").copied().unwrap_or(0) < N,
+            "round {round}: killed mid-send: {d:?}"
+        );
         unknown_after.push(d.get("sending").copied().unwrap_or(0));
     }
     let _last = spawn_logged(worker(), &log_path("newsletter-kill9-last"));
@@ -593,7 +742,10 @@ async fn kill_9_three_times_during_a_10000_recipient_newsletter_sends_nobody_two
     .into_iter()
     .collect();
     let at_server: BTreeSet<String> = got.keys().cloned().collect();
-    assert!(sent_addresses.is_subset(&at_server), "a `sent` delivery never reached the server");
+    assert!(
+        sent_addresses.is_subset(&at_server),
+        "a `sent` delivery never reached the server"
+    );
     assert!(at_server.len() as i64 <= sent_n + unknown);
     eprintln!(
         "kill -9 ×3 during {N}: sent {sent_n}, failed {failed}, unknown {unknown}, at the server {}, duplicates 0",
@@ -641,7 +793,9 @@ async fn a_cut_off_writer_session_sends_nobody_two(pool: PgPool) {
     let sink = SmtpSink::start(&[]).expect("start smtp-sink");
     let id = draft(&pool, "Knip").await;
     let rt = start_worker(&pool, &config(sink.port, &[]));
-    dkl_worker::store::newsletters::schedule(&pool, id, None).await.unwrap();
+    dkl_worker::store::newsletters::schedule(&pool, id, None)
+        .await
+        .unwrap();
     for at_least in [300, 1000] {
         wait_for(T, "some sent", || async {
             (scalar_i64(&pool, "SELECT count(*) FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'sent'", id).await >= at_least)

@@ -78,7 +78,10 @@ pub async fn run(pool: &PgPool, config: &Config, args: NewsletterBenchArgs) -> a
     let sink =
         SmtpSink::start_discarding(&[]).context("cannot start a local smtp-sink (postfix)")?;
     let mut config = config.clone();
-    config.jobs.queue_concurrency.insert(QUEUE.into(), LANES as usize);
+    config
+        .jobs
+        .queue_concurrency
+        .insert(QUEUE.into(), LANES as usize);
     for smtp in config.mail.all_mut() {
         smtp.host = "127.0.0.1".into();
         smtp.port = sink.port;
@@ -187,7 +190,8 @@ async fn send_round(pool: &PgPool, config: &Config, n: usize, quiet: bool) -> an
     .await?;
     let html = "<p>De inschrijving voor De Koninklijke Loop 2027 is geopend. Loop mee en steun het goede doel!</p>\n"
         .repeat(20);
-    let id = newsletters::create(pool, &format!("Benchmark {run}"), "zie HTML", Some(&html)).await?;
+    let id =
+        newsletters::create(pool, &format!("Benchmark {run}"), "zie HTML", Some(&html)).await?;
     let cleanup = Cleanup {
         pool: pool.clone(),
         run: run.clone(),
@@ -286,7 +290,9 @@ async fn send_newsletter(
 async fn message_size(pool: &PgPool, config: &Config, id: Uuid) -> anyhow::Result<usize> {
     use dkl_worker::newsletter::message::Edition;
     use dkl_worker::newsletter::token::{Subject, TokenKey};
-    let newsletter = newsletters::get(pool, id).await?.context("the newsletter went away")?;
+    let newsletter = newsletters::get(pool, id)
+        .await?
+        .context("the newsletter went away")?;
     let template = dkl_worker::store::email_templates::by_name(pool, "newsletter")
         .await?
         .context("no template `newsletter`")?;
@@ -300,7 +306,13 @@ async fn message_size(pool: &PgPool, config: &Config, id: Uuid) -> anyhow::Resul
         .signer(pool)
         .await?
         .clone();
-    let edition = Edition::new(&newsletter, template.template(), from, &config.newsletter, signer);
+    let edition = Edition::new(
+        &newsletter,
+        template.template(),
+        from,
+        &config.newsletter,
+        signer,
+    );
     let message = edition.build(
         &dkl_worker::templates::Renderer::new(),
         "deelnemer1@example.org",

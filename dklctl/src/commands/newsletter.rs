@@ -32,8 +32,8 @@ pub async fn create(
     text: &std::path::Path,
     html: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let content = std::fs::read_to_string(text)
-        .with_context(|| format!("cannot read {}", text.display()))?;
+    let content =
+        std::fs::read_to_string(text).with_context(|| format!("cannot read {}", text.display()))?;
     let html = html
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
         .transpose()?;
@@ -78,7 +78,10 @@ pub async fn schedule(pool: &PgPool, id: Uuid, at: Option<DateTime<Utc>>) -> any
 
 /// Pauses, resumes or cancels `id`.
 pub async fn set_status(pool: &PgPool, id: Uuid, status: NewsletterStatus) -> anyhow::Result<()> {
-    if !newsletters::set_status(pool, id, status).await.map_err(plain)? {
+    if !newsletters::set_status(pool, id, status)
+        .await
+        .map_err(plain)?
+    {
         anyhow::bail!("no newsletter {id}; `dklctl newsletter list` shows them");
     }
     let what = match status {
@@ -119,8 +122,10 @@ pub async fn status(pool: &PgPool, id: Uuid, json: bool, once: bool) -> anyhow::
         let p = read().await?;
         print!("\r\x1b[2K{}", bar_line(&p));
         std::io::stdout().flush()?;
-        let finished = matches!(p.status, NewsletterStatus::Sent | NewsletterStatus::Cancelled)
-            || (p.status == NewsletterStatus::Draft);
+        let finished = matches!(
+            p.status,
+            NewsletterStatus::Sent | NewsletterStatus::Cancelled
+        ) || (p.status == NewsletterStatus::Draft);
         if finished || stop.is_cancelled() {
             println!();
             return Ok(());
@@ -182,7 +187,13 @@ pub async fn send_test(pool: &PgPool, config: &Config, id: Uuid, to: &str) -> an
     })?;
     let keys = TokenKey::new(config.newsletter.unsubscribe_secret.clone());
     let signer = keys.signer(pool).await?.clone();
-    let edition = Edition::new(&newsletter, template.template(), from, &config.newsletter, signer);
+    let edition = Edition::new(
+        &newsletter,
+        template.template(),
+        from,
+        &config.newsletter,
+        signer,
+    );
     let to = dkl_worker::address::mailbox(to)?.email.to_string();
     let message_id = format!("<{}@{}>", Uuid::new_v4(), edition.from().email.domain());
     let renderer = dkl_worker::templates::Renderer::new();
@@ -223,7 +234,10 @@ pub async fn send_test(pool: &PgPool, config: &Config, id: Uuid, to: &str) -> an
     .await?;
     match sent {
         Ok(a) => {
-            println!("test copy of newsletter {id} sent to {to}: {} {}", a.code, a.text);
+            println!(
+                "test copy of newsletter {id} sent to {to}: {} {}",
+                a.code, a.text
+            );
             Ok(())
         }
         Err(e) => anyhow::bail!("test copy of newsletter {id} to {to} not sent: {e}"),

@@ -69,10 +69,15 @@ impl Default for JobsConfig {
 }
 
 fn default_queue_concurrency() -> BTreeMap<String, usize> {
-    [("default", 10), ("mail", 4), ("newsletter", 2), ("maintenance", 2)]
-        .into_iter()
-        .map(|(q, n)| (q.to_string(), n))
-        .collect()
+    [
+        ("default", 10),
+        ("mail", 4),
+        ("newsletter", 2),
+        ("maintenance", 2),
+    ]
+    .into_iter()
+    .map(|(q, n)| (q.to_string(), n))
+    .collect()
 }
 
 impl JobsConfig {

@@ -19,9 +19,9 @@ mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
 pub use imap::{AfterImport, ImapAccount, ImapConfig};
-pub use newsletter::{DEFAULT_PUBLIC_BASE_URL, NewsletterConfig};
 pub use jobs::JobsConfig;
 pub use mail::{DkimConfig, MailConfig, SmtpConfig, TlsMode};
+pub use newsletter::{DEFAULT_PUBLIC_BASE_URL, NewsletterConfig};
 pub use parse::{MAX_AGE, parse_age};
 pub use scheduler::SchedulerConfig;
 

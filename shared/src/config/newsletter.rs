@@ -71,7 +71,9 @@ impl NewsletterConfig {
             None => d.public_base_url,
             Some(raw) => base_url(&raw)?,
         };
-        let unsubscribe_secret = match get("DKL_UNSUBSCRIBE_SECRET").filter(|v| !v.trim().is_empty()) {
+        let unsubscribe_secret = match get("DKL_UNSUBSCRIBE_SECRET")
+            .filter(|v| !v.trim().is_empty())
+        {
             None => None,
             Some(s) if s.trim().len() >= 32 => Some(s.trim().to_string()),
             Some(s) => {
@@ -140,7 +142,9 @@ mod tests {
 
     fn read(vars: &[(&str, &str)]) -> Result<NewsletterConfig, ConfigError> {
         NewsletterConfig::from_lookup(&|k: &str| {
-            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
         })
     }
 

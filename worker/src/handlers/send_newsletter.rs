@@ -150,7 +150,11 @@ impl NewsletterSender {
             .await
             .map_err(JobError::retryable)?;
         if returned + unknown > 0 {
-            tracing::warn!(returned, unknown, "deliveries of a dead worker: claimed ones back to pending, those on the wire unknown");
+            tracing::warn!(
+                returned,
+                unknown,
+                "deliveries of a dead worker: claimed ones back to pending, those on the wire unknown"
+            );
         }
         let config = self.smtp.config_for(MailKind::Newsletter);
         let lane = Lane {
@@ -211,7 +215,10 @@ impl NewsletterSender {
                     // Retries ahead: this lane comes back for them.
                     Some(at) if left.due == 0 => Err(JobError::snooze(
                         (at - Utc::now()).to_std().unwrap_or_default(),
-                        format!("{} deliveries in flight elsewhere; next retry at {at}", left.in_flight),
+                        format!(
+                            "{} deliveries in flight elsewhere; next retry at {at}",
+                            left.in_flight
+                        ),
                     )),
                     // Due again already (a reclaim returned some): go on.
                     _ if left.due > 0 => Err(JobError::snooze(
@@ -223,7 +230,10 @@ impl NewsletterSender {
                     // newsletter still finishes.
                     _ => Err(JobError::snooze(
                         Duration::from_secs(2),
-                        format!("{} deliveries in flight; waiting for them to finish", left.in_flight),
+                        format!(
+                            "{} deliveries in flight; waiting for them to finish",
+                            left.in_flight
+                        ),
                     )),
                 }
             }
@@ -380,7 +390,11 @@ impl Lane<'_> {
         match owner.writer.mark(self.me, d.id).await {
             Ok(Marked::Sending) => {}
             Ok(Marked::Skipped) => {
-                owner.smtp.stats().record(&self.config.name, MailKind::Newsletter.as_str(), SendOutcome::Suppressed);
+                owner.smtp.stats().record(
+                    &self.config.name,
+                    MailKind::Newsletter.as_str(),
+                    SendOutcome::Suppressed,
+                );
                 return;
             }
             Ok(Marked::Released) => {
@@ -406,18 +420,36 @@ impl Lane<'_> {
             .await;
         drop(slot);
         let (kind, counted, code, reply, error) = match sent {
-            Ok(a) => (OutcomeKind::Sent, SendOutcome::Sent, Some(a.code), Some(a.text), None),
+            Ok(a) => (
+                OutcomeKind::Sent,
+                SendOutcome::Sent,
+                Some(a.code),
+                Some(a.text),
+                None,
+            ),
             Err(e @ SmtpError::Unanswered { .. }) => (
                 OutcomeKind::Unknown,
                 SendOutcome::Unknown,
                 None,
                 None,
-                Some(format!("{e}; not resent by itself (`dklctl newsletter resend-unknown` does it on purpose)")),
+                Some(format!(
+                    "{e}; not resent by itself (`dklctl newsletter resend-unknown` does it on purpose)"
+                )),
             ),
-            Err(e @ SmtpError::Permanent { .. }) => {
-                (OutcomeKind::Failed, SendOutcome::Failed, e.code(), None, Some(e.to_string()))
-            }
-            Err(e) => (OutcomeKind::Retry, SendOutcome::Deferred, e.code(), None, Some(e.to_string())),
+            Err(e @ SmtpError::Permanent { .. }) => (
+                OutcomeKind::Failed,
+                SendOutcome::Failed,
+                e.code(),
+                None,
+                Some(e.to_string()),
+            ),
+            Err(e) => (
+                OutcomeKind::Retry,
+                SendOutcome::Deferred,
+                e.code(),
+                None,
+                Some(e.to_string()),
+            ),
         };
         owner
             .smtp

@@ -50,7 +50,10 @@ impl Edition {
     ) -> Self {
         let (content_html, content_text) = match &newsletter.html_content {
             Some(html) if !html.trim().is_empty() => (html.clone(), html_to_text(html)),
-            _ => (text_to_html(&newsletter.content), newsletter.content.clone()),
+            _ => (
+                text_to_html(&newsletter.content),
+                newsletter.content.clone(),
+            ),
         };
         let list_id = config
             .list_id
@@ -104,12 +107,10 @@ impl Edition {
                 "afmeld_link": url,
             }),
         )?;
-        let mut to = crate::address::mailbox(email).map_err(|e| BuildError::Address(e.to_string()))?;
+        let mut to =
+            crate::address::mailbox(email).map_err(|e| BuildError::Address(e.to_string()))?;
         to.name = naam.filter(|n| !n.trim().is_empty()).map(str::to_string);
-        let mailto = format!(
-            "mailto:{}?subject=unsubscribe%20{token}",
-            self.from.email
-        );
+        let mailto = format!("mailto:{}?subject=unsubscribe%20{token}", self.from.email);
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -129,7 +130,10 @@ impl Edition {
             headers.push(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".into()));
         }
         for (name, value) in headers {
-            builder = builder.raw_header(HeaderValue::new(HeaderName::new_from_ascii_str(name), value));
+            builder = builder.raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str(name),
+                value,
+            ));
         }
         builder
             .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))

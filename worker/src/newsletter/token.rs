@@ -30,7 +30,9 @@ pub enum Subject {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Not a token of ours at all (cut off, mangled by a mail program).
-    #[error("this unsubscribe link is incomplete or damaged; copy the whole link from the newsletter")]
+    #[error(
+        "this unsubscribe link is incomplete or damaged; copy the whole link from the newsletter"
+    )]
     Malformed,
     /// The signature does not match: forged or altered.
     #[error("this unsubscribe link is not valid (its signature does not match)")]
@@ -167,20 +169,29 @@ mod tests {
             "{}.{tag}",
             URL_SAFE_NO_PAD.encode(format!("1.u{}.20000", Uuid::new_v4().simple()))
         );
-        assert_eq!(signer().verify(&forged, 20_000), Err(TokenError::BadSignature));
+        assert_eq!(
+            signer().verify(&forged, 20_000),
+            Err(TokenError::BadSignature)
+        );
         // One character changed in the middle of the signature (the last
         // one may only carry padding bits).
         let mut altered = t.clone().into_bytes();
         let middle = altered.len() - 8;
         altered[middle] = if altered[middle] == b'A' { b'B' } else { b'A' };
         let altered = String::from_utf8(altered).unwrap();
-        assert_eq!(signer().verify(&altered, 20_000), Err(TokenError::BadSignature));
+        assert_eq!(
+            signer().verify(&altered, 20_000),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(
             signer().verify(&t[..t.len() - 3], 20_000),
             Err(TokenError::Malformed)
         );
         assert_eq!(signer().verify("", 20_000), Err(TokenError::Malformed));
-        assert_eq!(signer().verify(&t, 20_000 + VALID_DAYS + 1), Err(TokenError::Expired));
+        assert_eq!(
+            signer().verify(&t, 20_000 + VALID_DAYS + 1),
+            Err(TokenError::Expired)
+        );
     }
 }
 

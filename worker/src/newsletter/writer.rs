@@ -102,7 +102,9 @@ impl DeliveryWriter {
     /// Queues an outcome; [`DeliveryWriter::flush`] waits until it is written.
     pub fn outcome(&self, outcome: Outcome) {
         if self.tx().send(Request::Outcome(outcome)).is_err() {
-            tracing::error!("newsletter delivery writer stopped; an outcome is lost (its delivery becomes unknown)");
+            tracing::error!(
+                "newsletter delivery writer stopped; an outcome is lost (its delivery becomes unknown)"
+            );
         }
     }
 

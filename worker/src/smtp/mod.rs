@@ -116,7 +116,8 @@ async fn transaction(
         options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
     let commands = async {
-        conn.command(Mail::new(envelope.from().cloned(), options)).await?;
+        conn.command(Mail::new(envelope.from().cloned(), options))
+            .await?;
         for to in envelope.to() {
             conn.command(Rcpt::new(to.clone(), vec![])).await?;
         }

@@ -148,7 +148,10 @@ pub struct Newsletter {
 const COLUMNS: &str = "id, title, content, html_content, status, scheduled_send_time, started_at, sent_at, recipients_total";
 
 /// The newsletter `id`.
-pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Newsletter>, sqlx::Error> {
+pub async fn get(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<Newsletter>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM newsletters WHERE id = $1"
     )))
@@ -158,7 +161,10 @@ pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Newsl
 }
 
 /// Every newsletter, newest first.
-pub async fn list(executor: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Newsletter>, sqlx::Error> {
+pub async fn list(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<Newsletter>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM newsletters ORDER BY created_at DESC LIMIT $1"
     )))
@@ -221,7 +227,10 @@ pub async fn set_status(
 
 /// Fixes the recipients and moves a draft or scheduled newsletter to
 /// `sending`; returns its status afterwards (None: no such newsletter).
-pub async fn start(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<NewsletterStatus>, sqlx::Error> {
+pub async fn start(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<NewsletterStatus>, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar("SELECT dkl_newsletter_start($1)")
         .bind(id)
         .fetch_one(executor)
@@ -311,7 +320,11 @@ pub async fn claim(
 }
 
 /// Puts claimed deliveries that were not sent back to pending.
-pub async fn release(executor: impl PgExecutor<'_>, sender: Uuid, ids: &[i64]) -> Result<u64, sqlx::Error> {
+pub async fn release(
+    executor: impl PgExecutor<'_>,
+    sender: Uuid,
+    ids: &[i64],
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE newsletter_deliveries SET status = 'pending', sender_id = NULL, updated_at = now()
           WHERE id = ANY ($2) AND status = 'claimed' AND sender_id = $1",
@@ -528,7 +541,10 @@ pub struct Progress {
 }
 
 /// Progress of `id`.
-pub async fn progress(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Progress>, sqlx::Error> {
+pub async fn progress(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<Progress>, sqlx::Error> {
     sqlx::query_as(
         "SELECT newsletter_id, title, status, scheduled_send_time, started_at, sent_at, total, pending, in_flight,
                 sent, failed, skipped, unknown, cancelled, per_second::float8 AS per_second,
@@ -542,7 +558,9 @@ pub async fn progress(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<
 
 /// Deliveries by state of the newsletters not finished long ago (sending,
 /// paused, or sent or cancelled in the last day), for `/metrics`.
-pub async fn deliveries_by_state(executor: impl PgExecutor<'_>) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn deliveries_by_state(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT d.status, count(*) FROM newsletter_deliveries d
            JOIN newsletters n ON n.id = d.newsletter_id
