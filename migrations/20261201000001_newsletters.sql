@@ -65,10 +65,16 @@ CREATE TABLE newsletter_deliveries (
     UNIQUE (newsletter_id, email)
 );
 
-CREATE INDEX idx_newsletter_deliveries_pending
-    ON newsletter_deliveries (newsletter_id, id) WHERE status = 'pending';
-CREATE INDEX idx_newsletter_deliveries_in_flight
-    ON newsletter_deliveries (sender_id) WHERE status IN ('claimed', 'sending');
+-- Every index is on columns that never change, and pages keep room: a
+-- delivery's three status updates are then HOT (no index entries written,
+-- dead versions pruned in the page without a vacuum). Measured: a status
+-- index (even a partial one) made each update write every index, and the
+-- claims walk entries of rows long sent.
+ALTER TABLE newsletter_deliveries SET (fillfactor = 70);
+CREATE INDEX idx_newsletter_deliveries_order ON newsletter_deliveries (newsletter_id, id);
+-- For the foreign key: deleting a subscriber would otherwise scan every delivery.
+CREATE INDEX idx_newsletter_deliveries_gebruiker
+    ON newsletter_deliveries (gebruiker_id) WHERE gebruiker_id IS NOT NULL;
 
 COMMENT ON TABLE newsletter_deliveries IS
     'One row per newsletter and recipient, fixed when sending starts. Final states: sent, failed, skipped, unknown, cancelled.';
@@ -206,6 +212,11 @@ BEGIN
      ORDER BY lower(g.email), g.created_at
     ON CONFLICT DO NOTHING;
     SELECT count(*) INTO v_total FROM newsletter_deliveries WHERE newsletter_id = p_id;
+    -- Fresh statistics for the claims that follow: planned on a table the
+    -- planner still thinks small, each claim would read every pending row
+    -- and sort them (36 ms per batch at 50,000) instead of walking the
+    -- index to the first few.
+    ANALYZE newsletter_deliveries;
     PERFORM set_config('dkl.newsletter_starting', 'on', true);
     UPDATE newsletters SET status = 'sending', started_at = now(), recipients_total = v_total WHERE id = p_id;
     PERFORM set_config('dkl.newsletter_starting', 'off', true);
@@ -220,27 +231,33 @@ CREATE FUNCTION dkl_newsletter_reclaim(OUT returned INT, OUT unknown INT)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_dead UUID[];
+    v_live UUID[];
 BEGIN
     -- A free lock: its session is gone (the try takes it for this
     -- transaction only). A delivery naming no registered sender counts too.
     SELECT coalesce(array_agg(s.id), '{}') INTO v_dead FROM newsletter_senders s
      WHERE pg_try_advisory_xact_lock(dkl_newsletter_sender_key(s.id));
+    -- Deliveries in flight are found through their newsletters: those
+    -- sending or paused, or finished (sent, cancelled) in the last day.
+    SELECT coalesce(array_agg(n.id), '{}') INTO v_live FROM newsletters n
+     WHERE n.status IN ('sending', 'paused')
+        OR (n.status IN ('sent', 'cancelled') AND coalesce(n.sent_at, n.cancelled_at, now()) > now() - interval '1 day');
     SELECT v_dead || coalesce(array_agg(DISTINCT d.sender_id), '{}') INTO v_dead
       FROM newsletter_deliveries d
-     WHERE d.status IN ('claimed', 'sending') AND d.sender_id IS NOT NULL
+     WHERE d.newsletter_id = ANY (v_live) AND d.status IN ('claimed', 'sending') AND d.sender_id IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM newsletter_senders s WHERE s.id = d.sender_id);
     IF cardinality(v_dead) = 0 THEN
         returned := 0; unknown := 0;
         RETURN;
     END IF;
     UPDATE newsletter_deliveries SET status = 'pending', sender_id = NULL, updated_at = now()
-     WHERE sender_id = ANY (v_dead) AND status = 'claimed';
+     WHERE newsletter_id = ANY (v_live) AND sender_id = ANY (v_dead) AND status = 'claimed';
     GET DIAGNOSTICS returned = ROW_COUNT;
     WITH lost AS (
         UPDATE newsletter_deliveries
            SET status = 'unknown', updated_at = now(),
                error = 'its worker died during the SMTP transaction; it may have been delivered, so it is not resent by itself'
-         WHERE sender_id = ANY (v_dead) AND status = 'sending'
+         WHERE newsletter_id = ANY (v_live) AND sender_id = ANY (v_dead) AND status = 'sending'
         RETURNING *)
     INSERT INTO verzonden_emails AS v
         (dedup_key, recipient_email, subject, template_name, status, error_message, mail_kind, smtp_config,
@@ -251,9 +268,7 @@ BEGIN
     ON CONFLICT (dedup_key) DO UPDATE SET status = 'unknown', error_message = EXCLUDED.error_message,
                                           updated_at = now();
     GET DIAGNOSTICS unknown = ROW_COUNT;
-    DELETE FROM newsletter_senders s WHERE s.id = ANY (v_dead)
-       AND NOT EXISTS (SELECT 1 FROM newsletter_deliveries d
-                        WHERE d.sender_id = s.id AND d.status IN ('claimed', 'sending'));
+    DELETE FROM newsletter_senders s WHERE s.id = ANY (v_dead);
 END;
 $$;
 
@@ -282,7 +297,9 @@ BEGIN
               JOIN newsletter_deliveries x ON x.id = m.id
               JOIN newsletters n ON n.id = x.newsletter_id AND n.status = 'sending'
               LEFT JOIN email_suppressions s ON s.address = x.email
-             WHERE d.id = m.id AND d.status = 'claimed' AND d.sender_id = p_sender
+             -- (IS NOT DISTINCT FROM: found by id, never through the sender
+             -- index, whose entries for rows long sent stay until a vacuum)
+             WHERE d.id = m.id AND d.status = 'claimed' AND d.sender_id IS NOT DISTINCT FROM p_sender
             RETURNING d.id, d.status, d.newsletter_id, d.email, d.message_id, d.error),
         logged AS (
             INSERT INTO verzonden_emails AS v
@@ -300,7 +317,7 @@ BEGIN
                    sender_id = NULL, updated_at = now()
               FROM newsletters n
              WHERE d.id = ANY (p_mark_ids) AND d.id NOT IN (SELECT k.id FROM marked k)
-               AND n.id = d.newsletter_id AND d.status = 'claimed' AND d.sender_id = p_sender
+               AND n.id = d.newsletter_id AND d.status = 'claimed' AND d.sender_id IS NOT DISTINCT FROM p_sender
             RETURNING d.id)
         SELECT m.id, coalesce(k.status, 'released')
           FROM unnest(p_mark_ids) m(id)

@@ -75,6 +75,9 @@ pub fn registry_with(
                 backoff_secs: config.newsletter.retry_after.as_secs() as u32,
             },
         ),
+        senders: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            send_newsletter::sender_permits(&smtp),
+        )),
         smtp,
         renderer: crate::templates::Renderer::new(),
         templates: crate::store::email_templates::TemplateCache::new(

@@ -56,6 +56,29 @@ pub struct NewsletterSender {
     pub writer: DeliveryWriter,
     /// Unsubscribe tokens.
     pub keys: TokenKey,
+    /// Senders of this process at once (each holds an SMTP connection for
+    /// as long as it has deliveries): [`sender_permits`].
+    pub senders: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many newsletter senders a process runs at once: every connection of
+/// the newsletter SMTP configuration, but one when that configuration also
+/// carries other mail (no `DKL_SMTP_NEWSLETTER_*` of its own), so a
+/// password-reset mail never waits for a newsletter to finish.
+pub fn sender_permits(smtp: &Smtp) -> usize {
+    let newsletter = smtp.config_for(MailKind::Newsletter);
+    let shared = [
+        MailKind::Transactional,
+        MailKind::Admin,
+        MailKind::AutoReply,
+    ]
+    .into_iter()
+    .any(|kind| smtp.config_for(kind).name == newsletter.name);
+    if shared {
+        newsletter.pool_size.saturating_sub(1).max(1)
+    } else {
+        newsletter.pool_size.max(1)
+    }
 }
 
 /// Registers the `send_newsletter` handler.
@@ -64,6 +87,12 @@ pub fn register(registry: &mut Registry, sender: Arc<NewsletterSender>) {
         let sender = sender.clone();
         async move { sender.run_lane(job, ctx).await }
     });
+}
+
+/// A delivery committed as `sending`, its message built and signed.
+struct Ready {
+    id: i64,
+    message: lettre::Message,
 }
 
 /// Why a lane's senders stopped.
@@ -91,6 +120,8 @@ struct Lane<'a> {
     stop: std::sync::Mutex<Option<Stop>>,
     stopping: AtomicBool,
     deadline: Instant,
+    /// The highest delivery id claimed so far (where the next claim looks).
+    position: std::sync::atomic::AtomicI64,
 }
 
 impl NewsletterSender {
@@ -168,6 +199,7 @@ impl NewsletterSender {
             stop: std::sync::Mutex::new(None),
             stopping: AtomicBool::new(false),
             deadline: Instant::now() + SLICE,
+            position: std::sync::atomic::AtomicI64::new(0),
         };
         let stop = lane.run(&ctx).await;
         self.writer.flush().await;
@@ -302,24 +334,117 @@ impl Lane<'_> {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    /// One SMTP connection's sender: takes the connection first, then marks
+    /// each delivery `sending` while the one before is on the wire (so at
+    /// most two deliveries per connection are `sending`, plus outcomes not
+    /// yet committed).
     async fn sender_loop(&self, ctx: &JobContext) {
+        let owner = self.owner;
+        let Ok(_permit) = owner.senders.acquire().await else {
+            self.stop_with(Stop::HandOver);
+            return;
+        };
+        let slot = match owner.smtp.reserve(self.config).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                tracing::warn!(error = %e, "no SMTP connection for the newsletter");
+                self.stop_with(Stop::HandOver);
+                return;
+            }
+        };
+        let mut ready = self.prepare(ctx).await;
+        while let Some(current) = ready.take() {
+            let formatted = current.message.formatted();
+            let (sent, next) = tokio::join!(
+                owner
+                    .smtp
+                    .send(&slot, self.config, current.message.envelope(), &formatted),
+                self.prepare(ctx)
+            );
+            self.record(current.id, sent);
+            ready = next;
+        }
+    }
+
+    /// The next delivery to send, committed as `sending` with its message
+    /// built and signed; None when this sender stops (and why is set).
+    async fn prepare(&self, ctx: &JobContext) -> Option<Ready> {
+        let owner = self.owner;
         loop {
             if ctx.is_cancelled() || Instant::now() >= self.deadline {
                 self.stop_with(Stop::HandOver);
             }
             if self.stopping.load(Ordering::SeqCst) {
-                return;
+                return None;
             }
-            match self.next().await {
-                Ok(Some(delivery)) => self.send(delivery).await,
+            let d = match self.next().await {
+                Ok(Some(d)) => d,
                 Ok(None) => {
                     self.stop_with(Stop::Drained);
-                    return;
+                    return None;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim newsletter deliveries; handing over");
                     self.stop_with(Stop::HandOver);
-                    return;
+                    return None;
+                }
+            };
+            let subject = match d.gebruiker_id {
+                Some(id) => Subject::Gebruiker(id),
+                None => Subject::Address(d.email.clone()),
+            };
+            let built = self.edition.build(
+                &owner.renderer,
+                &d.email,
+                d.naam.as_deref(),
+                &subject,
+                &d.message_id,
+            );
+            let mut message = match built {
+                Ok(m) => m,
+                Err(e) => {
+                    let error = format!("{e}; fix the newsletter or the template and resend");
+                    tracing::warn!(delivery = d.id, error = %error, "newsletter message not built");
+                    if let Err(db) =
+                        newsletters::fail_unsendable(&owner.pool, self.me, d.id, &error).await
+                    {
+                        tracing::warn!(error = %db, "cannot record a delivery that failed to render; it goes back with the unsent ones");
+                        self.give_back(d).await;
+                    }
+                    continue;
+                }
+            };
+            if let Some(wait) = self.rate_wait().await {
+                self.stop_with(Stop::RateLimited(wait));
+                self.give_back(d).await;
+                return None;
+            }
+            match owner.writer.mark(self.me, d.id).await {
+                Ok(Marked::Sending) => {
+                    if let Some(signer) = owner.smtp.signer(self.config) {
+                        signer.sign(&mut message);
+                    }
+                    return Some(Ready { id: d.id, message });
+                }
+                Ok(Marked::Skipped) => {
+                    owner.smtp.stats().record(
+                        &self.config.name,
+                        MailKind::Newsletter.as_str(),
+                        SendOutcome::Suppressed,
+                    );
+                }
+                Ok(Marked::Released) => {
+                    // Paused or cancelled meanwhile (or no longer ours).
+                    self.stop_with(Stop::NotSending);
+                    return None;
+                }
+                Err(e) => {
+                    // Not marked: it goes back with the unsent ones (or, if the
+                    // writer's session is gone, a reclaim returns it).
+                    tracing::warn!(error = %e, "cannot mark a newsletter delivery; handing over");
+                    self.stop_with(Stop::HandOver);
+                    self.give_back(d).await;
+                    return None;
                 }
             }
         }
@@ -334,91 +459,32 @@ impl Lane<'_> {
         if self.stopping.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let claimed = newsletters::claim(
-            &self.owner.pool,
-            self.newsletter,
-            self.me,
-            self.edition.from().email.domain(),
-            self.batch,
-        )
-        .await?;
+        let claim = |after: i64| {
+            newsletters::claim(
+                &self.owner.pool,
+                self.newsletter,
+                self.me,
+                self.edition.from().email.domain(),
+                after,
+                self.batch,
+            )
+        };
+        let after = self.position.load(Ordering::SeqCst);
+        let mut claimed = claim(after).await?;
+        if claimed.is_empty() && after > 0 {
+            // Returned or retried deliveries behind the position.
+            claimed = claim(0).await?;
+        }
+        if let Some(last) = claimed.iter().map(|d| d.id).max() {
+            self.position.store(last, Ordering::SeqCst);
+        }
         queue.extend(claimed);
         Ok(queue.pop_front())
     }
 
-    /// Sends one delivery: render, take a connection, mark, send, record.
-    async fn send(&self, d: Claimed) {
+    /// Counts and queues the outcome of delivery `id`'s SMTP transaction.
+    fn record(&self, id: i64, sent: Result<crate::smtp::Accepted, SmtpError>) {
         let owner = self.owner;
-        let subject = match d.gebruiker_id {
-            Some(id) => Subject::Gebruiker(id),
-            None => Subject::Address(d.email.clone()),
-        };
-        let built = self.edition.build(
-            &owner.renderer,
-            &d.email,
-            d.naam.as_deref(),
-            &subject,
-            &d.message_id,
-        );
-        let mut message = match built {
-            Ok(m) => m,
-            Err(e) => {
-                let error = format!("{e}; fix the newsletter or the template and resend");
-                tracing::warn!(delivery = d.id, error = %error, "newsletter message not built");
-                if let Err(db) =
-                    newsletters::fail_unsendable(&owner.pool, self.me, d.id, &error).await
-                {
-                    tracing::warn!(error = %db, "cannot record a delivery that failed to render; it is reclaimed later");
-                }
-                return;
-            }
-        };
-        let slot = match owner.smtp.reserve(self.config).await {
-            Ok(slot) => slot,
-            Err(e) => {
-                tracing::warn!(error = %e, "no SMTP connection for the newsletter");
-                self.stop_with(Stop::HandOver);
-                self.give_back(d).await;
-                return;
-            }
-        };
-        if let Some(wait) = self.rate_wait().await {
-            self.stop_with(Stop::RateLimited(wait));
-            self.give_back(d).await;
-            return;
-        }
-        match owner.writer.mark(self.me, d.id).await {
-            Ok(Marked::Sending) => {}
-            Ok(Marked::Skipped) => {
-                owner.smtp.stats().record(
-                    &self.config.name,
-                    MailKind::Newsletter.as_str(),
-                    SendOutcome::Suppressed,
-                );
-                return;
-            }
-            Ok(Marked::Released) => {
-                // Paused or cancelled meanwhile (or no longer ours).
-                self.stop_with(Stop::NotSending);
-                return;
-            }
-            Err(e) => {
-                // Not marked: it goes back with the unsent ones (or, if the
-                // writer's session is gone, a reclaim returns it).
-                tracing::warn!(error = %e, "cannot mark a newsletter delivery; handing over");
-                self.stop_with(Stop::HandOver);
-                self.give_back(d).await;
-                return;
-            }
-        }
-        if let Some(signer) = owner.smtp.signer(self.config) {
-            signer.sign(&mut message);
-        }
-        let sent = owner
-            .smtp
-            .send(&slot, self.config, message.envelope(), &message.formatted())
-            .await;
-        drop(slot);
         let (kind, counted, code, reply, error) = match sent {
             Ok(a) => (
                 OutcomeKind::Sent,
@@ -456,7 +522,7 @@ impl Lane<'_> {
             .stats()
             .record(&self.config.name, MailKind::Newsletter.as_str(), counted);
         owner.writer.outcome(Outcome {
-            id: d.id,
+            id,
             sender: self.me,
             result: kind,
             code,

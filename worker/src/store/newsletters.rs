@@ -253,19 +253,20 @@ pub async fn enqueue_lanes(executor: impl PgExecutor<'_>, id: Uuid) -> Result<()
 /// Registers the session of `conn` as a sender; its deliveries are
 /// reclaimed once this session is gone.
 pub async fn register_sender(conn: &mut PgConnection, worker: &str) -> Result<Uuid, sqlx::Error> {
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO newsletter_senders (pid, backend_start, worker)
-         SELECT pid, backend_start, $1 FROM pg_stat_activity WHERE pid = pg_backend_pid()
-         RETURNING id",
-    )
-    .bind(worker)
-    .fetch_one(&mut *conn)
-    .await?;
-    // Held for the session's life: a free lock means a dead sender.
+    // The lock first: a sender row is never seen without its lock held.
+    let id = Uuid::new_v4();
     sqlx::query("SELECT pg_advisory_lock(dkl_newsletter_sender_key($1))")
         .bind(id)
         .execute(&mut *conn)
         .await?;
+    sqlx::query(
+        "INSERT INTO newsletter_senders (id, pid, backend_start, worker)
+         SELECT $1, pid, backend_start, $2 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    )
+    .bind(id)
+    .bind(worker)
+    .execute(&mut *conn)
+    .await?;
     Ok(id)
 }
 
@@ -293,28 +294,42 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` due deliveries of a sending newsletter for `sender`.
-/// New Message-IDs are made in `domain`.
+/// New Message-IDs are made in `domain`. (Ordered as the pending index is,
+/// so the claim walks the index to the first few instead of reading and
+/// sorting every pending row: 15 ms a claim at 30,000 pending otherwise.)
+///
+/// `after`: only deliveries with a higher id (the caller's scan position,
+/// so a claim does not walk past the index entries of everything already
+/// sent, which stay until a vacuum: 8,500 buffers a claim at 20,000 sent).
+/// A caller that finds nothing after its position looks again from 0.
 pub async fn claim(
     executor: impl PgExecutor<'_>,
     newsletter: Uuid,
     sender: Uuid,
     domain: &str,
+    after: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as(
+    // The limit is written into the statement: as a parameter, the
+    // statement's generic plan (PostgreSQL's after five runs) assumes a
+    // tenth of the table and hash-joins a sequential scan of every
+    // delivery (30 ms a claim at 30,000).
+    let limit = limit.clamp(1, 10_000);
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE newsletter_deliveries d
             SET status = 'claimed', sender_id = $2, updated_at = now(),
                 message_id = coalesce(d.message_id, '<' || gen_random_uuid() || '@' || $3 || '>')
           WHERE d.id IN (SELECT p.id FROM newsletter_deliveries p
-                          WHERE p.newsletter_id = $1 AND p.status = 'pending' AND p.next_attempt_at <= now()
-                          ORDER BY p.id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                          WHERE p.newsletter_id = $1 AND p.id > $4 AND p.status = 'pending'
+                            AND p.next_attempt_at <= now()
+                          ORDER BY p.newsletter_id, p.id LIMIT {limit} FOR UPDATE SKIP LOCKED)
             AND EXISTS (SELECT 1 FROM newsletters n WHERE n.id = $1 AND n.status = 'sending')
-          RETURNING d.id, d.email, d.naam, d.gebruiker_id, d.message_id",
-    )
+          RETURNING d.id, d.email, d.naam, d.gebruiker_id, d.message_id"
+    )))
     .bind(newsletter)
     .bind(sender)
     .bind(domain)
-    .bind(limit)
+    .bind(after)
     .fetch_all(executor)
     .await
 }
@@ -327,7 +342,7 @@ pub async fn release(
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE newsletter_deliveries SET status = 'pending', sender_id = NULL, updated_at = now()
-          WHERE id = ANY ($2) AND status = 'claimed' AND sender_id = $1",
+          WHERE id = ANY ($2) AND status = 'claimed' AND sender_id IS NOT DISTINCT FROM $1",
     )
     .bind(sender)
     .bind(ids)
@@ -447,7 +462,7 @@ pub async fn fail_unsendable(
     sqlx::query(
         "WITH f AS (
              UPDATE newsletter_deliveries SET status = 'failed', error = $3, attempts = attempts + 1, updated_at = now()
-              WHERE id = $2 AND status = 'claimed' AND sender_id = $1 RETURNING *)
+              WHERE id = $2 AND status = 'claimed' AND sender_id IS NOT DISTINCT FROM $1 RETURNING *)
          INSERT INTO verzonden_emails (dedup_key, recipient_email, subject, template_name, status, error_message,
                                        mail_kind, message_id, newsletter_id, sent_at)
          SELECT 'newsletter:' || f.newsletter_id || ':' || f.email, f.email, n.title, 'newsletter', 'failed', f.error,
