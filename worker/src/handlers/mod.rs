@@ -67,14 +67,18 @@ pub fn registry_with(
     let newsletter_config = smtp.config_for(dkl_shared::kinds::MailKind::Newsletter);
     let lanes = send_newsletter::NewsletterSender {
         pool: pool.clone(),
-        writer: crate::newsletter::writer::DeliveryWriter::new(
-            pool,
-            crate::store::newsletters::WriteSettings {
-                smtp: newsletter_config.name.clone(),
-                max_attempts: config.newsletter.max_attempts,
-                backoff_secs: config.newsletter.retry_after.as_secs() as u32,
-            },
-        ),
+        writers: (0..2)
+            .map(|_| {
+                crate::newsletter::writer::DeliveryWriter::new(
+                    pool,
+                    crate::store::newsletters::WriteSettings {
+                        smtp: newsletter_config.name.clone(),
+                        max_attempts: config.newsletter.max_attempts,
+                        backoff_secs: config.newsletter.retry_after.as_secs() as u32,
+                    },
+                )
+            })
+            .collect(),
         senders: std::sync::Arc::new(tokio::sync::Semaphore::new(
             send_newsletter::sender_permits(&smtp),
         )),

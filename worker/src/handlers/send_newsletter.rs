@@ -52,8 +52,9 @@ pub struct NewsletterSender {
     pub templates: TemplateCache,
     /// Newsletter settings.
     pub config: NewsletterConfig,
-    /// Marks and outcomes.
-    pub writer: DeliveryWriter,
+    /// Marks and outcomes: one writer (a connection, a sender) per group
+    /// of lanes, so two lanes' commits overlap (lane n uses writer n mod len).
+    pub writers: Vec<DeliveryWriter>,
     /// Unsubscribe tokens.
     pub keys: TokenKey,
     /// Senders of this process at once (each holds an SMTP connection for
@@ -111,6 +112,7 @@ enum Stop {
 /// One run of a lane: the deliveries it claimed and how it stops.
 struct Lane<'a> {
     owner: &'a NewsletterSender,
+    writer: &'a DeliveryWriter,
     newsletter: Uuid,
     me: Uuid,
     edition: Edition,
@@ -176,7 +178,11 @@ impl NewsletterSender {
             return Ok(());
         }
         let edition = self.edition(&newsletter).await?;
-        let me = self.writer.sender().await.map_err(JobError::retryable)?;
+        let writer = self
+            .writers
+            .get(usize::from(job.lane) % self.writers.len().max(1))
+            .ok_or_else(|| JobError::permanent("no newsletter delivery writer configured"))?;
+        let me = writer.sender().await.map_err(JobError::retryable)?;
         let (returned, unknown) = newsletters::reclaim(&self.pool)
             .await
             .map_err(JobError::retryable)?;
@@ -190,6 +196,7 @@ impl NewsletterSender {
         let config = self.smtp.config_for(MailKind::Newsletter);
         let lane = Lane {
             owner: self,
+            writer,
             newsletter: id,
             me,
             edition,
@@ -202,7 +209,7 @@ impl NewsletterSender {
             position: std::sync::atomic::AtomicI64::new(0),
         };
         let stop = lane.run(&ctx).await;
-        self.writer.flush().await;
+        writer.flush().await;
         lane.release_unsent().await;
         self.after(id, stop).await
     }
@@ -419,7 +426,7 @@ impl Lane<'_> {
                 self.give_back(d).await;
                 return None;
             }
-            match owner.writer.mark(self.me, d.id).await {
+            match self.writer.mark(self.me, d.id).await {
                 Ok(Marked::Sending) => {
                     if let Some(signer) = owner.smtp.signer(self.config) {
                         signer.sign(&mut message);
@@ -521,7 +528,7 @@ impl Lane<'_> {
             .smtp
             .stats()
             .record(&self.config.name, MailKind::Newsletter.as_str(), counted);
-        owner.writer.outcome(Outcome {
+        self.writer.outcome(Outcome {
             id,
             sender: self.me,
             result: kind,

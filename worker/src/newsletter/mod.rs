@@ -18,10 +18,10 @@
 //! - a lane ([`crate::handlers::send_newsletter`]) fixes the recipients
 //!   (`dkl_newsletter_start`), claims deliveries in batches, renders each
 //!   ([`message`]), and sends it on the `newsletter` SMTP configuration;
-//! - the process's [`writer::DeliveryWriter`] commits each delivery as
-//!   `sending` before its SMTP transaction and its outcome after it, many
-//!   senders per round trip, on a session whose death (kill -9) lets any
-//!   other lane return its claimed deliveries to `pending` and mark its
+//! - a [`writer::DeliveryWriter`] (two per process) commits each delivery
+//!   as `sending` before its SMTP transaction and its outcome after it,
+//!   many senders per round trip, on a session whose death (kill -9) lets
+//!   any other lane return its claimed deliveries to `pending` and mark its
 //!   `sending` ones `unknown` — never sent twice;
 //! - [`token`] signs the unsubscribe links that [`crate::unsubscribe`]
 //!   serves.
