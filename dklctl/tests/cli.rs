@@ -813,3 +813,115 @@ async fn accounts_and_accounts_check(pool: PgPool) {
     );
     assert!(!list.contains("goed"), "no password in the list: {list}");
 }
+
+/// `dklctl newsletter …` as an admin types it: create, schedule (sent once
+/// to each subscriber by a worker), status as JSON, pause refused on a sent
+/// newsletter, send-test, list.
+#[sqlx::test(migrations = false)]
+async fn newsletter_create_schedule_status_and_send_test(pool: PgPool) {
+    let url = url_of(&pool).await;
+    stdout(&dklctl(&url, &["migrate"]));
+    let dir = templates_copy("newsletter");
+    stdout(&dklctl(
+        &url,
+        &["templates", "sync", "--dir", dir.to_str().unwrap()],
+    ));
+    sqlx::query(
+        "INSERT INTO gebruikers (naam, email, newsletter_subscribed)
+         SELECT 'Lid ' || i, 'cli' || i || '@example.org', true FROM generate_series(1, 7) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let text = dir.join("nieuws.txt");
+    std::fs::write(&text, "De inschrijving is open.\n\nTot ziens!").unwrap();
+    let id = stdout(&dklctl(
+        &url,
+        &[
+            "newsletter",
+            "create",
+            "--title",
+            "Nieuws",
+            "--text",
+            text.to_str().unwrap(),
+        ],
+    ));
+    let id: uuid::Uuid = id.parse().expect("a newsletter id");
+    let sink = dkl_worker::smtp::sink::SmtpSink::start(&[]).expect("start smtp-sink");
+    let scheduled = stdout(&dklctl(&url, &["newsletter", "schedule", &id.to_string()]));
+    assert!(scheduled.contains("scheduled to go out now"), "{scheduled}");
+
+    let vars: std::collections::BTreeMap<&str, String> = [
+        ("DKL_SMTP_DEFAULT_PORT", sink.port.to_string()),
+        ("DKL_UNSUBSCRIBE_SECRET", "c".repeat(40)),
+    ]
+    .into();
+    let config = dkl_shared::config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &config),
+        dkl_tests::fast_config(),
+    );
+    dkl_tests::wait_for(
+        std::time::Duration::from_secs(60),
+        "newsletter sent",
+        || async {
+            let status: String = sqlx::query_scalar("SELECT status FROM newsletters WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (status == "sent").then_some(())
+        },
+    )
+    .await;
+    rt.stop().await;
+    let json: serde_json::Value = serde_json::from_str(&stdout(&dklctl(
+        &url,
+        &["newsletter", "status", &id.to_string()],
+    )))
+    .expect("status prints JSON when not on a terminal");
+    assert_eq!(json["status"], "sent");
+    assert_eq!(
+        (json["total"].as_i64(), json["sent"].as_i64()),
+        (Some(7), Some(7))
+    );
+    let bar = stdout(&dklctl(
+        &url,
+        &["newsletter", "status", &id.to_string(), "--once"],
+    ));
+    assert!(bar.starts_with("sent") && bar.contains("7/7"), "{bar}");
+    assert_eq!(sink.messages().len(), 7, "once each");
+
+    let refused = dklctl(&url, &["newsletter", "pause", &id.to_string()]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("cannot go from sent to paused"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let test_copy = Command::new(env!("CARGO_BIN_EXE_dklctl"))
+        .args([
+            "newsletter",
+            "send-test",
+            &id.to_string(),
+            "--to",
+            "beheer@example.org",
+        ])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .env("DKL_SMTP_DEFAULT_PORT", sink.port.to_string())
+        .output()
+        .unwrap();
+    assert!(stdout(&test_copy).contains("sent to beheer@example.org: 250"));
+    assert_eq!(sink.messages().len(), 8);
+    let counted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM newsletter_deliveries WHERE newsletter_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(counted, 7, "the test copy is not a delivery");
+    assert!(stdout(&dklctl(&url, &["newsletter", "list"])).contains("Nieuws"));
+}

@@ -341,30 +341,39 @@ async fn scheduled_by_an_admin_row_sends_once(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn two_workers_share_one_newsletter_and_send_each_once(pool: PgPool) {
+    use dkl_tests::process::{self, log_path, spawn_logged};
     migrate(&pool).await;
     sync_templates(&pool).await;
-    subscribers(&pool, "twee", 1500).await;
+    subscribers(&pool, "twee", 3000).await;
     let sink = SmtpSink::start(&[]).expect("start smtp-sink");
-    let config = config(sink.port, &[]);
     let id = draft(&pool, "Twee werkers").await;
-    let a = start_worker(&pool, &config);
-    let b = start_worker(&pool, &config);
+    let url = dkl_tests::url_of(&pool).await;
+    // Two worker processes (the real binary), each with its own senders.
+    let worker = |name: &str| {
+        let mut cmd = process::command(env!("CARGO_BIN_EXE_dkl-worker"), &url);
+        cmd.env("DKL_SMTP_DEFAULT_PORT", sink.port.to_string())
+            .env("DKL_UNSUBSCRIBE_SECRET", "t".repeat(40));
+        spawn_logged(cmd, &log_path(name))
+    };
+    let _a = worker("newsletter-two-a");
+    let _b = worker("newsletter-two-b");
     dkl_worker::store::newsletters::schedule(&pool, id, None)
         .await
         .unwrap();
     wait_newsletter(&pool, id, "sent", T).await;
-    a.stop().await;
-    b.stop().await;
-    let got = received(&sink.stop_and_collect());
-    assert_eq!(got.len(), 1500);
-    assert!(got.values().all(|n| *n == 1), "duplicates");
-    let senders = scalar_i64(
+    // While both live: the deliveries were sent by senders of both processes.
+    let processes = scalar_i64(
         &pool,
-        "SELECT count(DISTINCT sender_id) FROM newsletter_deliveries WHERE newsletter_id = $1 AND status = 'sent'",
+        "SELECT count(DISTINCT s.worker) FROM newsletter_deliveries d
+           JOIN newsletter_senders s ON s.id = d.sender_id
+          WHERE d.newsletter_id = $1 AND d.status = 'sent'",
         id,
     )
     .await;
-    assert_eq!(senders, 2, "both workers sent part of it");
+    assert_eq!(processes, 2, "both worker processes sent part of it");
+    let got = received(&sink.stop_and_collect());
+    assert_eq!(got.len(), 3000);
+    assert!(got.values().all(|n| *n == 1), "duplicates");
 }
 
 #[sqlx::test(migrations = false)]
@@ -804,7 +813,8 @@ async fn a_cut_off_writer_session_sends_nobody_two(pool: PgPool) {
         })
         .await;
         let cut: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM newsletter_senders) t",
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(s.pid)) FROM newsletter_senders s
+               JOIN pg_stat_activity a ON a.pid = s.pid AND a.backend_start = s.backend_start",
         )
         .fetch_one(&pool)
         .await

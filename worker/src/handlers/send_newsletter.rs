@@ -76,6 +76,9 @@ pub fn sender_permits(smtp: &Smtp) -> usize {
     .into_iter()
     .any(|kind| smtp.config_for(kind).name == newsletter.name);
     if shared {
+        // With a single shared connection a newsletter sender still gets it
+        // (and holds it between messages): give that configuration two
+        // connections, or the newsletter one of its own.
         newsletter.pool_size.saturating_sub(1).max(1)
     } else {
         newsletter.pool_size.max(1)
@@ -124,6 +127,9 @@ struct Lane<'a> {
     deadline: Instant,
     /// The highest delivery id claimed so far (where the next claim looks).
     position: std::sync::atomic::AtomicI64,
+    /// Mark the next delivery while one is on the wire (not under a rate
+    /// limit).
+    mark_ahead: bool,
 }
 
 impl NewsletterSender {
@@ -207,6 +213,7 @@ impl NewsletterSender {
             stopping: AtomicBool::new(false),
             deadline: Instant::now() + SLICE,
             position: std::sync::atomic::AtomicI64::new(0),
+            mark_ahead: config.rate_per_second.is_none() && config.rate_per_hour.is_none(),
         };
         let stop = lane.run(&ctx).await;
         writer.flush().await;
@@ -347,11 +354,20 @@ impl Lane<'_> {
     /// yet committed).
     async fn sender_loop(&self, ctx: &JobContext) {
         let owner = self.owner;
-        let Ok(_permit) = owner.senders.acquire().await else {
+        // Waits that end when the job is cancelled (shutdown, timeout).
+        let permit = tokio::select! {
+            p = owner.senders.acquire() => p.ok(),
+            _ = ctx.cancelled() => None,
+        };
+        let Some(_permit) = permit else {
             self.stop_with(Stop::HandOver);
             return;
         };
-        let slot = match owner.smtp.reserve(self.config).await {
+        let slot = tokio::select! {
+            s = owner.smtp.reserve(self.config) => s.map_err(|e| e.to_string()),
+            _ = ctx.cancelled() => Err("the job was cancelled".to_string()),
+        };
+        let slot = match slot {
             Ok(slot) => slot,
             Err(e) => {
                 tracing::warn!(error = %e, "no SMTP connection for the newsletter");
@@ -359,6 +375,19 @@ impl Lane<'_> {
                 return;
             }
         };
+        if !self.mark_ahead {
+            // One at a time: under a rate limit a message must go out in
+            // the second its slot was taken in.
+            while let Some(current) = self.prepare(ctx).await {
+                let formatted = current.message.formatted();
+                let sent = owner
+                    .smtp
+                    .send(&slot, self.config, current.message.envelope(), &formatted)
+                    .await;
+                self.record(current.id, sent);
+            }
+            return;
+        }
         let mut ready = self.prepare(ctx).await;
         while let Some(current) = ready.take() {
             let formatted = current.message.formatted();

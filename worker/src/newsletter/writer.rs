@@ -177,7 +177,7 @@ impl Task {
         match r {
             Request::Sender(reply) => senders.push(reply),
             Request::Mark { sender, id, reply } => marks.push((sender, id, reply)),
-            Request::Outcome(o) => self.outcomes.push(o),
+            Request::Outcome(o) => self.outcomes.push(storable(o)),
             Request::Flush(reply) => self.flushes.push(reply),
         }
     }
@@ -256,6 +256,13 @@ impl Task {
             let connected = async {
                 let mut conn = self.pool.connect_options().connect().await?;
                 dkl_shared::db::disable_nagle(&mut conn).await?;
+                // A write never waits long on a lock, nor outlives its client.
+                sqlx::raw_sql(
+                    "SET lock_timeout = '10s'; SET statement_timeout = '25s';
+                     SET idle_in_transaction_session_timeout = '30s'",
+                )
+                .execute(&mut conn)
+                .await?;
                 let me = newsletters::register_sender(&mut conn, &worker_name()).await?;
                 Ok::<_, sqlx::Error>((conn, me))
             };
@@ -271,6 +278,14 @@ impl Task {
             .map(|(_, me)| *me)
             .ok_or_else(|| WriteError("not connected".into()))
     }
+}
+
+/// An outcome whose server text can be stored (a NUL byte in a reply would
+/// make PostgreSQL refuse the whole batch, again and again).
+fn storable(mut o: Outcome) -> Outcome {
+    o.reply = o.reply.map(|r| dkl_shared::jobs::storable_text(&r));
+    o.error = o.error.map(|e| dkl_shared::jobs::storable_text(&e));
+    o
 }
 
 /// `host:pid`, as `newsletter_senders.worker` shows it.
