@@ -2,7 +2,10 @@
 -- with two worker processes on a loaded 2-core machine a message whose slot
 -- was taken 50 ms before the second ended sometimes reached the server in
 -- the next second (21 in one second under a limit of 20). A full second's
--- slots still fit in its first 800 ms at any limit a provider sets.
+-- slots still fit in its first 800 ms at any limit a provider sets. The
+-- time is looked at again once the window's row is locked: the lock may
+-- have been waited for (a worker's send log commits many steps at once),
+-- and the time read before it then named a second already over.
 
 CREATE OR REPLACE FUNCTION dkl_take_send_slot(p_config TEXT, p_per_second INT, p_per_hour INT) RETURNS FLOAT8
 LANGUAGE plpgsql AS $$
@@ -38,6 +41,14 @@ BEGIN
         UPDATE smtp_rate_windows SET used = used + 1
          WHERE smtp_config = p_config AND window_secs = 1 AND window_start = sec_start AND used < p_per_second;
         IF NOT FOUND THEN
+            RETURN greatest(extract(epoch FROM sec_start + interval '1 second' - clock_timestamp()), 0.001);
+        END IF;
+        -- The window's row lock may have been waited for (another worker's
+        -- batch holds it until its commit): a slot of a second that is about
+        -- to end is given back.
+        IF clock_timestamp() > sec_start + interval '800 milliseconds' THEN
+            UPDATE smtp_rate_windows SET used = used - 1
+             WHERE smtp_config = p_config AND window_secs = 1 AND window_start = sec_start;
             RETURN greatest(extract(epoch FROM sec_start + interval '1 second' - clock_timestamp()), 0.001);
         END IF;
     END IF;
