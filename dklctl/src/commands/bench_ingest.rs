@@ -323,7 +323,7 @@ async fn idle_latencies(
 
 /// A memory figure of this process in KiB (Linux: `VmRSS:` now, `VmHWM:`
 /// the peak since the last reset through /proc/self/clear_refs).
-fn rss_kib(field: &str) -> u64 {
+pub(crate) fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -269,7 +269,7 @@ async fn send_newsletter(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let peak_kib = memory_kib("VmHWM:");
+    let peak_kib = super::bench_ingest::rss_kib("VmHWM:");
     shutdown.cancel();
     handle.await.context("runtime task")??;
     admin::delete_jobs(pool, &jobs).await?;
@@ -356,16 +356,4 @@ impl Cleanup {
 /// Starts a new peak (`VmHWM`) from the current memory (Linux).
 fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// A memory figure of this process in KiB (`VmRSS:` now, `VmHWM:` the peak).
-fn memory_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
