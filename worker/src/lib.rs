@@ -21,6 +21,8 @@
 //!   [`unsubscribe`]: the one-click unsubscribe pages.
 
 pub mod address;
+pub mod autoreply;
+pub mod bounce;
 pub mod handlers;
 pub mod http;
 pub mod imap;

@@ -287,7 +287,53 @@ pub fn render_imap(
     out
 }
 
+/// The series of what incoming mail led to: (name, label, help).
+const RESPONSE_SERIES: &[(&str, &str, &str, &str)] = &[
+    (
+        "auto_replies",
+        "dkl_auto_replies_total",
+        "outcome",
+        "Automatic answers enqueued by this worker process.",
+    ),
+    (
+        "auto_replies_suppressed",
+        "dkl_auto_replies_suppressed_total",
+        "reason",
+        "Incoming messages not answered, by reason (RFC 3834 rules, no rule, window, hourly cap).",
+    ),
+    (
+        "bounces",
+        "dkl_bounces_total",
+        "kind",
+        "Bounced recipients recorded, by kind (hard, soft).",
+    ),
+    (
+        "complaints",
+        "dkl_complaints_total",
+        "feedback_type",
+        "Feedback (complaint) reports recorded, by Feedback-Type.",
+    ),
+    (
+        "unsubscribes",
+        "dkl_mailto_unsubscribes_total",
+        "outcome",
+        "List-Unsubscribe mailto requests, by outcome (done, refused).",
+    ),
+];
+
+fn render_responses(out: &mut String, mail: &MailSnapshot) {
+    for (series, name, label, help) in RESPONSE_SERIES {
+        header(out, name, "counter", help);
+        for ((s, value), n) in &mail.responses {
+            if s == series {
+                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", esc(value));
+            }
+        }
+    }
+}
+
 fn render_mail(out: &mut String, mail: &MailSnapshot) {
+    render_responses(out, mail);
     header(
         out,
         "dkl_mail_messages_total",

@@ -41,6 +41,10 @@ pub struct ImapAccount {
     pub idle: bool,
     /// Extra trusted root certificates (PEM) for a private CA.
     pub ca_pem: Option<Vec<u8>>,
+    /// `DKL_IMAP_<NAME>_ADDRESS`: the address mail to this account is sent
+    /// to (lower case); default: the login when it is an address. Only mail
+    /// with it in To/Cc gets an automatic answer.
+    pub address: Option<String>,
 }
 
 impl std::fmt::Debug for ImapAccount {
@@ -55,6 +59,7 @@ impl std::fmt::Debug for ImapAccount {
             .field("mailboxes", &self.mailboxes)
             .field("after_import", &self.after_import)
             .field("idle", &self.idle)
+            .field("address", &self.address)
             .finish()
     }
 }
@@ -272,7 +277,21 @@ fn account(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<ImapAcco
             Some(pem)
         }
     };
+    let address = match value("ADDRESS") {
+        Some(a) if a.contains('@') && !a.contains([' ', '<', '>', ',']) => {
+            Some(a.trim().to_ascii_lowercase())
+        }
+        Some(other) => {
+            return Err(ConfigError {
+                var: var("ADDRESS"),
+                value: other,
+                expected: "the account's mail address, e.g. info@dekoninklijkeloop.nl".into(),
+            });
+        }
+        None => user.contains('@').then(|| user.trim().to_ascii_lowercase()),
+    };
     Ok(ImapAccount {
+        address,
         name: name.to_string(),
         host,
         port,

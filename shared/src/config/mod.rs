@@ -15,6 +15,7 @@ mod jobs;
 mod mail;
 mod newsletter;
 mod parse;
+mod responses;
 mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
@@ -23,6 +24,7 @@ pub use jobs::JobsConfig;
 pub use mail::{DkimConfig, MailConfig, SmtpConfig, TlsMode};
 pub use newsletter::{DEFAULT_PUBLIC_BASE_URL, NewsletterConfig};
 pub use parse::{MAX_AGE, parse_age};
+pub use responses::ResponsesConfig;
 pub use scheduler::SchedulerConfig;
 
 use http::parse_http_addr;
@@ -73,6 +75,8 @@ pub struct Config {
     pub imap: ImapConfig,
     /// Newsletters: unsubscribe links, List-Id, retries.
     pub newsletter: NewsletterConfig,
+    /// Auto-responses, bounces and mailto unsubscribes.
+    pub responses: ResponsesConfig,
 }
 
 /// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
@@ -110,6 +114,11 @@ pub const VARIABLES: &[&str] = &[
     "DKL_NEWSLETTER_LIST_ID",
     "DKL_NEWSLETTER_MAX_ATTEMPTS",
     "DKL_NEWSLETTER_RETRY_SECS",
+    "DKL_AUTOREPLY_MAX_PER_HOUR",
+    "DKL_BOUNCE_ADDRESS",
+    "DKL_UNSUBSCRIBE_ADDRESS",
+    "DKL_SOFT_BOUNCE_LIMIT",
+    "DKL_SOFT_BOUNCE_DAYS",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
     "DKL_SCHEDULER_LEADER_STALE_SECS",
@@ -160,6 +169,7 @@ impl Config {
             mail: MailConfig::from_lookup(&get)?,
             imap: ImapConfig::from_lookup(&get)?,
             newsletter: NewsletterConfig::from_lookup(&get)?,
+            responses: ResponsesConfig::from_lookup(&get)?,
         })
     }
 }
@@ -288,6 +298,7 @@ mod tests {
             include_str!("mail.rs"),
             include_str!("imap.rs"),
             include_str!("newsletter.rs"),
+            include_str!("responses.rs"),
         ]
         .concat();
         for quoted in source.split('"').skip(1).step_by(2) {

@@ -67,6 +67,14 @@ impl MailKind {
     pub const fn is_bulk(self) -> bool {
         matches!(self, Self::Newsletter)
     }
+
+    /// Kinds sent at most once: a crash between the server's 250 and the
+    /// commit leaves them `unknown`, never resent by themselves; they also
+    /// honour `bulk` suppressions. Bulk mail, and automatic answers (RFC
+    /// 3834: a second answer is worse than none).
+    pub const fn is_at_most_once(self) -> bool {
+        matches!(self, Self::Newsletter | Self::AutoReply)
+    }
 }
 
 /// Send one mail: a template with variables, or a ready subject and body.

@@ -46,6 +46,7 @@ pub fn registry_with(
     imap_stats: std::sync::Arc<crate::imap::stats::ImapStats>,
 ) -> Registry {
     let mut registry = Registry::new();
+    let mail_stats_for_processing = mail_stats.clone();
     ping::register(&mut registry);
     prune_jobs::register(
         &mut registry,
@@ -62,6 +63,7 @@ pub fn registry_with(
             crate::store::email_templates::TemplateCache::DEFAULT_TTL,
         ),
         send_log: crate::store::send_log::SendLog::new(pool),
+        bounce_address: config.responses.bounce_address.clone(),
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));
     let newsletter_config = smtp.config_for(dkl_shared::kinds::MailKind::Newsletter);
@@ -89,6 +91,8 @@ pub fn registry_with(
         ),
         config: config.newsletter.clone(),
         keys: crate::newsletter::token::TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
+        bounce_address: config.responses.bounce_address.clone(),
+        unsubscribe_address: config.responses.unsubscribe_address.clone(),
     };
     send_newsletter::register(&mut registry, std::sync::Arc::new(lanes));
     let fetcher = fetch_mail::Fetcher {
@@ -97,8 +101,53 @@ pub fn registry_with(
         stats: imap_stats,
     };
     fetch_mail::register(&mut registry, std::sync::Arc::new(fetcher));
-    process_incoming_email::register(&mut registry, pool.clone());
+    let processor = process_incoming_email::Processor {
+        pool: pool.clone(),
+        us: our_identity(config),
+        account_addresses: config
+            .imap
+            .accounts
+            .iter()
+            .filter_map(|a| Some((a.name.clone(), a.address.clone()?)))
+            .collect(),
+        config: config.responses.clone(),
+        keys: crate::newsletter::token::TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
+        stats: mail_stats_for_processing,
+    };
+    process_incoming_email::register(&mut registry, std::sync::Arc::new(processor));
     registry
+}
+
+/// Our own addresses (SMTP From, IMAP accounts, the bounce and
+/// unsubscribe bases) and Message-ID domains: mail from them is never
+/// answered automatically.
+pub fn our_identity(config: &Config) -> crate::autoreply::Us {
+    let mut us = crate::autoreply::Us::default();
+    for smtp in config.mail.all() {
+        if let Ok(mailbox) = smtp.from.parse::<lettre::message::Mailbox>() {
+            us.addresses
+                .push(mailbox.email.to_string().to_ascii_lowercase());
+            us.domains.push(mailbox.email.domain().to_ascii_lowercase());
+        }
+        us.addresses.push(crate::smtp::bounce_base(
+            smtp,
+            config.responses.bounce_address.as_deref(),
+        ));
+    }
+    us.addresses.extend(
+        config
+            .imap
+            .accounts
+            .iter()
+            .filter_map(|a| a.address.clone()),
+    );
+    us.addresses
+        .extend(config.responses.unsubscribe_address.clone());
+    us.addresses.sort();
+    us.addresses.dedup();
+    us.domains.sort();
+    us.domains.dedup();
+    us
 }
 
 #[cfg(test)]

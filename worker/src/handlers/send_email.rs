@@ -53,6 +53,8 @@ pub struct Mailer {
     pub templates: TemplateCache,
     /// The writer of every send's steps in `verzonden_emails`.
     pub send_log: SendLog,
+    /// `DKL_BOUNCE_ADDRESS` (the VERP base; unset: bounce@ the From domain).
+    pub bounce_address: Option<String>,
 }
 
 /// Registers the `send_email` handler.
@@ -102,7 +104,7 @@ impl Mailer {
         // Other mail begins first (a transactional message found interrupted
         // is sent again anyway), so it holds a connection only for its SMTP
         // transaction.
-        let early_slot = if job.kind.is_bulk() || rate.is_set() {
+        let early_slot = if job.kind.is_at_most_once() || rate.is_set() {
             Some(self.reserve_slot(config).await?)
         } else {
             None
@@ -120,7 +122,7 @@ impl Mailer {
         };
         let (begun, guard) = self
             .send_log
-            .begin(&new, job.kind.is_bulk(), rate)
+            .begin(&new, job.kind.is_at_most_once(), rate)
             .await
             .map_err(JobError::retryable)?;
         let (id, first_message_id, rate_wait) = match begun {
@@ -192,10 +194,21 @@ impl Mailer {
         if let Some(signer) = self.smtp.signer(config) {
             signer.sign(&mut message);
         }
+        // Automatic answers go out with a null sender (RFC 3834); other
+        // mail with a VERP return path naming this row, so a bounce finds it.
+        let envelope = if job.kind == MailKind::AutoReply {
+            crate::smtp::null_sender_envelope(&message)
+        } else {
+            crate::smtp::verp_envelope(
+                &message,
+                &crate::smtp::bounce_base(config, self.bounce_address.as_deref()),
+                &crate::bounce::SendReference::Message(id).tag(),
+            )
+        };
         guard.on_the_wire();
         let sent = self
             .smtp
-            .send(&slot, config, message.envelope(), &message.formatted())
+            .send(&slot, config, &envelope, &message.formatted())
             .await;
         // The connection is free for the next message while this one's outcome is written.
         drop(slot);
@@ -203,7 +216,7 @@ impl Mailer {
         // bulk mail is then not resent by itself (the README's rule for an
         // interrupted transaction); other mail is, like after a 4xx.
         let unanswered_bulk =
-            job.kind.is_bulk() && matches!(sent, Err(SmtpError::Unanswered { .. }));
+            job.kind.is_at_most_once() && matches!(sent, Err(SmtpError::Unanswered { .. }));
         let counted = match &sent {
             Ok(_) => SendOutcome::Sent,
             Err(_) if unanswered_bulk => SendOutcome::Unknown,
@@ -397,10 +410,15 @@ fn build(
     to: Mailbox,
     message_id: &str,
 ) -> Result<Message, JobError> {
+    let subject = if job.kind == MailKind::AutoReply {
+        crate::autoreply::reply_subject(&mail.subject)
+    } else {
+        mail.subject.clone()
+    };
     let mut builder = Message::builder()
         .from(from)
         .to(to)
-        .subject(&mail.subject)
+        .subject(subject)
         .message_id(Some(message_id.to_string()));
     if let Some(reply_to) = &job.reply_to {
         let mbox = crate::address::mailbox(reply_to)

@@ -57,6 +57,10 @@ pub struct NewsletterSender {
     pub writers: Vec<DeliveryWriter>,
     /// Unsubscribe tokens.
     pub keys: TokenKey,
+    /// `DKL_BOUNCE_ADDRESS` (the VERP base; unset: bounce@ the From domain).
+    pub bounce_address: Option<String>,
+    /// `DKL_UNSUBSCRIBE_ADDRESS` (the mailto base; unset: the From address).
+    pub unsubscribe_address: Option<String>,
     /// Senders of this process at once (each holds an SMTP connection for
     /// as long as it has deliveries): [`sender_permits`].
     pub senders: Arc<tokio::sync::Semaphore>,
@@ -97,6 +101,7 @@ pub fn register(registry: &mut Registry, sender: Arc<NewsletterSender>) {
 struct Ready {
     id: i64,
     message: lettre::Message,
+    envelope: lettre::address::Envelope,
 }
 
 /// Why a lane's senders stopped.
@@ -322,7 +327,8 @@ impl NewsletterSender {
             from,
             &self.config,
             signer.clone(),
-        ))
+        )
+        .with_unsubscribe_address(self.unsubscribe_address.as_deref()))
     }
 }
 
@@ -382,7 +388,7 @@ impl Lane<'_> {
                 let formatted = current.message.formatted();
                 let sent = owner
                     .smtp
-                    .send(&slot, self.config, current.message.envelope(), &formatted)
+                    .send(&slot, self.config, &current.envelope, &formatted)
                     .await;
                 self.record(current.id, sent);
             }
@@ -394,7 +400,7 @@ impl Lane<'_> {
             let (sent, next) = tokio::join!(
                 owner
                     .smtp
-                    .send(&slot, self.config, current.message.envelope(), &formatted),
+                    .send(&slot, self.config, &current.envelope, &formatted),
                 self.prepare(ctx)
             );
             self.record(current.id, sent);
@@ -460,7 +466,16 @@ impl Lane<'_> {
                     if let Some(signer) = owner.smtp.signer(self.config) {
                         signer.sign(&mut message);
                     }
-                    return Some(Ready { id: d.id, message });
+                    let envelope = crate::smtp::verp_envelope(
+                        &message,
+                        &crate::smtp::bounce_base(self.config, owner.bounce_address.as_deref()),
+                        &crate::bounce::SendReference::Delivery(d.id).tag(),
+                    );
+                    return Some(Ready {
+                        id: d.id,
+                        message,
+                        envelope,
+                    });
                 }
                 Ok(Marked::Skipped) => {
                     owner.smtp.stats().record(

@@ -193,6 +193,7 @@ impl Dovecot {
             after_import: AfterImport::Leave,
             idle: true,
             ca_pem: None,
+            address: user.contains('@').then(|| user.to_ascii_lowercase()),
         }
     }
 

@@ -37,6 +37,7 @@ pub struct Edition {
     base_url: String,
     one_click: bool,
     signer: TokenSigner,
+    unsubscribe_address: String,
 }
 
 impl Edition {
@@ -59,6 +60,7 @@ impl Edition {
             .list_id
             .clone()
             .unwrap_or_else(|| format!("nieuwsbrief.{}", from.email.domain()));
+        let unsubscribe_address = from.email.to_string();
         Self {
             title: newsletter.title.clone(),
             content_html,
@@ -69,6 +71,39 @@ impl Edition {
             base_url: config.public_base_url.clone(),
             one_click: config.is_https(),
             signer,
+            unsubscribe_address,
+        }
+    }
+
+    /// Sends mailto unsubscribes to `address` (`DKL_UNSUBSCRIBE_ADDRESS`)
+    /// instead of the From address.
+    pub fn with_unsubscribe_address(mut self, address: Option<&str>) -> Self {
+        if let Some(a) = address {
+            self.unsubscribe_address = a.to_string();
+        }
+        self
+    }
+
+    /// The `List-Unsubscribe` mailto URI: a subscriber's signed token in
+    /// the address itself (`+u-<token>`), so a mail program that drops the
+    /// subject still unsubscribes; other tokens ride in the subject.
+    pub fn unsubscribe_mailto(&self, subject: &Subject, token: &str) -> String {
+        let tagged = match subject {
+            Subject::Gebruiker(id) => crate::address::plus_address(
+                &self.unsubscribe_address,
+                &format!(
+                    "u-{}",
+                    self.signer.sign_for_address(*id, super::token::today())
+                ),
+            ),
+            Subject::Address(_) => None,
+        };
+        match tagged {
+            Some(address) => format!("mailto:{address}?subject=unsubscribe"),
+            None => format!(
+                "mailto:{}?subject=unsubscribe%20{token}",
+                self.unsubscribe_address
+            ),
         }
     }
 
@@ -110,7 +145,7 @@ impl Edition {
         let mut to =
             crate::address::mailbox(email).map_err(|e| BuildError::Address(e.to_string()))?;
         to.name = naam.filter(|n| !n.trim().is_empty()).map(str::to_string);
-        let mailto = format!("mailto:{}?subject=unsubscribe%20{token}", self.from.email);
+        let mailto = self.unsubscribe_mailto(subject, &token);
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)

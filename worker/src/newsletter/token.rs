@@ -127,6 +127,82 @@ impl TokenSigner {
     }
 }
 
+/// Bytes of the MAC kept in an address token (80 bits: the token must fit
+/// in an address's local part).
+const ADDRESS_MAC_LEN: usize = 10;
+
+impl TokenSigner {
+    /// A token for a subscriber that fits in the local part of an address
+    /// (48 characters of lower-case base32: mail systems may change the
+    /// case of a local part), for the `List-Unsubscribe` mailto address.
+    pub fn sign_for_address(&self, gebruiker: Uuid, day: i64) -> String {
+        let mut bytes = Vec::with_capacity(30);
+        bytes.extend_from_slice(gebruiker.as_bytes());
+        bytes.extend_from_slice(&(day.clamp(0, u32::MAX as i64) as u32).to_be_bytes());
+        let mut mac = self.mac();
+        mac.update(b"2.");
+        mac.update(&bytes);
+        let tag = mac.finalize().into_bytes();
+        bytes.extend_from_slice(&tag[..ADDRESS_MAC_LEN]);
+        base32_encode(&bytes)
+    }
+
+    /// The subscriber of an address token, if genuine and not expired on `day`.
+    pub fn verify_from_address(&self, token: &str, day: i64) -> Result<Uuid, TokenError> {
+        let bytes = base32_decode(&token.to_ascii_lowercase()).ok_or(TokenError::Malformed)?;
+        if bytes.len() != 16 + 4 + ADDRESS_MAC_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let (signed, tag) = bytes.split_at(20);
+        let mut mac = self.mac();
+        mac.update(b"2.");
+        mac.update(signed);
+        mac.verify_truncated_left(tag)
+            .map_err(|_| TokenError::BadSignature)?;
+        let made = u32::from_be_bytes([signed[16], signed[17], signed[18], signed[19]]) as i64;
+        if day - made > VALID_DAYS {
+            return Err(TokenError::Expired);
+        }
+        Uuid::from_slice(&signed[..16]).map_err(|_| TokenError::Malformed)
+    }
+}
+
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// RFC 4648 base32, lower case, no padding.
+fn base32_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buffer = (buffer << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(BASE32[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(BASE32[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+fn base32_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let value = BASE32.iter().position(|&b| b == c)? as u32;
+        buffer = (buffer << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// Days since 1970-01-01, UTC.
 pub fn today() -> i64 {
     chrono::Utc::now().timestamp().div_euclid(86_400)
@@ -135,6 +211,38 @@ pub fn today() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_tokens_fit_a_local_part_and_cannot_be_forged() {
+        let signer = TokenSigner::new("a secret of some length, 32 chars+");
+        let id = Uuid::new_v4();
+        let token = signer.sign_for_address(id, 20_000);
+        assert_eq!(token.len(), 48);
+        assert_eq!(signer.verify_from_address(&token, 20_001), Ok(id));
+        assert_eq!(
+            signer.verify_from_address(&token.to_uppercase(), 20_001),
+            Ok(id)
+        );
+        let mut forged = token.clone().into_bytes();
+        forged[3] = if forged[3] == b'a' { b'b' } else { b'a' };
+        assert_eq!(
+            signer.verify_from_address(std::str::from_utf8(&forged).unwrap(), 20_001),
+            Err(TokenError::BadSignature)
+        );
+        let other = TokenSigner::new("another secret of some length, 32+");
+        assert_eq!(
+            other.verify_from_address(&token, 20_001),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify_from_address(&token, 20_000 + VALID_DAYS + 1),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            signer.verify_from_address("zz", 1),
+            Err(TokenError::Malformed)
+        );
+    }
 
     fn signer() -> TokenSigner {
         TokenSigner::new("0123456789abcdef0123456789abcdef")

@@ -27,6 +27,41 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 
+/// Where bounces of mail sent through `config` go: `configured`
+/// (`DKL_BOUNCE_ADDRESS`), else `bounce@` the domain of its From.
+pub fn bounce_base(config: &SmtpConfig, configured: Option<&str>) -> String {
+    match configured {
+        Some(address) => address.to_string(),
+        None => {
+            let domain = config
+                .from
+                .rsplit_once('@')
+                .map(|(_, d)| d.trim_end_matches('>').trim())
+                .unwrap_or("localhost");
+            format!("bounce@{}", domain.to_ascii_lowercase())
+        }
+    }
+}
+
+/// A VERP return path (`bounce+<reference>@…`) and the message's
+/// recipients: a bounce then names the send it is about even when it
+/// quotes nothing of the message. `reference` is `m<verzonden_emails.id>`
+/// or `n<newsletter_deliveries.id>` ([`crate::bounce::SendReference`]).
+pub fn verp_envelope(message: &lettre::Message, base: &str, reference: &str) -> Envelope {
+    let recipients = message.envelope().to().to_vec();
+    let from = crate::address::plus_address(base, reference)
+        .and_then(|a| a.parse::<lettre::Address>().ok())
+        .or_else(|| message.envelope().from().cloned());
+    Envelope::new(from, recipients.clone()).unwrap_or_else(|_| message.envelope().clone())
+}
+
+/// The envelope of an automatic answer: `MAIL FROM:<>` (RFC 3834 section
+/// 3.3), so that whatever comes back is never answered again.
+pub fn null_sender_envelope(message: &lettre::Message) -> Envelope {
+    let recipients = message.envelope().to().to_vec();
+    Envelope::new(None, recipients).unwrap_or_else(|_| message.envelope().clone())
+}
+
 /// The server's answer to an accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {

@@ -39,6 +39,7 @@ struct Inner {
     outcomes: BTreeMap<(String, &'static str, SendOutcome), u64>,
     durations: BTreeMap<String, Histogram>,
     reachable: BTreeMap<String, bool>,
+    responses: BTreeMap<(&'static str, String), u64>,
 }
 
 /// Mail counters of one worker process. Cheap to share (`Arc`).
@@ -56,6 +57,10 @@ pub struct MailSnapshot {
     pub durations: BTreeMap<String, Histogram>,
     /// Whether the last attempt to reach each configuration's server got an answer.
     pub reachable: BTreeMap<String, bool>,
+    /// What incoming mail led to, by series and label: (`auto_replies`,
+    /// `replied`), (`auto_replies_suppressed`, reason), (`bounces`, kind),
+    /// (`complaints`, feedback type), (`unsubscribes`, `mailto`).
+    pub responses: BTreeMap<(&'static str, String), u64>,
 }
 
 impl MailStats {
@@ -82,6 +87,17 @@ impl MailStats {
         s.reachable.insert(config.to_string(), answered);
     }
 
+    /// Counts something incoming mail led to (see [`MailSnapshot::responses`]).
+    pub fn response(&self, series: &'static str, label: &str, n: u64) {
+        if n > 0 {
+            *self
+                .lock()
+                .responses
+                .entry((series, label.to_string()))
+                .or_default() += n;
+        }
+    }
+
     /// A copy of everything.
     pub fn snapshot(&self) -> MailSnapshot {
         let s = self.lock();
@@ -89,6 +105,7 @@ impl MailStats {
             outcomes: s.outcomes.clone(),
             durations: s.durations.clone(),
             reachable: s.reachable.clone(),
+            responses: s.responses.clone(),
         }
     }
 }

@@ -493,7 +493,7 @@ pub async fn raw(pool: &PgPool, id: Uuid) -> Result<Option<Vec<u8>>, sqlx::Error
 
 /// Records what the follow-up found and marks the message processed.
 pub async fn mark_processed(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     id: Uuid,
     verdict: Option<&crate::mime::classify::Verdict>,
 ) -> Result<bool, sqlx::Error> {
@@ -505,7 +505,7 @@ pub async fn mark_processed(
     .bind(id)
     .bind(verdict.map(|v| v.class.as_str()))
     .bind(verdict.map(|v| v.reason.as_str()))
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -552,5 +552,37 @@ pub async fn has_message_id(
     .bind(account)
     .bind(message_id)
     .fetch_one(pool)
+    .await
+}
+
+/// What answering a message needs from its row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReplyContext {
+    /// The account it came in on.
+    pub account_type: String,
+    /// The sender's name.
+    pub sender_name: Option<String>,
+    /// The sender's address.
+    pub sender_email: String,
+    /// Its subject.
+    pub subject: Option<String>,
+    /// Its Message-ID.
+    pub message_id: Option<String>,
+    /// Its References.
+    pub message_references: Vec<String>,
+}
+
+/// The row, locked until the caller's transaction ends (two follow-ups of
+/// one message never run side by side); None when it was deleted.
+pub async fn lock_for_processing(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<Option<ReplyContext>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_type, sender_name, sender_email, subject, message_id, message_references
+           FROM incoming_emails WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
     .await
 }
