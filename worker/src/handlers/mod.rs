@@ -102,17 +102,8 @@ pub fn registry_with(
     };
     fetch_mail::register(&mut registry, std::sync::Arc::new(fetcher));
     let processor = process_incoming_email::Processor {
-        pool: pool.clone(),
-        us: our_identity(config),
-        account_addresses: config
-            .imap
-            .accounts
-            .iter()
-            .filter_map(|a| Some((a.name.clone(), a.address.clone()?)))
-            .collect(),
-        config: config.responses.clone(),
-        keys: crate::newsletter::token::TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
         stats: mail_stats_for_processing,
+        ..process_incoming_email::Processor::new(pool, config)
     };
     process_incoming_email::register(&mut registry, std::sync::Arc::new(processor));
     registry

@@ -82,6 +82,24 @@ impl Decision {
 }
 
 impl Processor {
+    /// The follow-up of this deployment (`config`: our addresses, the IMAP
+    /// accounts', the reply cap, the soft-bounce rule, the token key).
+    pub fn new(pool: &PgPool, config: &dkl_shared::config::Config) -> Self {
+        Self {
+            pool: pool.clone(),
+            us: super::our_identity(config),
+            account_addresses: config
+                .imap
+                .accounts
+                .iter()
+                .filter_map(|a| Some((a.name.clone(), a.address.clone()?)))
+                .collect(),
+            config: config.responses.clone(),
+            keys: TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
+            stats: Arc::default(),
+        }
+    }
+
     /// Follows up message `id`.
     pub async fn process(&self, id: Uuid) -> Result<(), JobError> {
         let raw = incoming_emails::raw(&self.pool, id)
