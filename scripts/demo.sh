@@ -93,6 +93,17 @@ SELECT dkl_send_email('contact_admin_email', 'beheer@demo.dkl.test',
        'demo-contact-admin-' || extract(epoch FROM now())::bigint, 'admin');
 COMMIT;
 SQL
+log "an auto-response rule answers mail to info@ (auto_responses), and a mail goes to an address that no longer exists"
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 <<'SQL'
+INSERT INTO auto_responses (name, description, account_type, template_id, priority)
+SELECT 'demo-ontvangstbevestiging', 'Bevestigt elke mail aan info@ (één keer per afzender per week)', 'info', id, 100
+  FROM email_templates WHERE name = 'auto_response'
+ON CONFLICT (name) DO NOTHING;
+SELECT dkl_send_email('contact_email', 'oud-adres@demo.dkl.test',
+       jsonb_build_object('naam', 'Oud Adres', 'ontvangen_op', now(), 'bericht', 'Dit adres bestaat niet meer.'),
+       'demo-oud-adres-' || extract(epoch FROM now())::bigint);
+SQL
+BOUNCES="$REPO_ROOT/worker/tests/fixtures/bounces/sisimai"
 NL_SECS="${DKL_DEMO_NEWSLETTER_SECS:-60}"
 log "an admin schedules a newsletter to the demo's subscribers, $NL_SECS seconds from now (plain SQL)"
 NL=$(psql "$DATABASE_URL" -qAt -v ON_ERROR_STOP=1 -c "
@@ -117,6 +128,25 @@ while [ "$(date +%s)" -lt "$end" ]; do
     "$BIN/dklctl" demo append --account info "$MAILS/mailparser-thirdparty-014-mailing-list-alternative.eml" >/dev/null
     APPENDED="a new mail reached info's INBOX at $(date -u +%H:%M:%S) UTC (IMAP APPEND); IDLE brings it in within seconds"
   fi
+  if [ "$round" -eq 5 ]; then
+    # A person writes to info@ (answered once), then her out-of-office
+    # reply arrives (a real one, RFC 3834: never answered).
+    printf 'Return-Path: <anna@demo.dkl.test>\r\nFrom: Anna de Vries <anna@demo.dkl.test>\r\nTo: DKL <info@demo.dkl.test>\r\nSubject: Vraag over mijn startnummer\r\nMessage-ID: <demo-%s@demo.dkl.test>\r\nDate: %s\r\n\r\nKan ik mijn startnummer nog wijzigen?\r\n' \
+      "$(date +%s)" "$(date -R)" >"$DATA_DIR/demo-person.eml"
+    "$BIN/dklctl" demo append --account info "$DATA_DIR/demo-person.eml" >/dev/null
+    "$BIN/dklctl" demo append --account info "$BOUNCES/rfc3834-01.eml" >/dev/null
+  fi
+  if [ "$round" -eq 6 ]; then
+    # The mail to oud-adres@ bounces: a real Postfix DSN, with our
+    # Message-ID and that address in it.
+    MID=$(psql "$DATABASE_URL" -qAt -c "SELECT message_id FROM verzonden_emails WHERE recipient_email = 'oud-adres@demo.dkl.test' AND message_id IS NOT NULL ORDER BY sent_at DESC LIMIT 1")
+    if [ -n "$MID" ]; then
+      sed -e "s/kijitora@example.co.jp/oud-adres@demo.dkl.test/g" \
+          -e "s/<A8F82EDD-E518-4F5C-8C70-BC4EFF24AB9F@example.ne.jp>/$MID/" \
+          "$BOUNCES/lhost-postfix-04.eml" >"$DATA_DIR/demo-bounce.eml"
+      "$BIN/dklctl" demo append --account info "$DATA_DIR/demo-bounce.eml" >/dev/null
+    fi
+  fi
   [ $((round % 5)) -eq 0 ] && "$BIN/dklctl" ping "nog een ping (ronde $round)" >/dev/null
   kill -0 "$WORKER" 2>/dev/null || { echo "dkl-worker exited; see .data/logs/worker.log" >&2; exit 1; }
   kill -0 "$SCHEDULER" 2>/dev/null || { echo "dkl-scheduler exited; see .data/logs/scheduler.log" >&2; exit 1; }
@@ -131,6 +161,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
   echo
   echo "MAIL IN (incoming_emails, newest first) ${APPENDED:-}"
   "$BIN/dklctl" mail inbox --limit 6
+  echo
+  echo "BOUNCES (dklctl bounces; dklctl suppressions; why a mail got no answer: dklctl mail show ID)"
+  "$BIN/dklctl" bounces --limit 3
   echo
   echo "NEWSLETTER $NL (dklctl newsletter status; read it, and unsubscribe with its link, in $MAIL_URL)"
   "$BIN/dklctl" newsletter status "$NL" --once

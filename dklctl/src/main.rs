@@ -178,6 +178,31 @@ enum Command {
         #[arg(long, default_value = "all")]
         scope: String,
     },
+    /// Bounces recorded (newest first): recipient, hard/soft, status, how it
+    /// was tied to our send, the suppression it caused.
+    Bounces {
+        /// Since this time (RFC 3339); default: the last 7 days.
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The suppression list (newest first).
+    Suppressions {
+        /// Only this reason: hard_bounce, soft_bounce, complaint, unsubscribe, manual.
+        #[arg(long)]
+        reason: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take an address off the suppression list.
     Unsuppress {
         /// The address.
@@ -583,6 +608,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             scope,
         } => mail::suppress(&pool, &address, &reason, &scope).await?,
         Command::Unsuppress { address } => mail::unsuppress(&pool, &address).await?,
+        Command::Bounces { since, limit, json } => {
+            commands::bounces::bounces(&pool, since, limit, json).await?
+        }
+        Command::Suppressions {
+            reason,
+            limit,
+            json,
+        } => commands::bounces::suppressions(&pool, reason.as_deref(), limit, json).await?,
         Command::Templates {
             what: TemplatesCommand::Sync { dir, force },
         } => templates::sync(&pool, &dir, force).await?,

@@ -95,6 +95,29 @@ pub async fn show(pool: &PgPool, id: uuid::Uuid) -> anyhow::Result<()> {
             }
         ),
     }
+    let mut conn = pool.acquire().await?;
+    if let Some((outcome, reason)) =
+        dkl_worker::store::auto_responses::outcome_of(&mut conn, id).await?
+    {
+        println!("auto-reply:    {outcome}: {reason}");
+    }
+    for b in dkl_worker::store::bounces::of_message(&mut conn, id).await? {
+        println!(
+            "bounce:        {} {} {} ({}{})",
+            b.recipient,
+            b.kind,
+            b.status.as_deref().unwrap_or("no status"),
+            b.matched_by
+                .as_deref()
+                .map_or("not tied to our mail".to_string(), |m| format!(
+                    "our send, by {m}"
+                )),
+            b.suppression
+                .as_deref()
+                .map(|s| format!("; suppressed: {s}"))
+                .unwrap_or_default()
+        );
+    }
     println!("\n--- headers ---");
     println!("{}", mail.headers.as_deref().unwrap_or("").trim_end());
     println!("\n--- text ---");

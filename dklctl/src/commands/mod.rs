@@ -6,6 +6,7 @@ pub mod bench_ingest;
 pub mod bench_newsletter;
 pub mod bench_schedule;
 pub mod bench_send;
+pub mod bounces;
 pub mod database;
 pub mod demo;
 pub mod inbox;

@@ -137,3 +137,16 @@ pub async fn record_outcome(
     .await?;
     Ok(())
 }
+
+/// Whether and why a message was answered (`None` before its follow-up).
+pub async fn outcome_of(
+    conn: &mut PgConnection,
+    email: Uuid,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT auto_reply, coalesce(auto_reply_reason, '') FROM incoming_emails WHERE id = $1 AND auto_reply IS NOT NULL",
+    )
+    .bind(email)
+    .fetch_optional(conn)
+    .await
+}

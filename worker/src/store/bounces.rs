@@ -323,3 +323,17 @@ pub async fn suppressions(
     .fetch_all(conn)
     .await
 }
+
+/// The bounces one incoming message reported.
+pub async fn of_message(
+    conn: &mut PgConnection,
+    email: Uuid,
+) -> Result<Vec<BounceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT created_at, recipient, kind, action, status, format, matched_by, suppression, diagnostic
+           FROM email_bounces WHERE incoming_email_id = $1 ORDER BY id",
+    )
+    .bind(email)
+    .fetch_all(conn)
+    .await
+}
