@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use dkl_worker::autoreply::{Us, reply_blocker};
+use dkl_worker::autoreply::{NoReply, Us, reply_blocker};
 use dkl_worker::bounce::{Action, Kind, arf, read_bounce};
 use dkl_worker::mime::classify::{Classification, classify_message};
 use mail_parser::MessageParser;
@@ -139,8 +139,17 @@ fn check(dir: &Path, name: &str, want: &Value) -> Result<(), String> {
             Ok(())
         }
         "auto_reply" => {
-            let us = Us::default();
-            match reply_blocker(&message, &us, Some("anyone@example.org")) {
+            // Received at the address it was sent to: only its being an
+            // automatic reply may stop the answer.
+            let to = message
+                .to()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .map(str::to_ascii_lowercase);
+            match reply_blocker(&message, &Us::default(), to.as_deref()) {
+                Some(NoReply::NotAddressedToUs(a)) => {
+                    Err(format!("stopped only as not addressed to {a}"))
+                }
                 Some(_) => Ok(()),
                 None => Err("an auto-reply would be answered".into()),
             }

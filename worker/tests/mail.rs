@@ -867,9 +867,13 @@ async fn each_smtp_configuration_is_used_for_its_kind(pool: PgPool) {
             .messages()
             .iter()
             .filter_map(|m| {
+                // (an automatic answer's subject says so: "Auto: …")
                 m.lines()
-                    .find(|l| l.starts_with("Subject: Soort "))
-                    .map(|l| l["Subject: Soort ".len()..].trim().to_string())
+                    .find_map(|l| {
+                        l.strip_prefix("Subject: Auto: Soort ")
+                            .or_else(|| l.strip_prefix("Subject: Soort "))
+                    })
+                    .map(|l| l.trim().to_string())
             })
             .collect();
         keys.sort();

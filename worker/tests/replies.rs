@@ -87,8 +87,9 @@ async fn receive(pool: &PgPool, raw: &[u8]) -> Uuid {
 }
 
 fn person(from: &str, message_id: &str, extra: &str) -> Vec<u8> {
+    let date = chrono::Utc::now().to_rfc2822();
     format!(
-        "Return-Path: <{from}>\r\nFrom: Anna de Vries <{from}>\r\nTo: DKL <{OURS}>\r\nSubject: Vraag over de route\r\nMessage-ID: <{message_id}>\r\nReferences: <eerder@example.nl>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0100\r\n{extra}\r\nHoi, hoe laat begint de loop?\r\n"
+        "Return-Path: <{from}>\r\nFrom: Anna de Vries <{from}>\r\nTo: DKL <{OURS}>\r\nSubject: Vraag over de route\r\nMessage-ID: <{message_id}>\r\nReferences: <eerder@example.nl>\r\nDate: {date}\r\n{extra}\r\nHoi, hoe laat begint de loop?\r\n"
     )
     .into_bytes()
 }
@@ -236,7 +237,7 @@ fn mangled(raw: &[u8], sender: &str) -> Vec<u8> {
             if l.starts_with("Return-Path") {
                 format!("Return-Path: <{sender}>")
             } else {
-                l.to_string()
+                l.replace("Subject: Auto: ", "Subject: ")
             }
         })
         .collect::<Vec<_>>()
@@ -585,19 +586,40 @@ async fn a_4xx_bounce_found_by_message_id_is_recorded_soft_and_suppresses_nothin
     assert_eq!(status, "sent", "a delay is no bounce");
 }
 
+/// A `verzonden_emails` row of a newsletter we sent to `to`, with `message_id`.
+async fn sent_newsletter_row(pool: &PgPool, to: &str, message_id: &str) {
+    sqlx::query(
+        "INSERT INTO verzonden_emails (recipient_email, subject, status, mail_kind, message_id, dedup_key)
+         VALUES ($1, 'Nieuws', 'sent', 'newsletter', $2, 'test:' || $2)",
+    )
+    .bind(to)
+    .bind(message_id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 #[sqlx::test(migrations = false)]
-async fn an_arf_complaint_suppresses_for_bulk_mail_only(pool: PgPool) {
+async fn an_arf_complaint_about_our_mail_suppresses_for_bulk_mail_only(pool: PgPool) {
     setup(&pool).await;
-    let id = receive(
+    sent_newsletter_row(
         &pool,
-        &corpus(
-            "arf-21.eml",
-            "kijitora@example.org",
-            "klager@example.org",
-            OURS,
-        ),
+        "klager@example.org",
+        "<nieuws-1@dekoninklijkeloop.nl>",
     )
     .await;
+    let raw = String::from_utf8(corpus(
+        "arf-21.eml",
+        "kijitora@example.org",
+        "klager@example.org",
+        OURS,
+    ))
+    .unwrap()
+    .replace(
+        "<00000000000000000000000022222222@example.net>",
+        "<nieuws-1@dekoninklijkeloop.nl>",
+    );
+    let id = receive(&pool, raw.as_bytes()).await;
     Processor::new(&pool, &config(1)).process(id).await.unwrap();
     let (scope, reason): (String, String) = sqlx::query_as(
         "SELECT scope, reason FROM email_suppressions WHERE address = 'klager@example.org'",
@@ -623,6 +645,81 @@ async fn an_arf_complaint_suppresses_for_bulk_mail_only(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn forged_complaints_and_bounces_suppress_nobody(pool: PgPool) {
+    setup(&pool).await;
+    let processor = Processor::new(&pool, &config(1));
+    // A complaint naming an address, about mail we never sent.
+    let complaint = receive(
+        &pool,
+        &corpus(
+            "arf-21.eml",
+            "kijitora@example.org",
+            "slachtoffer@example.org",
+            OURS,
+        ),
+    )
+    .await;
+    processor.process(complaint).await.unwrap();
+    // A bounce to a made-up return path (an unsigned, guessed tag), and
+    // one with a real Message-ID of ours that names another address.
+    sent_newsletter_row(&pool, "lid@example.org", "<nieuws-2@dekoninklijkeloop.nl>").await;
+    let guessed = receive(
+        &pool,
+        &corpus(
+            "lhost-postfix-04.eml",
+            "kijitora@example.co.jp",
+            "lid@example.org",
+            "bounce+n1@dekoninklijkeloop.nl",
+        ),
+    )
+    .await;
+    processor.process(guessed).await.unwrap();
+    let other = String::from_utf8(corpus(
+        "lhost-postfix-04.eml",
+        "kijitora@example.co.jp",
+        "slachtoffer@example.org",
+        OURS,
+    ))
+    .unwrap()
+    .replace(
+        "<A8F82EDD-E518-4F5C-8C70-BC4EFF24AB9F@example.ne.jp>",
+        "<nieuws-2@dekoninklijkeloop.nl>",
+    );
+    let other = receive(&pool, other.as_bytes()).await;
+    processor.process(other).await.unwrap();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM email_suppressions").await,
+        0,
+        "nobody suppressed"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM email_complaints WHERE NOT suppressed"
+        )
+        .await,
+        1,
+        "the complaint is kept"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM email_bounces WHERE suppression IS NULL"
+        )
+        .await,
+        2,
+        "the bounces are kept"
+    );
+    let status: String = sqlx::query_scalar(
+        "SELECT status FROM verzonden_emails WHERE recipient_email = 'lid@example.org'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "sent");
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_mailto_unsubscribe_works_and_a_forged_one_changes_nothing(pool: PgPool) {
     setup(&pool).await;
     let lid: Uuid = sqlx::query_scalar(
@@ -631,13 +728,44 @@ async fn a_mailto_unsubscribe_works_and_a_forged_one_changes_nothing(pool: PgPoo
     .fetch_one(&pool)
     .await
     .unwrap();
-    let signer = dkl_worker::newsletter::token::TokenSigner::new(&"s".repeat(40));
-    let token = signer.sign_for_address(lid, dkl_worker::newsletter::token::today());
-    let mut forged = token.clone().into_bytes();
-    forged[5] = if forged[5] == b'a' { b'b' } else { b'a' };
+    // The mailto address of a real newsletter's List-Unsubscribe.
+    let sink = SmtpSink::start(&[]).unwrap();
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &config(sink.port)),
+        fast_config(),
+    );
+    newsletter_to_everyone(&pool, "Nieuws").await;
+    rt.stop().await;
+    let sent = sink.stop_and_collect();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(sent[0].as_bytes())
+        .unwrap();
+    let header = parsed.header_raw("List-Unsubscribe").unwrap().to_string();
+    let mailto = header
+        .split("<mailto:")
+        .nth(1)
+        .and_then(|r| r.split(['?', '>']).next())
+        .unwrap()
+        .to_string();
+    assert!(
+        mailto.starts_with("info+u-") && mailto.ends_with("@dekoninklijkeloop.nl"),
+        "{mailto}"
+    );
+    let token = dkl_worker::address::plus_tag(&mailto)
+        .unwrap()
+        .trim_start_matches("u-")
+        .to_string();
+    assert_eq!(
+        dkl_worker::newsletter::token::TokenSigner::new(&"s".repeat(40))
+            .verify_from_address(&token, dkl_worker::newsletter::token::today()),
+        Ok(lid)
+    );
+    let mut forged = mailto.clone().into_bytes();
+    forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
     let forged = String::from_utf8(forged).unwrap();
-    let request = |token: &str, n: u32| {
-        format!("Return-Path: <lid@example.org>\r\nFrom: lid@example.org\r\nTo: <info+u-{token}@dekoninklijkeloop.nl>\r\nSubject: unsubscribe\r\nMessage-ID: <u{n}@example.org>\r\n\r\n\r\n").into_bytes()
+    let request = |to: &str, n: u32| {
+        format!("Return-Path: <lid@example.org>\r\nFrom: lid@example.org\r\nTo: <{to}>\r\nSubject: unsubscribe\r\nMessage-ID: <u{n}@example.org>\r\n\r\n\r\n").into_bytes()
     };
     let processor = Processor::new(&pool, &config(1));
     let subscribed = || async {
@@ -657,7 +785,11 @@ async fn a_mailto_unsubscribe_works_and_a_forged_one_changes_nothing(pool: PgPoo
             .unwrap()
             .contains("refused")
     );
-    let good = receive(&pool, &request(&token, 2)).await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM email_suppressions").await,
+        0
+    );
+    let good = receive(&pool, &request(&mailto, 2)).await;
     processor.process(good).await.unwrap();
     assert!(!subscribed().await, "unsubscribed");
     let reason: String = sqlx::query_scalar(

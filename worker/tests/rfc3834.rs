@@ -320,3 +320,52 @@ fn an_account_without_a_known_address_answers_nothing() {
         Some(NoReply::NotAddressedToUs(_))
     ));
 }
+
+#[test]
+fn precedence_auto_reply_is_not_answered() {
+    assert!(matches!(
+        blocker(&message("Precedence: auto_reply\r\n", &[])),
+        Some(NoReply::Precedence(_))
+    ));
+}
+
+#[test]
+fn the_return_path_the_server_added_counts_not_one_the_sender_wrote_below_it() {
+    // The delivering server's null Return-Path is on top; the sender's own
+    // copy below it must not make the message answerable.
+    let raw = message(
+        "Return-Path: <anna@example.nl>\r\n",
+        &[("Return-Path: <anna@example.nl>", "Return-Path: <>")],
+    );
+    assert_eq!(blocker(&raw), Some(NoReply::NullReturnPath));
+}
+
+#[test]
+fn a_second_auto_submitted_header_is_seen() {
+    let raw = message(
+        "Auto-Submitted: no\r\nAuto-Submitted: auto-generated\r\n",
+        &[],
+    );
+    assert!(matches!(blocker(&raw), Some(NoReply::AutoSubmitted(_))));
+}
+
+#[test]
+fn a_header_name_with_non_ascii_bytes_is_no_panic() {
+    let raw = message("Lisé-x: 1\r\nabcdé: x\r\n", &[]);
+    assert_eq!(blocker(&raw), None);
+}
+
+#[test]
+fn a_vacation_reply_without_auto_submitted_is_not_answered() {
+    // iCloud's vacation replies carry only their own header.
+    let raw = message("X-Apple-Action: VACATION\r\n", &[]);
+    assert!(matches!(blocker(&raw), Some(NoReply::LooksAutomatic(_))));
+    let raw = message(
+        "",
+        &[(
+            "Subject: Vraag over de route",
+            "Subject: Automatic reply: Vraag",
+        )],
+    );
+    assert!(matches!(blocker(&raw), Some(NoReply::LooksAutomatic(_))));
+}

@@ -3,7 +3,11 @@
 //! batches, attachments, follow-up jobs); in the same run, a bare
 //! `UID FETCH 1:* BODY.PEEK[]` of the same mailbox over one connection (the
 //! ceiling), and the IDLE latency: APPEND to row committed, over 50 single
-//! messages. Everything it stores is deleted at the end.
+//! messages. Then the follow-up: every stored message classified and, where
+//! a rule says so, answered (10 % of the mailbox are bounces and 10 %
+//! out-of-office replies), by `process_incoming_email` jobs on an in-process
+//! worker runtime, timed beside the ingest. Everything it stores is deleted
+//! at the end.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +48,11 @@ struct Report {
     idle_p50_ms: f64,
     idle_p99_ms: f64,
     idle_max_ms: f64,
+    process_seconds: f64,
+    process_per_s: f64,
+    answered: i64,
+    bounces_recorded: i64,
+    not_answered: i64,
     rss_before_ingest_kib: u64,
     ingest_rss_peak_kib: u64,
 }
@@ -113,6 +122,8 @@ pub async fn run(pool: &PgPool, config: &Config, args: IngestBenchArgs) -> anyho
         );
     }
 
+    progress("follow-up: classify and answer every stored message (process_incoming_email jobs)");
+    let followed = follow_up(pool, config, &imap_config, &account_name, args.mails).await;
     progress(&format!(
         "IDLE latency: {} single messages APPENDed to a watched mailbox",
         args.idle_samples
@@ -120,6 +131,7 @@ pub async fn run(pool: &PgPool, config: &Config, args: IngestBenchArgs) -> anyho
     let idle = idle_latencies(pool, &account, &imap_config, args.idle_samples).await;
     let deleted = incoming_emails::delete_account(pool, &account_name).await?;
     let mut idle = idle?;
+    let followed = followed?;
     progress(&format!("cleaned up {deleted} stored messages"));
     idle.sort_by(f64::total_cmp);
     let percentile =
@@ -138,6 +150,11 @@ pub async fn run(pool: &PgPool, config: &Config, args: IngestBenchArgs) -> anyho
         idle_p50_ms: percentile(0.50),
         idle_p99_ms: percentile(0.99),
         idle_max_ms: idle[idle.len() - 1],
+        process_seconds: followed.seconds,
+        process_per_s: args.mails as f64 / followed.seconds,
+        answered: followed.answered,
+        bounces_recorded: followed.bounces,
+        not_answered: followed.not_answered,
         rss_before_ingest_kib: rss_before_kib,
         ingest_rss_peak_kib,
     };
@@ -171,6 +188,14 @@ fn print_table(r: &Report) {
     println!(
         "IDLE: APPEND to row committed (p50 / p99 / max)     {:.0} / {:.0} / {:.0} ms over {} messages",
         r.idle_p50_ms, r.idle_p99_ms, r.idle_max_ms, r.idle_samples
+    );
+    println!(
+        "follow-up: classified and answered                  {:.0} messages/s ({:.1} s; ingest took {:.1} s)",
+        r.process_per_s, r.process_seconds, r.ingest_seconds
+    );
+    println!(
+        "  answered / not answered / bounced recipients      {} / {} / {}",
+        r.answered, r.not_answered, r.bounces_recorded
     );
     println!(
         "memory before the ingest / peak during it           {} / {} KiB",
@@ -217,6 +242,11 @@ MIME-Version: 1.0\r\n",
         "<html><body><p>{}</p></body></html>\r\n",
         paragraph.repeat(21).replace("\r\n", "</p><p>")
     );
+    match i % 10 {
+        7 => return bounce_message(i),
+        9 => return out_of_office_message(i),
+        _ => {}
+    }
     let body = match i % 5 {
         0 => {
             let attachment: String = (0..9000)
@@ -244,6 +274,132 @@ Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\
         ),
     };
     format!("{header}{body}").into_bytes()
+}
+
+/// A Postfix-style delivery status notification (RFC 3464) of a message we
+/// sent, as 10 % of the benchmark's mailbox.
+fn bounce_message(i: usize) -> Vec<u8> {
+    format!(
+        "Return-Path: <>\r\nFrom: MAILER-DAEMON@mx{i}.example.org (Mail Delivery System)\r\n\
+To: info@dekoninklijkeloop.nl\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+Date: Mon, 30 Nov 2026 10:00:00 +0100\r\nMessage-ID: <bounce-{i}-{}@mx{i}.example.org>\r\n\
+Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"b{i}\"\r\n\r\n\
+--b{i}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+This is the mail system at host mx{i}.example.org.\r\n\r\n\
+I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.\r\n\r\n\
+<oud{i}@example.org>: host mx.example.org[192.0.2.1] said: 550 5.1.1\r\n    <oud{i}@example.org>: Recipient address rejected: User unknown\r\n\r\n\
+--b{i}\r\nContent-Type: message/delivery-status\r\n\r\n\
+Reporting-MTA: dns; mx{i}.example.org\r\nArrival-Date: Mon, 30 Nov 2026 10:00:00 +0100\r\n\r\n\
+Final-Recipient: rfc822; oud{i}@example.org\r\nOriginal-Recipient: rfc822;oud{i}@example.org\r\n\
+Action: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.org\r\n\
+Diagnostic-Code: smtp; 550 5.1.1 <oud{i}@example.org>: Recipient address rejected: User unknown\r\n\r\n\
+--b{i}\r\nContent-Type: text/rfc822-headers\r\n\r\n\
+From: DKL <info@dekoninklijkeloop.nl>\r\nTo: oud{i}@example.org\r\nSubject: Je inschrijving\r\n\
+Message-ID: <nooit-verstuurd-{i}@dekoninklijkeloop.nl>\r\n\r\n--b{i}--\r\n",
+        fastrand::u64(..)
+    )
+    .into_bytes()
+}
+
+/// An out-of-office reply (RFC 3834 `Auto-Submitted`), as 10 % of the mailbox.
+fn out_of_office_message(i: usize) -> Vec<u8> {
+    format!(
+        "Return-Path: <collega{i}@example.org>\r\nFrom: Collega {i} <collega{i}@example.org>\r\n\
+To: DKL Info <info@dekoninklijkeloop.nl>\r\nSubject: Automatisch antwoord: afwezig\r\n\
+Date: Mon, 30 Nov 2026 10:00:00 +0100\r\nMessage-ID: <ooo-{i}-{}@example.org>\r\n\
+Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+Ik ben tot en met 4 december afwezig en lees mijn mail daarna.\r\n",
+        fastrand::u64(..)
+    )
+    .into_bytes()
+}
+
+struct FollowUp {
+    seconds: f64,
+    answered: i64,
+    not_answered: i64,
+    bounces: i64,
+}
+
+/// Runs the stored messages' `process_incoming_email` jobs on a runtime in
+/// this process (with a rule that answers the account's mail) until every
+/// message is processed.
+async fn follow_up(
+    pool: &PgPool,
+    config: &Config,
+    imap_config: &dkl_shared::config::ImapConfig,
+    account: &str,
+    mails: usize,
+) -> anyhow::Result<FollowUp> {
+    use dkl_worker::handlers::process_incoming_email::{self, Processor};
+    let rule = format!("bench-{account}");
+    sqlx::query(
+        "INSERT INTO auto_responses (name, account_type, template_id)
+         SELECT $1, $2, id FROM email_templates WHERE name = 'auto_response'",
+    )
+    .bind(&rule)
+    .bind(account)
+    .execute(pool)
+    .await
+    .context("adding the benchmark's auto-response rule (run `dklctl templates sync` first)")?;
+    let mut with_account = config.clone();
+    with_account.imap = imap_config.clone();
+    for a in &mut with_account.imap.accounts {
+        a.address = Some("info@dekoninklijkeloop.nl".into());
+    }
+    let mut registry = dkl_shared::jobs::Registry::new();
+    process_incoming_email::register(
+        &mut registry,
+        std::sync::Arc::new(Processor::new(pool, &with_account)),
+    );
+    let runtime = dkl_shared::jobs::WorkerRuntime::new(pool.clone(), registry, config.jobs.clone())
+        .serve_only(&["mail"]);
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    let outcome = async {
+        loop {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM incoming_emails WHERE account_type = $1 AND NOT processed",
+            )
+            .bind(account)
+            .fetch_one(pool)
+            .await?;
+            if left == 0 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("{left} of {mails} messages still unprocessed after 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let (answered, not_answered, bounces): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE auto_reply = 'replied'),
+                    count(*) FILTER (WHERE auto_reply = 'not_replied'),
+                    (SELECT count(*) FROM email_bounces b JOIN incoming_emails e ON e.id = b.incoming_email_id
+                      WHERE e.account_type = $1)
+               FROM incoming_emails WHERE account_type = $1",
+        )
+        .bind(account)
+        .fetch_one(pool)
+        .await?;
+        Ok(FollowUp {
+            seconds,
+            answered,
+            not_answered,
+            bounces,
+        })
+    }
+    .await;
+    shutdown.cancel();
+    let _ = handle.await;
+    sqlx::query("DELETE FROM auto_responses WHERE name = $1")
+        .bind(&rule)
+        .execute(pool)
+        .await?;
+    outcome
 }
 
 /// `UID FETCH 1:* BODY.PEEK[]` over one connection; returns how many messages.

@@ -16,6 +16,10 @@ pub struct ResponsesConfig {
     /// domain of each SMTP configuration's From. Route it (or the domain's
     /// `+` subaddresses) to a fetched IMAP account.
     pub bounce_address: Option<String>,
+    /// False with `DKL_BOUNCE_ADDRESS=off`: mail keeps its From as return
+    /// path (for a provider that refuses any other envelope sender, such as
+    /// Office 365 submission); bounces are then found by Message-ID only.
+    pub verp: bool,
     /// `DKL_UNSUBSCRIBE_ADDRESS`: where a newsletter's `List-Unsubscribe`
     /// mailto goes (`+u-<token>` added); unset: the newsletter's From.
     pub unsubscribe_address: Option<String>,
@@ -30,6 +34,7 @@ impl Default for ResponsesConfig {
         Self {
             max_replies_per_hour: 3,
             bounce_address: None,
+            verp: true,
             unsubscribe_address: None,
             soft_bounce_limit: 3,
             soft_bounce_days: 30,
@@ -48,7 +53,11 @@ impl ResponsesConfig {
                 1,
                 1000,
             )? as u32,
-            bounce_address: address(get, "DKL_BOUNCE_ADDRESS")?,
+            verp: get("DKL_BOUNCE_ADDRESS").is_none_or(|v| v.trim() != "off"),
+            bounce_address: match get("DKL_BOUNCE_ADDRESS") {
+                Some(v) if v.trim() == "off" => None,
+                _ => address(get, "DKL_BOUNCE_ADDRESS")?,
+            },
             unsubscribe_address: address(get, "DKL_UNSUBSCRIBE_ADDRESS")?,
             soft_bounce_limit: number(
                 get,
@@ -117,6 +126,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.bounce_address.as_deref(), Some("bounce@dkl.nl"));
         assert_eq!(c.soft_bounce_limit, 5);
+        assert!(c.verp);
+        assert!(!read(&[("DKL_BOUNCE_ADDRESS", "off")]).unwrap().verp);
         for (var, value) in [
             ("DKL_BOUNCE_ADDRESS", "bounce+x@dkl.nl"),
             ("DKL_UNSUBSCRIBE_ADDRESS", "no-domain"),

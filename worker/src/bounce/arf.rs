@@ -21,6 +21,18 @@ pub struct Complaint {
 }
 
 impl Complaint {
+    /// The Feedback-Type as a metrics label: one of a fixed set (the
+    /// sender chooses the field's text).
+    pub fn label(&self) -> &'static str {
+        match self.feedback_type.as_str() {
+            "abuse" => "abuse",
+            "fraud" => "fraud",
+            "virus" => "virus",
+            "not-spam" => "not-spam",
+            _ => "other",
+        }
+    }
+
     /// Whether the recipient should get no more bulk mail: a spam
     /// complaint (`abuse`, and `fraud`/`virus` reports about our mail).
     /// `not-spam` and `other` are no complaint.
@@ -64,7 +76,8 @@ pub fn read(message: &Message<'_>) -> Option<Complaint> {
         .collect();
     Some(Complaint {
         feedback_type: get("feedback-type")
-            .unwrap_or_else(|| "abuse".into())
+            // RFC 5965 requires it; a report without one is no complaint.
+            .unwrap_or_else(|| "missing".into())
             .to_ascii_lowercase(),
         user_agent: get("user-agent"),
         recipient,

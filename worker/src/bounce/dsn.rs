@@ -10,6 +10,9 @@ use super::{
     kind_of, part_text,
 };
 
+/// The most recipients read from one report.
+const MAX_RECIPIENTS: usize = 1000;
+
 /// The report, when the message has a delivery-status part.
 pub fn read(message: &Message<'_>) -> Option<BounceReport> {
     let part = message.parts.iter().find(|p| {
@@ -27,6 +30,9 @@ pub fn read_fields(text: &str) -> BounceReport {
         ..BounceReport::default()
     };
     for block in normalised.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        if report.recipients.len() >= MAX_RECIPIENTS {
+            break;
+        }
         let fields = fields(block);
         let get = |name: &str| {
             fields

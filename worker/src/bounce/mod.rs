@@ -26,8 +26,12 @@ pub mod plain;
 
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
+use crate::newsletter::token::TokenSigner;
+
 /// Which of our sends a bounce is about, as its VERP return path
-/// (`bounce+<tag>@…`) says.
+/// (`bounce+<tag>-<mac>@…`) says. The MAC (see
+/// [`crate::newsletter::token::TokenSigner::sign_reference`]) keeps anyone
+/// from naming a send in a bounce of their own making.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendReference {
     /// A `verzonden_emails` row (`m` + its id in hex).
@@ -37,7 +41,7 @@ pub enum SendReference {
 }
 
 impl SendReference {
-    /// The `+tag` of the return path.
+    /// The tag without its MAC.
     pub fn tag(&self) -> String {
         match self {
             Self::Message(id) => format!("m{}", id.simple()),
@@ -45,8 +49,20 @@ impl SendReference {
         }
     }
 
-    /// The reference in a `+tag`, if it is one of ours.
-    pub fn parse(tag: &str) -> Option<Self> {
+    /// The `+tag` of the return path: the tag and its MAC.
+    pub fn signed_tag(&self, signer: &TokenSigner) -> String {
+        let tag = self.tag();
+        format!("{tag}-{}", signer.sign_reference(&tag))
+    }
+
+    /// The reference in a signed `+tag`, if it is one of ours and genuine.
+    pub fn verify(signed: &str, signer: &TokenSigner) -> Option<Self> {
+        let (tag, mac) = signed.rsplit_once('-')?;
+        let reference = Self::parse(tag)?;
+        signer.verify_reference(tag, mac).then_some(reference)
+    }
+
+    fn parse(tag: &str) -> Option<Self> {
         let tag = tag.to_ascii_lowercase();
         if let Some(hex) = tag.strip_prefix('m')
             && hex.len() == 32
@@ -59,23 +75,34 @@ impl SendReference {
             .map(Self::Delivery)
     }
 
-    /// The reference in the addresses a bounce was delivered to (To,
-    /// Delivered-To, X-Original-To, Envelope-To), if any.
-    pub fn in_headers(message: &Message<'_>) -> Option<Self> {
-        [
-            "To",
-            "Delivered-To",
-            "X-Original-To",
-            "Envelope-To",
-            "X-Envelope-To",
-            "Cc",
-        ]
-        .iter()
-        .filter_map(|name| message.header_raw(*name))
-        .flat_map(|value| value.split([',', ' ', '<', '>', '\t', '"', ';']))
-        .filter_map(|a| crate::address::plus_tag(a.trim()))
-        .find_map(Self::parse)
+    /// The genuine reference among the addresses a bounce was delivered to
+    /// (To, Delivered-To, X-Original-To, Envelope-To), if any.
+    pub fn in_headers(message: &Message<'_>, signer: &TokenSigner) -> Option<Self> {
+        plus_tags(message)
+            .iter()
+            .find_map(|tag| Self::verify(tag, signer))
     }
+}
+
+/// The `+tags` of the addresses a message was delivered to.
+pub fn plus_tags(message: &Message<'_>) -> Vec<String> {
+    [
+        "To",
+        "Delivered-To",
+        "X-Original-To",
+        "Envelope-To",
+        "X-Envelope-To",
+        "Cc",
+    ]
+    .iter()
+    .flat_map(|name| crate::autoreply::header_values(message, name))
+    .flat_map(|value| {
+        value
+            .split([',', ' ', '<', '>', '\t', '"', ';'])
+            .filter_map(|a| crate::address::plus_tag(a.trim()).map(str::to_string))
+            .collect::<Vec<_>>()
+    })
+    .collect()
 }
 
 /// What a recipient's report says happened.
@@ -214,16 +241,52 @@ fn mentions_full_mailbox(text: &str) -> bool {
     .any(|w| lower.contains(w))
 }
 
+/// Words of a refusal about our mail or our server (a block list, spam,
+/// policy), not about the address.
+fn mentions_policy(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    [
+        "blocked",
+        "blacklist",
+        "blocklist",
+        "block list",
+        "spam",
+        "policy",
+        "reputation",
+        "rate limit",
+        "too many",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
+
 /// Hard or soft, from the action, the status code and the server's words.
+///
+/// Hard means the address is dead: a permanent failure about the mailbox
+/// or its domain (5.1.x, 5.2.x, 5.5.x, 5.0.0). A permanent failure about our
+/// message or our server (5.3.x system, 5.4.x network, 5.6.x content,
+/// 5.7.x policy and block lists) says nothing about the address, and a full
+/// mailbox (5.2.2) may empty: soft, like every 4.x.x and every delay. A
+/// block of our server must not suppress every subscriber of a provider.
 pub fn kind_of(action: Action, status: Option<&str>, diagnostic: Option<&str>) -> Kind {
     if action == Action::Delayed {
+        return Kind::Soft;
+    }
+    if diagnostic.is_some_and(mentions_full_mailbox) {
         return Kind::Soft;
     }
     match status {
         Some("5.2.2") => Kind::Soft,
         Some(s) if s.starts_with('4') => Kind::Soft,
-        _ if diagnostic.is_some_and(mentions_full_mailbox) => Kind::Soft,
+        Some(s)
+            if ["5.3.", "5.4.", "5.6.", "5.7."]
+                .iter()
+                .any(|p| s.starts_with(p)) =>
+        {
+            Kind::Soft
+        }
         Some(_) => Kind::Hard,
+        None if diagnostic.is_some_and(mentions_policy) => Kind::Soft,
         None => match diagnostic.and_then(smtp_reply_class) {
             Some('4') => Kind::Soft,
             _ => Kind::Hard,
@@ -365,22 +428,29 @@ mod tests {
     }
 
     #[test]
-    fn send_references_round_trip() {
+    fn send_references_round_trip_and_cannot_be_made_up() {
+        let signer = TokenSigner::new("a secret of some length, 32 chars+");
         let id = uuid::Uuid::new_v4();
         for r in [SendReference::Message(id), SendReference::Delivery(42)] {
-            assert_eq!(SendReference::parse(&r.tag()), Some(r));
+            let signed = r.signed_tag(&signer);
+            assert!(signed.len() <= 42, "{signed}");
+            assert_eq!(SendReference::verify(&signed, &signer), Some(r));
+            assert_eq!(SendReference::verify(&r.tag(), &signer), None, "unsigned");
         }
-        assert_eq!(SendReference::parse("u-abc"), None);
-        assert_eq!(SendReference::parse("n"), None);
+        let forged = format!("n43-{}", signer.sign_reference("n42"));
+        assert_eq!(SendReference::verify(&forged, &signer), None);
+        let other = TokenSigner::new("another secret of some length, 32+");
+        let signed = SendReference::Delivery(7).signed_tag(&other);
+        assert_eq!(SendReference::verify(&signed, &signer), None);
         let raw = format!(
             "To: bounce+{}@dkl.test\r\n\r\nx",
-            SendReference::Delivery(7).tag()
+            SendReference::Delivery(7).signed_tag(&signer)
         );
         let message = mail_parser::MessageParser::default()
             .parse(raw.as_bytes())
             .unwrap();
         assert_eq!(
-            SendReference::in_headers(&message),
+            SendReference::in_headers(&message, &signer),
             Some(SendReference::Delivery(7))
         );
     }

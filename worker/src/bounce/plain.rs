@@ -17,6 +17,13 @@ use regex::Regex;
 
 use super::{Action, BouncedRecipient, enhanced_status, is_type, kind_of};
 
+/// The most of a notice read: a bounce's own words are short; a huge one
+/// (a returned message pasted in) must not take the worker's time.
+const MAX_NOTICE_BYTES: usize = 64 * 1024;
+
+/// The most recipients read from one notice.
+const MAX_RECIPIENTS: usize = 100;
+
 /// What the notice says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlainReport {
@@ -136,7 +143,7 @@ pub fn read(message: &Message<'_>) -> PlainReport {
             .collect();
     }
     let mut recipients: Vec<BouncedRecipient> = Vec::new();
-    for (address, context) in found {
+    for (address, context) in found.into_iter().take(MAX_RECIPIENTS) {
         if recipients.iter().any(|r| r.recipient == address) {
             continue;
         }
@@ -287,8 +294,14 @@ fn notice_text(message: &Message<'_>) -> String {
         }
         text.push('\n');
     }
-    match RETURNED_MESSAGE.find(&text) {
-        Some(m) => text[..m.start()].to_string(),
-        None => text,
+    let mut cut = match RETURNED_MESSAGE.find(&text) {
+        Some(m) => m.start(),
+        None => text.len(),
     }
+    .min(MAX_NOTICE_BYTES);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text
 }

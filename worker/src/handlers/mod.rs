@@ -64,6 +64,8 @@ pub fn registry_with(
         ),
         send_log: crate::store::send_log::SendLog::new(pool),
         bounce_address: config.responses.bounce_address.clone(),
+        verp: config.responses.verp,
+        keys: crate::newsletter::token::TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
     };
     send_email::register(&mut registry, std::sync::Arc::new(mailer));
     let newsletter_config = smtp.config_for(dkl_shared::kinds::MailKind::Newsletter);
@@ -92,6 +94,7 @@ pub fn registry_with(
         config: config.newsletter.clone(),
         keys: crate::newsletter::token::TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
         bounce_address: config.responses.bounce_address.clone(),
+        verp: config.responses.verp,
         unsubscribe_address: config.responses.unsubscribe_address.clone(),
     };
     send_newsletter::register(&mut registry, std::sync::Arc::new(lanes));

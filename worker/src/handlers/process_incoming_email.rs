@@ -30,11 +30,15 @@ use uuid::Uuid;
 use crate::autoreply::{self, NoReply, Us};
 use crate::bounce::{self, SendReference};
 use crate::mime::classify::{Classification, Verdict, classify_message};
-use crate::newsletter::token::{TokenKey, today};
+use crate::newsletter::token::{Subject, TokenKey, today};
 use crate::smtp::stats::MailStats;
 use crate::store::auto_responses::{self, Refusal, ReplyOutcome};
 use crate::store::bounces::{self, SoftBounceRule};
 use crate::store::incoming_emails::{self, ReplyContext};
+
+/// Messages older than this (by the time they were received) are not
+/// answered.
+const MAX_AGE_TO_ANSWER: chrono::Duration = chrono::Duration::days(3);
 
 /// What the follow-up needs.
 pub struct Processor {
@@ -102,9 +106,38 @@ impl Processor {
 
     /// Follows up message `id`.
     pub async fn process(&self, id: Uuid) -> Result<(), JobError> {
-        let raw = incoming_emails::raw(&self.pool, id)
-            .await
-            .map_err(|e| JobError::retryable(format!("reading incoming email {id}: {e}")))?;
+        match self.process_once(id).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Retry(e)) => Err(e),
+            Err(Failure::Refused(reason)) => {
+                // One message the database cannot take never stalls the
+                // queue: it is marked processed with the reason.
+                let reason = crate::mime::text(&format!(
+                    "the follow-up was refused by the database ({reason}); not answered"
+                ));
+                tracing::warn!(%id, %reason, "incoming email follow-up refused");
+                let mut tx = self.pool.begin().await.map_err(retry)?;
+                auto_responses::record_outcome(
+                    &mut tx,
+                    id,
+                    ReplyOutcome::NotReplied,
+                    &reason,
+                    None,
+                )
+                .await
+                .map_err(retry)?;
+                incoming_emails::mark_processed(&mut *tx, id, None)
+                    .await
+                    .map_err(retry)?;
+                tx.commit().await.map_err(retry)?;
+                self.stats.response("auto_replies_suppressed", "refused", 1);
+                Ok(())
+            }
+        }
+    }
+
+    async fn process_once(&self, id: Uuid) -> Result<(), Failure> {
+        let raw = incoming_emails::raw(&self.pool, id).await?;
         let parsed = raw
             .as_deref()
             .and_then(|r| MessageParser::default().parse(r));
@@ -116,11 +149,8 @@ impl Processor {
             }),
             (None, _) => None,
         };
-        let mut tx = self.pool.begin().await.map_err(retry)?;
-        let Some(row) = incoming_emails::lock_for_processing(&mut tx, id)
-            .await
-            .map_err(retry)?
-        else {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = incoming_emails::lock_for_processing(&mut tx, id).await? else {
             // Deleted meanwhile (retention, an operator): nothing to follow up.
             tracing::info!(%id, "incoming email no longer exists; nothing to process");
             return Ok(());
@@ -138,15 +168,12 @@ impl Processor {
             &mut tx,
             id,
             decision.outcome,
-            &decision.reason,
+            &crate::mime::text(&decision.reason),
             decision.rule,
         )
-        .await
-        .map_err(retry)?;
-        incoming_emails::mark_processed(&mut *tx, id, verdict.as_ref())
-            .await
-            .map_err(retry)?;
-        tx.commit().await.map_err(retry)?;
+        .await?;
+        incoming_emails::mark_processed(&mut *tx, id, verdict.as_ref()).await?;
+        tx.commit().await?;
         match decision.outcome {
             ReplyOutcome::Replied => self.stats.response("auto_replies", "replied", 1),
             ReplyOutcome::NotReplied => {
@@ -167,7 +194,7 @@ impl Processor {
         row: &ReplyContext,
         message: &Message<'_>,
         verdict: &Verdict,
-    ) -> Result<Decision, JobError> {
+    ) -> Result<Decision, Failure> {
         match verdict.class {
             Classification::DeliveryStatus => self.record_bounce(tx, id, message).await?,
             Classification::FeedbackReport => self.record_complaint(tx, id, message).await?,
@@ -176,7 +203,7 @@ impl Processor {
         if let Some(decision) = self.mailto_unsubscribe(tx, message).await? {
             return Ok(decision);
         }
-        self.decide_reply(tx, id, row, message).await
+        self.decide_reply(tx, id, row, message, verdict).await
     }
 
     async fn record_bounce(
@@ -184,22 +211,20 @@ impl Processor {
         tx: &mut PgConnection,
         id: Uuid,
         message: &Message<'_>,
-    ) -> Result<(), JobError> {
+    ) -> Result<(), Failure> {
         let report = bounce::read_bounce(message);
+        let signer = self.keys.signer(&self.pool).await?;
         let send = bounces::find_send(
             tx,
-            SendReference::in_headers(message),
+            SendReference::in_headers(message, signer),
             &report.returned_message_ids,
         )
-        .await
-        .map_err(retry)?;
+        .await?;
         let rule = SoftBounceRule {
             limit: self.config.soft_bounce_limit,
             days: self.config.soft_bounce_days,
         };
-        let recorded = bounces::record_bounce(tx, id, &report, send.as_ref(), rule)
-            .await
-            .map_err(retry)?;
+        let recorded = bounces::record_bounce(tx, id, &report, send.as_ref(), rule).await?;
         self.stats.response("bounces", "hard", recorded.hard as u64);
         self.stats.response("bounces", "soft", recorded.soft as u64);
         tracing::info!(%id, format = %report.format, recipients = report.recipients.len(), matched = send.is_some(), suppressed = recorded.suppressed.len(), "bounce recorded");
@@ -214,63 +239,75 @@ impl Processor {
         tx: &mut PgConnection,
         id: Uuid,
         message: &Message<'_>,
-    ) -> Result<(), JobError> {
+    ) -> Result<(), Failure> {
         let Some(complaint) = bounce::arf::read(message) else {
             return Ok(());
         };
-        let send = bounces::find_send(tx, None, &complaint.returned_message_ids)
-            .await
-            .map_err(retry)?;
-        let suppressed = bounces::record_complaint(tx, id, &complaint, send.as_ref())
-            .await
-            .map_err(retry)?;
-        self.stats
-            .response("complaints", &complaint.feedback_type, 1);
+        let send = bounces::find_send(tx, None, &complaint.returned_message_ids).await?;
+        let suppressed = bounces::record_complaint(tx, id, &complaint, send.as_ref()).await?;
+        self.stats.response("complaints", complaint.label(), 1);
         tracing::info!(%id, feedback_type = %complaint.feedback_type, suppressed = suppressed.is_some(), "complaint recorded");
         Ok(())
     }
 
     /// A `List-Unsubscribe` mailto request: `+u-<token>` in an address it
-    /// was sent to. A forged or expired token changes nothing.
+    /// was sent to, or (for copies to an address that is no subscriber)
+    /// `unsubscribe <token>` as its subject. A forged or expired token
+    /// changes nothing.
     async fn mailto_unsubscribe(
         &self,
         tx: &mut PgConnection,
         message: &Message<'_>,
-    ) -> Result<Option<Decision>, JobError> {
-        let Some(token) = unsubscribe_token(message) else {
+    ) -> Result<Option<Decision>, Failure> {
+        let in_address = unsubscribe_token(message);
+        let in_subject = message
+            .subject()
+            .and_then(|s| s.trim().strip_prefix("unsubscribe "))
+            .map(|t| t.trim().to_string())
+            .filter(|t| t.contains('.'));
+        if in_address.is_none() && in_subject.is_none() {
             return Ok(None);
+        }
+        let signer = self.keys.signer(&self.pool).await?;
+        let verified = match (&in_address, &in_subject) {
+            (Some(token), _) => signer
+                .verify_from_address(token, today())
+                .map(Subject::Gebruiker),
+            (None, Some(token)) => signer.verify(token, today()),
+            (None, None) => return Ok(None),
         };
-        let signer = self.keys.signer(&self.pool).await.map_err(retry)?;
-        match signer.verify_from_address(&token, today()) {
-            Ok(gebruiker) => {
-                let done = crate::store::newsletters::unsubscribe(
-                    tx,
-                    Some(gebruiker),
-                    "",
-                    "list-unsubscribe-mailto",
-                )
-                .await
-                .map_err(retry)?;
-                self.stats.response("unsubscribes", "done", 1);
-                let reason = match done {
-                    Some(_) => "an unsubscribe request (List-Unsubscribe mailto): unsubscribed",
-                    None => {
-                        "an unsubscribe request (List-Unsubscribe mailto) for a subscriber who no longer exists"
-                    }
-                };
-                Ok(Some(Decision::not("unsubscribe_request", reason)))
-            }
+        let subject = match verified {
+            Ok(subject) => subject,
             Err(e) => {
                 self.stats.response("unsubscribes", "refused", 1);
                 tracing::warn!(error = %e, "mailto unsubscribe refused");
-                Ok(Some(Decision::not(
+                return Ok(Some(Decision::not(
                     "unsubscribe_request",
                     format!(
                         "an unsubscribe request with a token that is refused ({e}); nothing changed"
                     ),
-                )))
+                )));
             }
-        }
+        };
+        let (gebruiker, address) = match &subject {
+            Subject::Gebruiker(id) => (Some(*id), String::new()),
+            Subject::Address(a) => (None, a.clone()),
+        };
+        let done = crate::store::newsletters::unsubscribe(
+            tx,
+            gebruiker,
+            &address,
+            "list-unsubscribe-mailto",
+        )
+        .await?;
+        self.stats.response("unsubscribes", "done", 1);
+        let reason = match done {
+            Some(_) => "an unsubscribe request (List-Unsubscribe mailto): unsubscribed",
+            None => {
+                "an unsubscribe request (List-Unsubscribe mailto) for a subscriber who no longer exists"
+            }
+        };
+        Ok(Some(Decision::not("unsubscribe_request", reason)))
     }
 
     async fn decide_reply(
@@ -279,14 +316,33 @@ impl Processor {
         id: Uuid,
         row: &ReplyContext,
         message: &Message<'_>,
-    ) -> Result<Decision, JobError> {
+        verdict: &Verdict,
+    ) -> Result<Decision, Failure> {
         let account_address = self.account_addresses.get(&row.account_type);
         if let Some(blocker) =
             autoreply::reply_blocker(message, &self.us, account_address.map(String::as_str))
         {
             return Ok(Decision::not(blocker.code(), blocker.to_string()));
         }
-        let rules = auto_responses::judge(tx, id).await.map_err(retry)?;
+        if verdict.class != Classification::Person {
+            return Ok(Decision::not(
+                "not_a_person",
+                format!("{} ({})", verdict.class.as_str(), verdict.reason),
+            ));
+        }
+        // An answer days late helps nobody, and an imported archive must
+        // not answer everyone who ever wrote.
+        if row.received_at < chrono::Utc::now() - MAX_AGE_TO_ANSWER {
+            return Ok(Decision::not(
+                "too_old",
+                format!(
+                    "received {}, more than {} days ago: too old to answer",
+                    row.received_at.to_rfc3339(),
+                    MAX_AGE_TO_ANSWER.num_days()
+                ),
+            ));
+        }
+        let rules = auto_responses::judge(tx, id).await?;
         let mut broken = Vec::new();
         let chosen = rules.iter().find(|r| match r.matches() {
             Some(m) => m,
@@ -330,8 +386,7 @@ impl Processor {
             self.config.max_replies_per_hour,
             &dedup_key,
         )
-        .await
-        .map_err(retry)?;
+        .await?;
         let decided = |code, reason: String| Decision {
             outcome: ReplyOutcome::NotReplied,
             reason,
@@ -425,4 +480,33 @@ fn unsubscribe_token(message: &Message<'_>) -> Option<String> {
 
 fn retry(e: impl std::fmt::Display) -> JobError {
     JobError::retryable(format!("processing incoming email: {e}"))
+}
+
+/// Why a follow-up did not finish.
+enum Failure {
+    /// The database refused a value of this message (SQLSTATE class 22, 23
+    /// or 54): trying again cannot help; the message is marked with the
+    /// reason instead.
+    Refused(String),
+    /// Anything else (a lost connection, a deadlock): try again later.
+    Retry(JobError),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        let class = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.chars().take(2).collect::<String>());
+        match class.as_deref() {
+            Some("22" | "23" | "54") => Self::Refused(e.to_string()),
+            _ => Self::Retry(retry(e)),
+        }
+    }
+}
+
+impl From<JobError> for Failure {
+    fn from(e: JobError) -> Self {
+        Self::Retry(e)
+    }
 }

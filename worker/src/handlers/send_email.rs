@@ -55,6 +55,10 @@ pub struct Mailer {
     pub send_log: SendLog,
     /// `DKL_BOUNCE_ADDRESS` (the VERP base; unset: bounce@ the From domain).
     pub bounce_address: Option<String>,
+    /// Whether mail leaves with a VERP return path (`DKL_BOUNCE_ADDRESS` not `off`).
+    pub verp: bool,
+    /// Signs the VERP tags.
+    pub keys: crate::newsletter::token::TokenKey,
 }
 
 /// Registers the `send_email` handler.
@@ -198,12 +202,19 @@ impl Mailer {
         // mail with a VERP return path naming this row, so a bounce finds it.
         let envelope = if job.kind == MailKind::AutoReply {
             crate::smtp::null_sender_envelope(&message)
-        } else {
+        } else if self.verp {
+            let signer = self
+                .keys
+                .signer(&self.pool)
+                .await
+                .map_err(JobError::retryable)?;
             crate::smtp::verp_envelope(
                 &message,
                 &crate::smtp::bounce_base(config, self.bounce_address.as_deref()),
-                &crate::bounce::SendReference::Message(id).tag(),
+                &crate::bounce::SendReference::Message(id).signed_tag(signer),
             )
+        } else {
+            message.envelope().clone()
         };
         guard.on_the_wire();
         let sent = self

@@ -59,6 +59,8 @@ pub struct NewsletterSender {
     pub keys: TokenKey,
     /// `DKL_BOUNCE_ADDRESS` (the VERP base; unset: bounce@ the From domain).
     pub bounce_address: Option<String>,
+    /// Whether mail leaves with a VERP return path.
+    pub verp: bool,
     /// `DKL_UNSUBSCRIBE_ADDRESS` (the mailto base; unset: the From address).
     pub unsubscribe_address: Option<String>,
     /// Senders of this process at once (each holds an SMTP connection for
@@ -466,11 +468,16 @@ impl Lane<'_> {
                     if let Some(signer) = owner.smtp.signer(self.config) {
                         signer.sign(&mut message);
                     }
-                    let envelope = crate::smtp::verp_envelope(
-                        &message,
-                        &crate::smtp::bounce_base(self.config, owner.bounce_address.as_deref()),
-                        &crate::bounce::SendReference::Delivery(d.id).tag(),
-                    );
+                    let envelope = if owner.verp {
+                        crate::smtp::verp_envelope(
+                            &message,
+                            &crate::smtp::bounce_base(self.config, owner.bounce_address.as_deref()),
+                            &crate::bounce::SendReference::Delivery(d.id)
+                                .signed_tag(self.edition.signer()),
+                        )
+                    } else {
+                        message.envelope().clone()
+                    };
                     return Some(Ready {
                         id: d.id,
                         message,

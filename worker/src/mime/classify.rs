@@ -76,10 +76,20 @@ pub fn classify(raw: &[u8]) -> Verdict {
     }
 }
 
-fn header<'a>(message: &'a Message<'a>, name: &str) -> Option<String> {
-    message
-        .header_raw(name)
-        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+/// The first copy of header `name` that `matches`, unfolded (every copy is
+/// looked at: a sender's own can sit below the server's).
+fn header_where(
+    message: &Message<'_>,
+    name: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Option<String> {
+    crate::autoreply::header_values(message, name)
+        .into_iter()
+        .find(|v| matches(v))
+}
+
+fn header(message: &Message<'_>, name: &str) -> Option<String> {
+    header_where(message, name, |_| true)
 }
 
 fn verdict(class: Classification, reason: impl Into<String>) -> Verdict {
@@ -138,18 +148,32 @@ pub fn classify_message(message: &Message<'_>) -> Verdict {
             ),
         };
     }
-    if let Some(value) = header(message, "Auto-Submitted")
-        && !value.to_ascii_lowercase().starts_with("no")
-    {
+    if let Some(value) = header_where(
+        message,
+        "Auto-Submitted",
+        crate::autoreply::is_auto_submitted,
+    ) {
         return verdict(
             Classification::AutoSubmitted,
             format!("Auto-Submitted: {value}"),
         );
     }
-    for name in ["X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"] {
+    for name in ["X-Autoreply", "X-Autorespond"] {
         if let Some(value) = header(message, name) {
             return verdict(Classification::AutoSubmitted, format!("{name}: {value}"));
         }
+    }
+    // Outlook marks its own automatic mail with All/AutoReply/OOF; DR, RN
+    // and NRN only decline receipts (people's mail carries them too).
+    if let Some(value) = header_where(
+        message,
+        "X-Auto-Response-Suppress",
+        crate::autoreply::suppresses_answers,
+    ) {
+        return verdict(
+            Classification::AutoSubmitted,
+            format!("X-Auto-Response-Suppress: {value}"),
+        );
     }
     let sender = message
         .from()

@@ -107,6 +107,11 @@ impl Edition {
         }
     }
 
+    /// The token signer (unsubscribe links, VERP tags).
+    pub fn signer(&self) -> &TokenSigner {
+        &self.signer
+    }
+
     /// The sender's address.
     pub fn from(&self) -> &Mailbox {
         &self.from

@@ -106,32 +106,31 @@ pub async fn record_bounce(
     soft_rule: SoftBounceRule,
 ) -> Result<Recorded, sqlx::Error> {
     let mut recorded = Recorded::default();
-    let only_one = report.recipients.len() == 1;
     for r in &report.recipients {
-        // Aliases and forwarding change the address a DSN names; a report
-        // with one recipient tied to our send is about that send.
+        // The report must name the address we sent to (as the final or
+        // the original recipient): a report about another address, even
+        // one tied to our send, suppresses nothing.
         let ours = send.filter(|s| {
             s.recipient == r.recipient
                 || r.original_recipient.as_deref() == Some(s.recipient.as_str())
-                || only_one
         });
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO email_bounces (incoming_email_id, recipient, original_recipient, status, action, kind,
                                         diagnostic, remote_mta, reporting_mta, format, verzonden_email_id,
                                         newsletter_delivery_id, matched_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             VALUES ($1, lower($2), lower($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (incoming_email_id, recipient) DO NOTHING
              RETURNING id",
         )
         .bind(email)
-        .bind(&r.recipient)
-        .bind(&r.original_recipient)
+        .bind(storable(&r.recipient, 320))
+        .bind(r.original_recipient.as_deref().map(|o| storable(o, 320)))
         .bind(&r.status)
         .bind(r.action.as_str())
         .bind(r.kind.as_str())
-        .bind(r.diagnostic.as_deref().map(crate::mime::text))
-        .bind(&r.remote_mta)
-        .bind(&report.reporting_mta)
+        .bind(r.diagnostic.as_deref().map(|d| storable(d, 2000)))
+        .bind(r.remote_mta.as_deref().map(|m| storable(m, 255)))
+        .bind(report.reporting_mta.as_deref().map(|m| storable(m, 255)))
         .bind(&report.format)
         .bind(ours.and_then(|s| s.verzonden_email_id))
         .bind(ours.and_then(|s| s.newsletter_delivery_id))
@@ -156,10 +155,13 @@ pub async fn record_bounce(
                       WHERE id = $1 AND status IN ('sent', 'unknown')",
                 )
                 .bind(id)
-                .bind(format!(
-                    "bounced: {} {}",
-                    r.status.as_deref().unwrap_or(""),
-                    r.diagnostic.as_deref().unwrap_or("")
+                .bind(storable(
+                    &format!(
+                        "bounced: {} {}",
+                        r.status.as_deref().unwrap_or(""),
+                        r.diagnostic.as_deref().unwrap_or("")
+                    ),
+                    2000,
                 ))
                 .execute(&mut *conn)
                 .await?;
@@ -167,12 +169,16 @@ pub async fn record_bounce(
             suppress(conn, &ours.recipient, "all", "hard_bounce", &why).await?;
             Some("hard_bounce")
         } else {
+            // Soft bounces of distinct sends: a server's repeated delay
+            // warnings about one message count once.
             let soft: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM email_bounces
-                  WHERE recipient = $1 AND kind = 'soft' AND matched_by IS NOT NULL
+                "SELECT count(DISTINCT coalesce(verzonden_email_id::text, 'n' || newsletter_delivery_id))
+                   FROM email_bounces
+                  WHERE (recipient = $1 OR original_recipient = $1) AND kind = 'soft'
+                    AND matched_by IS NOT NULL
                     AND created_at > now() - make_interval(days => $2)",
             )
-            .bind(&r.recipient)
+            .bind(&ours.recipient)
             .bind(soft_rule.days as i32)
             .fetch_one(&mut *conn)
             .await?;
@@ -215,43 +221,50 @@ async fn suppress(
         .await
 }
 
-/// Records a feedback report; a spam complaint suppresses the complaining
-/// recipient for bulk mail. Returns the address suppressed, if any.
+/// Records a feedback report. A spam complaint about one of our sends
+/// (found by the Message-ID of the returned message) suppresses the
+/// address we sent it to for bulk mail; a report about mail we did not
+/// send (or made up) is recorded and suppresses nothing. Returns the
+/// address suppressed, if any.
 pub async fn record_complaint(
     conn: &mut PgConnection,
     email: Uuid,
     complaint: &Complaint,
     send: Option<&OurSend>,
 ) -> Result<Option<String>, sqlx::Error> {
-    let recipient = complaint
-        .recipient
-        .clone()
-        .or_else(|| send.map(|s| s.recipient.clone()));
-    let suppress_now = complaint.is_complaint() && recipient.is_some();
+    let recipient = send
+        .map(|s| s.recipient.clone())
+        .or_else(|| complaint.recipient.clone());
+    let suppress_now = complaint.is_complaint() && send.is_some();
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO email_complaints (incoming_email_id, recipient, feedback_type, user_agent, verzonden_email_id, suppressed)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         VALUES ($1, lower($2), $3, $4, $5, $6)
          ON CONFLICT (incoming_email_id) DO NOTHING RETURNING id",
     )
     .bind(email)
-    .bind(&recipient)
-    .bind(&complaint.feedback_type)
-    .bind(&complaint.user_agent)
+    .bind(recipient.as_deref().map(|r| storable(r, 320)))
+    .bind(storable(&complaint.feedback_type, 64))
+    .bind(complaint.user_agent.as_deref().map(|a| storable(a, 255)))
     .bind(send.and_then(|s| s.verzonden_email_id))
     .bind(suppress_now)
     .fetch_optional(&mut *conn)
     .await?;
-    match (inserted, recipient) {
-        (Some(_), Some(address)) if suppress_now => {
+    match (inserted, send) {
+        (Some(_), Some(ours)) if suppress_now => {
             let why = format!(
                 "feedback report ({}) in incoming email {email}",
-                complaint.feedback_type
+                storable(&complaint.feedback_type, 64)
             );
-            suppress(conn, &address, "bulk", "complaint", &why).await?;
-            Ok(Some(address))
+            suppress(conn, &ours.recipient, "bulk", "complaint", &why).await?;
+            Ok(Some(ours.recipient.clone()))
         }
         _ => Ok(None),
     }
+}
+
+/// `text` as PostgreSQL stores it: no NUL bytes, at most `max` characters.
+fn storable(text: &str, max: usize) -> String {
+    crate::mime::text(text).chars().take(max).collect()
 }
 
 /// A bounce as `dklctl bounces` shows it.

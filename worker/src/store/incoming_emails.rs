@@ -523,6 +523,25 @@ pub async fn delete_account(pool: &PgPool, account: &str) -> Result<u64, sqlx::E
     .bind(account)
     .execute(&mut *tx)
     .await?;
+    // What their follow-ups made: answers (ledger rows and their jobs),
+    // bounces, complaints.
+    sqlx::query(
+        "DELETE FROM apalis.jobs
+          WHERE job_type = 'send_email'
+            AND convert_from(job, 'UTF8')::jsonb ->> 'dedup_key' IN
+                (SELECT 'auto_reply:' || id FROM incoming_emails WHERE account_type = $1)",
+    )
+    .bind(account)
+    .execute(&mut *tx)
+    .await?;
+    for table in ["auto_reply_log", "email_bounces", "email_complaints"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE incoming_email_id IN (SELECT id FROM incoming_emails WHERE account_type = $1)"
+        )))
+        .bind(account)
+        .execute(&mut *tx)
+        .await?;
+    }
     let deleted = sqlx::query("DELETE FROM incoming_emails WHERE account_type = $1")
         .bind(account)
         .execute(&mut *tx)
@@ -570,6 +589,8 @@ pub struct ReplyContext {
     pub message_id: Option<String>,
     /// Its References.
     pub message_references: Vec<String>,
+    /// When it was received.
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The row, locked until the caller's transaction ends (two follow-ups of
@@ -579,7 +600,7 @@ pub async fn lock_for_processing(
     id: Uuid,
 ) -> Result<Option<ReplyContext>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT account_type, sender_name, sender_email, subject, message_id, message_references
+        "SELECT account_type, sender_name, sender_email, subject, message_id, message_references, received_at
            FROM incoming_emails WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
