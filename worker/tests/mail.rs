@@ -553,7 +553,9 @@ async fn an_idn_address_is_sent_to_in_ascii_and_a_non_ascii_local_part_is_refuse
 /// not have taken it: a newsletter is then marked `unknown` and never resent
 /// by itself; a transactional mail is tried again (a second copy beats none).
 #[sqlx::test(migrations = false)]
-async fn an_unanswered_bulk_message_is_unknown_and_a_transactional_one_is_retried(pool: PgPool) {
+async fn an_unanswered_bulk_message_or_answer_is_unknown_and_a_transactional_one_is_retried(
+    pool: PgPool,
+) {
     migrate(&pool).await;
     // smtp-sink hangs up without a reply once it has the final ".".
     let sink = SmtpSink::start(&["-q", "."]).expect("start smtp-sink");
@@ -584,6 +586,15 @@ async fn an_unanswered_bulk_message_is_unknown_and_a_transactional_one_is_retrie
         .await
         .unwrap()
         .id;
+    // An automatic answer is at most once too (RFC 3834: a second is worse than none).
+    let auto = client
+        .enqueue(
+            &mail(MailKind::AutoReply, "auto"),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
     let rt = dkl_tests::start(
         &pool,
         dkl_worker::handlers::registry(&pool, &config),
@@ -598,6 +609,8 @@ async fn an_unanswered_bulk_message_is_unknown_and_a_transactional_one_is_retrie
             .unwrap_or_default()
             .contains("may or may not have been accepted")
     );
+    wait_status(&pool, &auto, "Done", T).await;
+    assert_eq!(row(&pool, "auto").await.status, "unknown");
     let retried = wait_for(T, "the transactional mail to be retried", || async {
         let r = row(&pool, "single").await;
         (r.retry_count >= 1).then_some(r)
