@@ -108,6 +108,24 @@ BEGIN
 END;
 $$;
 
+-- dkl_auto_reply_record for many answers in one round trip (a batch of
+-- follow-ups): element i of each array is one answer; returns (i, refusal).
+-- Callers sort by sender, so two batches take the per-sender locks in the
+-- same order and never deadlock.
+CREATE FUNCTION dkl_auto_reply_record_many(
+    p_emails UUID[], p_rules UUID[], p_senders TEXT[], p_window_secs FLOAT8[], p_max_per_hour INT, p_dedup_keys TEXT[])
+RETURNS TABLE (ord INT, refusal TEXT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_emails, 1), 0) LOOP
+        ord := i;
+        refusal := dkl_auto_reply_record(p_emails[i], p_rules[i], p_senders[i],
+                                         make_interval(secs => p_window_secs[i]), p_max_per_hour, p_dedup_keys[i]);
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
 -- 4. Bounces: one row per failed or delayed recipient of a delivery status
 --    notification (or of a plain-text bounce a heuristic understood).
 CREATE TABLE email_bounces (

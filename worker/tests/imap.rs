@@ -70,10 +70,12 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// Messages with a follow-up job (a job follows up a batch of them).
 async fn follow_up_jobs(pool: &PgPool) -> i64 {
     count(
         pool,
-        "SELECT count(*) FROM apalis.jobs WHERE job_type = 'process_incoming_email'",
+        "SELECT coalesce(sum(1 + coalesce(jsonb_array_length(convert_from(job, 'UTF8')::jsonb -> 'also'), 0)), 0)::bigint
+           FROM apalis.jobs WHERE job_type = 'process_incoming_email'",
     )
     .await
 }

@@ -356,6 +356,7 @@ async fn a_worker_killed_between_recording_and_sending_an_answer_sends_at_most_o
         .enqueue(
             &ProcessIncomingEmail {
                 incoming_email_id: id,
+                also: vec![],
             },
             EnqueueOptions::default(),
         )
@@ -835,4 +836,91 @@ async fn a_bad_pattern_is_refused_when_saved_and_a_broken_rule_never_stops_the_o
     let a = answer(&pool, id).await;
     assert_eq!(a.auto_reply.as_deref(), Some("replied"), "{a:?}");
     assert!(a.auto_reply_reason.unwrap().contains("route"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_stored_together_is_followed_up_by_one_job_each_message_on_its_own_merits(
+    pool: PgPool,
+) {
+    setup(&pool).await;
+    add_rule(&pool, "ontvangstbevestiging", 100, None).await;
+    let messages = [
+        person("anna@example.nl", "b1@example.nl", ""),
+        person("bert@example.nl", "b2@example.nl", ""),
+        person("anna@example.nl", "b3@example.nl", ""),
+        person(
+            "carla@example.nl",
+            "b4@example.nl",
+            "Auto-Submitted: auto-replied\r\n",
+        ),
+    ]
+    .map(|raw| dkl_worker::import::incoming(raw, 50 << 20));
+    incoming_emails::store_batch(&pool, "info", None, &messages)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = 'process_incoming_email'"
+        )
+        .await,
+        1
+    );
+    let rt = dkl_tests::start(
+        &pool,
+        dkl_worker::handlers::registry(&pool, &config(1)),
+        fast_config(),
+    );
+    wait_for(T, "all processed", || async {
+        (count(
+            &pool,
+            "SELECT count(*) FROM incoming_emails WHERE NOT processed",
+        )
+        .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    rt.stop().await;
+    let outcomes: BTreeMap<String, (String, String)> =
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT message_id, auto_reply, auto_reply_reason FROM incoming_emails",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(m, a, r)| (m, (a, r)))
+        .collect();
+    let replied = |m: &str| {
+        outcomes
+            .iter()
+            .any(|(id, (a, _))| id.trim_matches(['<', '>']) == m && a == "replied")
+    };
+    assert!(
+        replied("b1@example.nl") && replied("b2@example.nl"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.values().filter(|(a, _)| a == "replied").count(),
+        2,
+        "anna once, bert once: {outcomes:?}"
+    );
+    assert!(
+        outcomes.values().any(|(_, r)| r.contains("window")),
+        "anna's second: {outcomes:?}"
+    );
+    assert!(
+        outcomes.values().any(|(_, r)| r.contains("Auto-Submitted")),
+        "carla's: {outcomes:?}"
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM auto_reply_log").await, 2);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = 'send_email'"
+        )
+        .await,
+        2
+    );
 }

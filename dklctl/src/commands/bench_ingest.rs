@@ -354,7 +354,7 @@ async fn follow_up(
         std::sync::Arc::new(Processor::new(pool, &with_account)),
     );
     let runtime = dkl_shared::jobs::WorkerRuntime::new(pool.clone(), registry, config.jobs.clone())
-        .serve_only(&["mail"]);
+        .serve_only(&["incoming"]);
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let handle = tokio::spawn(runtime.run(shutdown.clone()));

@@ -72,6 +72,7 @@ fn default_queue_concurrency() -> BTreeMap<String, usize> {
     [
         ("default", 10),
         ("mail", 4),
+        ("incoming", 8),
         ("newsletter", 2),
         ("maintenance", 2),
     ]

@@ -26,11 +26,42 @@ impl JobKind for FetchMail {
 pub struct ProcessIncomingEmail {
     /// `incoming_emails.id`.
     pub incoming_email_id: uuid::Uuid,
+    /// Messages stored in the same batch, followed up together with it (one
+    /// transaction, set-based statements); empty for a single message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<uuid::Uuid>,
+}
+
+impl ProcessIncomingEmail {
+    /// The most messages one job follows up.
+    pub const MAX_BATCH: usize = 50;
+
+    /// Jobs for `ids`, up to [`Self::MAX_BATCH`] messages each.
+    pub fn batches(ids: &[uuid::Uuid]) -> Vec<Self> {
+        ids.chunks(Self::MAX_BATCH)
+            .filter_map(|chunk| {
+                let (first, rest) = chunk.split_first()?;
+                Some(Self {
+                    incoming_email_id: *first,
+                    also: rest.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every message of the job.
+    pub fn ids(&self) -> Vec<uuid::Uuid> {
+        std::iter::once(self.incoming_email_id)
+            .chain(self.also.iter().copied())
+            .collect()
+    }
 }
 
 impl JobKind for ProcessIncomingEmail {
     const KIND: &'static str = "process_incoming_email";
-    const QUEUE: &'static str = "mail";
+    // A queue of its own: a burst of incoming mail (an import, a backlog)
+    // never holds up the mail the application sends.
+    const QUEUE: &'static str = "incoming";
     const MAX_ATTEMPTS: i32 = 5;
 }
 

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dkl_shared::config::ResponsesConfig;
-use dkl_shared::jobs::{EnqueueOptions, JobContext, JobError, Registry, enqueue_on};
+use dkl_shared::jobs::{JobContext, JobError, Registry, enqueue_many_on};
 use dkl_shared::kinds::{MailKind, ProcessIncomingEmail, SendEmail};
 use mail_parser::{Message, MessageParser};
 use sqlx::{PgConnection, PgPool};
@@ -61,9 +61,23 @@ pub fn register(registry: &mut Registry, processor: Arc<Processor>) {
     registry.register::<ProcessIncomingEmail, _, _>(
         move |job: ProcessIncomingEmail, _ctx: JobContext| {
             let processor = processor.clone();
-            async move { processor.process(job.incoming_email_id).await }
+            async move { processor.process_batch(&job.ids()).await }
         },
     );
+}
+
+/// A message that may be answered, once a rule and the ledger agree.
+struct Candidate {
+    /// Its place in the batch's outcomes.
+    at: usize,
+    /// Where the answer goes (the Return-Path).
+    to: String,
+}
+
+/// What the checks of one message decided, or that rules decide next.
+enum Next {
+    Decided(Decision),
+    Candidate(String),
 }
 
 /// Whether and why a message is answered.
@@ -106,104 +120,262 @@ impl Processor {
 
     /// Follows up message `id`.
     pub async fn process(&self, id: Uuid) -> Result<(), JobError> {
-        match self.process_once(id).await {
+        self.process_batch(&[id]).await
+    }
+
+    /// Follows up the messages `ids` together: one transaction, the rules
+    /// judged, the ledger written, the answers enqueued and the outcomes
+    /// recorded each in one statement. When the database refuses a value of
+    /// one of them, each is followed up on its own, so one bad message
+    /// never stalls the others.
+    pub async fn process_batch(&self, ids: &[Uuid]) -> Result<(), JobError> {
+        if ids.len() == 1 {
+            return self.process_alone(ids[0]).await;
+        }
+        match self.process_together(ids).await {
             Ok(()) => Ok(()),
             Err(Failure::Retry(e)) => Err(e),
             Err(Failure::Refused(reason)) => {
-                // One message the database cannot take never stalls the
-                // queue: it is marked processed with the reason.
+                tracing::info!(%reason, messages = ids.len(), "a follow-up batch was refused; following its messages up one by one");
+                for id in ids {
+                    self.process_alone(*id).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn process_alone(&self, id: Uuid) -> Result<(), JobError> {
+        match self.process_together(&[id]).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Retry(e)) => Err(e),
+            Err(Failure::Refused(reason)) => {
+                // A message the database cannot take is marked processed
+                // with the reason, never retried for ever.
                 let reason = crate::mime::text(&format!(
                     "the follow-up was refused by the database ({reason}); not answered"
                 ));
                 tracing::warn!(%id, %reason, "incoming email follow-up refused");
-                let mut tx = self.pool.begin().await.map_err(retry)?;
+                let mut conn = self.pool.acquire().await.map_err(retry)?;
                 auto_responses::record_outcome(
-                    &mut tx,
+                    &mut conn,
                     id,
+                    None,
                     ReplyOutcome::NotReplied,
                     &reason,
                     None,
                 )
                 .await
                 .map_err(retry)?;
-                incoming_emails::mark_processed(&mut *tx, id, None)
-                    .await
-                    .map_err(retry)?;
-                tx.commit().await.map_err(retry)?;
                 self.stats.response("auto_replies_suppressed", "refused", 1);
                 Ok(())
             }
         }
     }
 
-    async fn process_once(&self, id: Uuid) -> Result<(), Failure> {
-        let raw = incoming_emails::raw(&self.pool, id).await?;
-        let parsed = raw
-            .as_deref()
-            .and_then(|r| MessageParser::default().parse(r));
-        let verdict = match (&raw, &parsed) {
-            (_, Some(message)) => Some(classify_message(message)),
-            (Some(_), None) => Some(Verdict {
-                class: Classification::Person,
-                reason: "no header could be read; treated as a person's mail".into(),
-            }),
-            (None, _) => None,
-        };
+    async fn process_together(&self, ids: &[Uuid]) -> Result<(), Failure> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = incoming_emails::lock_for_processing(&mut tx, id).await? else {
+        // Durability comes from what follows this transaction, not from
+        // waiting for its own WAL flush: the job's outcome, and the send of
+        // any answer it enqueued, commit synchronously later, and WAL is
+        // flushed in order, so both make this commit durable first. Lost in
+        // a crash before either, the follow-up simply runs again (every
+        // step is idempotent).
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        let mut rows = incoming_emails::lock_for_processing(&mut tx, ids).await?;
+        // Locked in id order; followed up in the order they were stored, so
+        // of two messages from one sender the first is the one answered.
+        rows.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
+        if rows.len() < ids.len() {
             // Deleted meanwhile (retention, an operator): nothing to follow up.
-            tracing::info!(%id, "incoming email no longer exists; nothing to process");
-            return Ok(());
-        };
-        let decision = match (&parsed, &verdict) {
-            (Some(message), Some(verdict)) => {
-                self.follow_up(&mut tx, id, &row, message, verdict).await?
-            }
-            _ => Decision::not(
-                "unreadable",
-                "the message could not be read (quarantined or stored without its body)",
-            ),
-        };
-        auto_responses::record_outcome(
-            &mut tx,
-            id,
-            decision.outcome,
-            &crate::mime::text(&decision.reason),
-            decision.rule,
-        )
-        .await?;
-        incoming_emails::mark_processed(&mut *tx, id, verdict.as_ref()).await?;
+            tracing::info!(
+                gone = ids.len() - rows.len(),
+                "incoming emails no longer exist; nothing to process for them"
+            );
+        }
+        let parsed: Vec<Option<Message<'_>>> = rows
+            .iter()
+            .map(|r| {
+                r.raw
+                    .as_deref()
+                    .and_then(|raw| MessageParser::default().parse(raw))
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut candidates = Vec::new();
+        for (row, message) in rows.iter().zip(&parsed) {
+            let verdict = match (&row.raw, message) {
+                (_, Some(message)) => Some(classify_message(message)),
+                (Some(_), None) => Some(Verdict {
+                    class: Classification::Person,
+                    reason: "no header could be read; treated as a person's mail".into(),
+                }),
+                (None, _) => None,
+            };
+            let next = match (message, &verdict) {
+                (Some(message), Some(verdict)) => {
+                    self.follow_up(&mut tx, row, message, verdict).await?
+                }
+                _ => Next::Decided(Decision::not(
+                    "unreadable",
+                    "the message could not be read (quarantined or stored without its body)",
+                )),
+            };
+            let decision = match next {
+                Next::Decided(d) => d,
+                Next::Candidate(to) => {
+                    candidates.push(Candidate {
+                        at: outcomes.len(),
+                        to,
+                    });
+                    // Replaced once the rules and the ledger have spoken.
+                    Decision::not("no_rule", "")
+                }
+            };
+            outcomes.push((row, verdict, decision));
+        }
+        if !candidates.is_empty() {
+            self.answer(&mut tx, &mut outcomes, &candidates).await?;
+        }
+        let records: Vec<auto_responses::Outcome> = outcomes
+            .iter()
+            .map(|(row, verdict, d)| auto_responses::Outcome {
+                email: row.id,
+                verdict: verdict.clone(),
+                outcome: d.outcome,
+                reason: d.reason.clone(),
+                rule: d.rule,
+            })
+            .collect();
+        auto_responses::record_outcomes(&mut tx, &records).await?;
         tx.commit().await?;
-        match decision.outcome {
-            ReplyOutcome::Replied => self.stats.response("auto_replies", "replied", 1),
-            ReplyOutcome::NotReplied => {
-                self.stats
-                    .response("auto_replies_suppressed", decision.code, 1)
+        for (row, verdict, d) in &outcomes {
+            match d.outcome {
+                ReplyOutcome::Replied => self.stats.response("auto_replies", "replied", 1),
+                ReplyOutcome::NotReplied => {
+                    self.stats.response("auto_replies_suppressed", d.code, 1)
+                }
+            }
+            if let Some(v) = verdict {
+                tracing::info!(id = %row.id, class = v.class.as_str(), reason = %v.reason, auto_reply = d.outcome.as_str(), why = %d.reason, "incoming email processed");
             }
         }
-        if let Some(v) = verdict {
-            tracing::info!(%id, class = v.class.as_str(), reason = %v.reason, auto_reply = decision.outcome.as_str(), why = %decision.reason, "incoming email processed");
+        Ok(())
+    }
+
+    /// The rules of each candidate, then the ledger (every answer of the
+    /// batch in one round trip, in sender order), then the answers' jobs.
+    async fn answer(
+        &self,
+        tx: &mut PgConnection,
+        outcomes: &mut [(&ReplyContext, Option<Verdict>, Decision)],
+        candidates: &[Candidate],
+    ) -> Result<(), Failure> {
+        let ids: Vec<Uuid> = candidates.iter().map(|c| outcomes[c.at].0.id).collect();
+        let verdicts = auto_responses::judge(tx, &ids).await?;
+        let mut by_email: BTreeMap<Uuid, Vec<&auto_responses::RuleVerdict>> = BTreeMap::new();
+        for v in &verdicts {
+            by_email.entry(v.email_id).or_default().push(v);
         }
+        let mut requests = Vec::new();
+        let mut chosen = Vec::new();
+        for c in candidates {
+            let row = outcomes[c.at].0;
+            let rules = by_email.remove(&row.id).unwrap_or_default();
+            match choose_rule(&rules, &row.account_type) {
+                Ok(rule) => {
+                    requests.push(auto_responses::ReplyRequest {
+                        email: row.id,
+                        rule: rule.id,
+                        sender: c.to.clone(),
+                        window_secs: rule.reply_window_secs,
+                        dedup_key: format!("auto_reply:{}", row.id),
+                    });
+                    chosen.push((c.at, rule));
+                }
+                Err(decision) => outcomes[c.at].2 = decision,
+            }
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
+        // Sorted by sender: concurrent batches take the per-sender locks in one order.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|a, b| requests[*a].sender.cmp(&requests[*b].sender));
+        let requests: Vec<_> = order.iter().map(|i| requests[*i].clone()).collect();
+        let chosen: Vec<_> = order.iter().map(|i| chosen[*i]).collect();
+        let refusals =
+            auto_responses::record_replies(tx, &requests, self.config.max_replies_per_hour).await?;
+        let mut jobs = Vec::new();
+        for ((request, (at, rule)), refusal) in requests.iter().zip(chosen).zip(refusals) {
+            let to = &request.sender;
+            let not = |code, reason: String| Decision {
+                outcome: ReplyOutcome::NotReplied,
+                reason,
+                code,
+                rule: Some(rule.id),
+            };
+            outcomes[at].2 = match refusal {
+                Some(Refusal::Window) => not(
+                    "window",
+                    format!(
+                        "rule `{}` answered {to} within its reply window already",
+                        rule.name
+                    ),
+                ),
+                Some(Refusal::HourlyCap) => not(
+                    "hourly_cap",
+                    format!(
+                        "{to} got {} automatic answers in the last hour (DKL_AUTOREPLY_MAX_PER_HOUR)",
+                        self.config.max_replies_per_hour
+                    ),
+                ),
+                Some(Refusal::Already) => Decision {
+                    outcome: ReplyOutcome::Replied,
+                    reason: format!("answered by rule `{}` (recorded before)", rule.name),
+                    code: "replied",
+                    rule: Some(rule.id),
+                },
+                None => {
+                    jobs.push(reply_job(
+                        outcomes[at].0,
+                        &rule.template,
+                        to,
+                        request.dedup_key.clone(),
+                    ));
+                    Decision {
+                        outcome: ReplyOutcome::Replied,
+                        reason: format!("answered by rule `{}` to {to}", rule.name),
+                        code: "replied",
+                        rule: Some(rule.id),
+                    }
+                }
+            };
+        }
+        enqueue_many_on(tx, &jobs)
+            .await
+            .map_err(JobError::retryable)?;
         Ok(())
     }
 
     async fn follow_up(
         &self,
         tx: &mut PgConnection,
-        id: Uuid,
         row: &ReplyContext,
         message: &Message<'_>,
         verdict: &Verdict,
-    ) -> Result<Decision, Failure> {
+    ) -> Result<Next, Failure> {
         match verdict.class {
-            Classification::DeliveryStatus => self.record_bounce(tx, id, message).await?,
-            Classification::FeedbackReport => self.record_complaint(tx, id, message).await?,
+            Classification::DeliveryStatus => self.record_bounce(tx, row.id, message).await?,
+            Classification::FeedbackReport => self.record_complaint(tx, row.id, message).await?,
             _ => {}
         }
         if let Some(decision) = self.mailto_unsubscribe(tx, message).await? {
-            return Ok(decision);
+            return Ok(Next::Decided(decision));
         }
-        self.decide_reply(tx, id, row, message, verdict).await
+        Ok(self.screen(row, message, verdict))
     }
 
     async fn record_bounce(
@@ -310,22 +482,17 @@ impl Processor {
         Ok(Some(Decision::not("unsubscribe_request", reason)))
     }
 
-    async fn decide_reply(
-        &self,
-        tx: &mut PgConnection,
-        id: Uuid,
-        row: &ReplyContext,
-        message: &Message<'_>,
-        verdict: &Verdict,
-    ) -> Result<Decision, Failure> {
+    /// The checks that need no rule: RFC 3834, the class, the age, the
+    /// Return-Path to answer.
+    fn screen(&self, row: &ReplyContext, message: &Message<'_>, verdict: &Verdict) -> Next {
         let account_address = self.account_addresses.get(&row.account_type);
         if let Some(blocker) =
             autoreply::reply_blocker(message, &self.us, account_address.map(String::as_str))
         {
-            return Ok(Decision::not(blocker.code(), blocker.to_string()));
+            return Next::Decided(Decision::not(blocker.code(), blocker.to_string()));
         }
         if verdict.class != Classification::Person {
-            return Ok(Decision::not(
+            return Next::Decided(Decision::not(
                 "not_a_person",
                 format!("{} ({})", verdict.class.as_str(), verdict.reason),
             ));
@@ -333,7 +500,7 @@ impl Processor {
         // An answer days late helps nobody, and an imported archive must
         // not answer everyone who ever wrote.
         if row.received_at < chrono::Utc::now() - MAX_AGE_TO_ANSWER {
-            return Ok(Decision::not(
+            return Next::Decided(Decision::not(
                 "too_old",
                 format!(
                     "received {}, more than {} days ago: too old to answer",
@@ -342,97 +509,46 @@ impl Processor {
                 ),
             ));
         }
-        let rules = auto_responses::judge(tx, id).await?;
-        let mut broken = Vec::new();
-        let chosen = rules.iter().find(|r| match r.matches() {
-            Some(m) => m,
-            None => {
-                tracing::warn!(rule = %r.name, "auto-response rule has a pattern PostgreSQL cannot use; skipped (fix it in auto_responses)");
-                broken.push(r.name.clone());
-                false
-            }
-        });
-        let Some(rule) = chosen else {
-            let mut reason = if rules.is_empty() {
-                format!(
-                    "no active auto-response rule for account `{}`",
-                    row.account_type
-                )
-            } else {
-                format!("none of the {} active rules matched", rules.len())
-            };
-            if !broken.is_empty() {
-                reason.push_str(&format!(
-                    " (rules skipped for a broken pattern: {})",
-                    broken.join(", ")
-                ));
-            }
-            return Ok(Decision::not("no_rule", reason));
-        };
         // reply_blocker refused messages without a usable Return-Path.
-        let Some(to) = autoreply::return_path(message).filter(|a| a.contains('@')) else {
-            return Ok(Decision::not(
+        match autoreply::return_path(message).filter(|a| a.contains('@')) {
+            Some(to) => Next::Candidate(to),
+            None => Next::Decided(Decision::not(
                 NoReply::NoReturnPath.code(),
                 NoReply::NoReturnPath.to_string(),
-            ));
-        };
-        let dedup_key = format!("auto_reply:{id}");
-        let refusal = auto_responses::record_reply(
-            tx,
-            id,
-            rule.id,
-            &to,
-            rule.reply_window_secs,
-            self.config.max_replies_per_hour,
-            &dedup_key,
-        )
-        .await?;
-        let decided = |code, reason: String| Decision {
-            outcome: ReplyOutcome::NotReplied,
-            reason,
-            code,
-            rule: Some(rule.id),
-        };
-        match refusal {
-            Some(Refusal::Window) => {
-                return Ok(decided(
-                    "window",
-                    format!(
-                        "rule `{}` answered {to} within its reply window already",
-                        rule.name
-                    ),
-                ));
-            }
-            Some(Refusal::HourlyCap) => {
-                return Ok(decided(
-                    "hourly_cap",
-                    format!(
-                        "{to} got {} automatic answers in the last hour (DKL_AUTOREPLY_MAX_PER_HOUR)",
-                        self.config.max_replies_per_hour
-                    ),
-                ));
-            }
-            Some(Refusal::Already) => {
-                return Ok(Decision {
-                    outcome: ReplyOutcome::Replied,
-                    reason: format!("answered by rule `{}` (recorded before)", rule.name),
-                    code: "replied",
-                    rule: Some(rule.id),
-                });
-            }
-            None => {}
+            )),
         }
-        let job = reply_job(row, &rule.template, &to, dedup_key);
-        enqueue_on(tx, &job, EnqueueOptions::default())
-            .await
-            .map_err(JobError::retryable)?;
-        Ok(Decision {
-            outcome: ReplyOutcome::Replied,
-            reason: format!("answered by rule `{}` to {to}", rule.name),
-            code: "replied",
-            rule: Some(rule.id),
-        })
     }
+}
+
+/// The first rule that matches, or why none answers (broken rules are
+/// skipped and named).
+fn choose_rule<'r>(
+    rules: &[&'r auto_responses::RuleVerdict],
+    account: &str,
+) -> Result<&'r auto_responses::RuleVerdict, Decision> {
+    let mut broken = Vec::new();
+    for rule in rules {
+        match rule.matches() {
+            Some(true) => return Ok(rule),
+            Some(false) => {}
+            None => {
+                tracing::warn!(rule = %rule.name, "auto-response rule has a pattern PostgreSQL cannot use; skipped (fix it in auto_responses)");
+                broken.push(rule.name.clone());
+            }
+        }
+    }
+    let mut reason = if rules.is_empty() {
+        format!("no active auto-response rule for account `{account}`")
+    } else {
+        format!("none of the {} active rules matched", rules.len())
+    };
+    if !broken.is_empty() {
+        reason.push_str(&format!(
+            " (rules skipped for a broken pattern: {})",
+            broken.join(", ")
+        ));
+    }
+    Err(Decision::not("no_rule", reason))
 }
 
 /// The `send_email` job of an automatic answer to `row`.

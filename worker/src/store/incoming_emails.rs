@@ -223,13 +223,12 @@ pub async fn store_batch_on(
         outcome.quarantined = inserted.iter().filter(|(_, _, q)| *q).count();
         outcome.duplicates = messages.len() - inserted.len();
         store_attachments(&mut *conn, messages, &hashes, &inserted).await?;
-        let follow_ups: Vec<ProcessIncomingEmail> = inserted
+        let to_follow: Vec<Uuid> = inserted
             .iter()
             .filter(|(_, _, quarantined)| !quarantined)
-            .map(|(id, _, _)| ProcessIncomingEmail {
-                incoming_email_id: *id,
-            })
+            .map(|(id, _, _)| *id)
             .collect();
+        let follow_ups = ProcessIncomingEmail::batches(&to_follow);
         dkl_shared::jobs::enqueue_many_on(&mut *conn, &follow_ups)
             .await
             .map_err(|e| match e {
@@ -514,11 +513,12 @@ pub async fn mark_processed(
 /// (benchmarks clean up after themselves with it). Returns the messages deleted.
 pub async fn delete_account(pool: &PgPool, account: &str) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // (a join, not `IN (subquery)`: with thousands of jobs the subquery
+    // was run once per job)
     sqlx::query(
-        "DELETE FROM apalis.jobs
-          WHERE job_type = 'process_incoming_email'
-            AND convert_from(job, 'UTF8')::jsonb ->> 'incoming_email_id' IN
-                (SELECT id::text FROM incoming_emails WHERE account_type = $1)",
+        "DELETE FROM apalis.jobs j USING incoming_emails e
+          WHERE e.account_type = $1 AND j.job_type = 'process_incoming_email'
+            AND convert_from(j.job, 'UTF8')::jsonb ->> 'incoming_email_id' = e.id::text",
     )
     .bind(account)
     .execute(&mut *tx)
@@ -526,10 +526,9 @@ pub async fn delete_account(pool: &PgPool, account: &str) -> Result<u64, sqlx::E
     // What their follow-ups made: answers (ledger rows and their jobs),
     // bounces, complaints.
     sqlx::query(
-        "DELETE FROM apalis.jobs
-          WHERE job_type = 'send_email'
-            AND convert_from(job, 'UTF8')::jsonb ->> 'dedup_key' IN
-                (SELECT 'auto_reply:' || id FROM incoming_emails WHERE account_type = $1)",
+        "DELETE FROM apalis.jobs j USING incoming_emails e
+          WHERE e.account_type = $1 AND j.job_type = 'send_email'
+            AND convert_from(j.job, 'UTF8')::jsonb ->> 'dedup_key' = 'auto_reply:' || e.id",
     )
     .bind(account)
     .execute(&mut *tx)
@@ -577,6 +576,8 @@ pub async fn has_message_id(
 /// What answering a message needs from its row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReplyContext {
+    /// `incoming_emails.id`.
+    pub id: Uuid,
     /// The account it came in on.
     pub account_type: String,
     /// The sender's name.
@@ -591,19 +592,22 @@ pub struct ReplyContext {
     pub message_references: Vec<String>,
     /// When it was received.
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// The message as received (None: quarantined with its header only).
+    pub raw: Option<Vec<u8>>,
 }
 
-/// The row, locked until the caller's transaction ends (two follow-ups of
-/// one message never run side by side); None when it was deleted.
+/// The rows of `ids` that still exist, locked until the caller's
+/// transaction ends (two follow-ups of one message never run side by
+/// side), in id order (so two batches never wait on each other in a cycle).
 pub async fn lock_for_processing(
     conn: &mut sqlx::PgConnection,
-    id: Uuid,
-) -> Result<Option<ReplyContext>, sqlx::Error> {
+    ids: &[Uuid],
+) -> Result<Vec<ReplyContext>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT account_type, sender_name, sender_email, subject, message_id, message_references, received_at
-           FROM incoming_emails WHERE id = $1 FOR UPDATE",
+        "SELECT id, account_type, sender_name, sender_email, subject, message_id, message_references, received_at, raw
+           FROM incoming_emails WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
-    .bind(id)
-    .fetch_optional(conn)
+    .bind(ids)
+    .fetch_all(conn)
     .await
 }
