@@ -88,18 +88,23 @@ CREATE FUNCTION dkl_auto_reply_record(
 RETURNS TEXT
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_sender TEXT := lower(p_sender);
+    v_sender    TEXT := lower(p_sender);
+    v_in_window BOOLEAN;
+    v_last_hour BIGINT;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('dkl_auto_reply:' || v_sender, 0));
+    SELECT coalesce(bool_or(rule_id = p_rule AND replied_at > now() - p_window), false),
+           count(*) FILTER (WHERE replied_at > now() - interval '1 hour')
+      INTO v_in_window, v_last_hour
+      FROM auto_reply_log
+     WHERE sender = v_sender AND replied_at > now() - greatest(p_window, interval '1 hour');
     IF EXISTS (SELECT 1 FROM auto_reply_log WHERE incoming_email_id = p_email) THEN
         RETURN 'already';
     END IF;
-    IF EXISTS (SELECT 1 FROM auto_reply_log
-                WHERE sender = v_sender AND rule_id = p_rule AND replied_at > now() - p_window) THEN
+    IF v_in_window THEN
         RETURN 'window';
     END IF;
-    IF (SELECT count(*) FROM auto_reply_log
-         WHERE sender = v_sender AND replied_at > now() - interval '1 hour') >= p_max_per_hour THEN
+    IF v_last_hour >= p_max_per_hour THEN
         RETURN 'hourly_cap';
     END IF;
     INSERT INTO auto_reply_log (incoming_email_id, rule_id, sender, dedup_key)

@@ -105,6 +105,7 @@ pub async fn run(pool: &PgPool, config: &Config, args: IngestBenchArgs) -> anyho
     let rss_before_kib = rss_kib("VmRSS:");
     let stats = ImapStats::default();
     // As dkl-worker does: ingest writes through a small pool of its own.
+    let worker_pool = pool.clone();
     let ingest_pool = imap::ingest_pool(pool, &imap_config);
     let pool = &ingest_pool;
     let ingest_started = Instant::now();
@@ -123,7 +124,15 @@ pub async fn run(pool: &PgPool, config: &Config, args: IngestBenchArgs) -> anyho
     }
 
     progress("follow-up: classify and answer every stored message (process_incoming_email jobs)");
-    let followed = follow_up(pool, config, &imap_config, &account_name, args.mails).await;
+    // As dkl-worker does: follow-ups run on the worker's pool.
+    let followed = follow_up(
+        &worker_pool,
+        config,
+        &imap_config,
+        &account_name,
+        args.mails,
+    )
+    .await;
     progress(&format!(
         "IDLE latency: {} single messages APPENDed to a watched mailbox",
         args.idle_samples

@@ -34,7 +34,7 @@ pub struct ProcessIncomingEmail {
 
 impl ProcessIncomingEmail {
     /// The most messages one job follows up.
-    pub const MAX_BATCH: usize = 50;
+    pub const MAX_BATCH: usize = 100;
 
     /// Jobs for `ids`, up to [`Self::MAX_BATCH`] messages each.
     pub fn batches(ids: &[uuid::Uuid]) -> Vec<Self> {

@@ -47,9 +47,12 @@ pub async fn judge(
     sqlx::query_as(
         "SELECT e.id AS email_id, r.id, r.name, t.name AS template,
                 extract(epoch FROM r.reply_window)::float8 AS reply_window_secs,
-                dkl_pattern_matches(r.from_pattern, e.sender_email) AS from_ok,
-                dkl_pattern_matches(r.subject_pattern, e.subject) AS subject_ok,
-                dkl_pattern_matches(r.body_pattern, e.body) AS body_ok
+                CASE WHEN r.from_pattern IS NULL THEN true
+                     ELSE dkl_pattern_matches(r.from_pattern, e.sender_email) END AS from_ok,
+                CASE WHEN r.subject_pattern IS NULL THEN true
+                     ELSE dkl_pattern_matches(r.subject_pattern, e.subject) END AS subject_ok,
+                CASE WHEN r.body_pattern IS NULL THEN true
+                     ELSE dkl_pattern_matches(r.body_pattern, e.body) END AS body_ok
            FROM incoming_emails e
            JOIN auto_responses r ON r.is_active
                 AND (r.account_type IS NULL OR r.account_type = e.account_type)
