@@ -171,7 +171,7 @@ enum Command {
     Suppress {
         /// The address.
         address: String,
-        /// hard_bounce, complaint, unsubscribe or manual.
+        /// hard_bounce, soft_bounce, complaint, unsubscribe or manual.
         #[arg(long, default_value = "manual")]
         reason: String,
         /// all (no mail at all) or bulk (no newsletters).

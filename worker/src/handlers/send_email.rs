@@ -101,6 +101,18 @@ impl Mailer {
             per_second: config.rate_per_second,
             per_hour: config.rate_per_hour,
         };
+        // Read before the row's rate slot is taken: the first read goes to
+        // the database, and nothing slow may sit between slot and send.
+        let verp_signer = if self.verp && job.kind != MailKind::AutoReply {
+            Some(
+                self.keys
+                    .signer(&self.pool)
+                    .await
+                    .map_err(JobError::retryable)?,
+            )
+        } else {
+            None
+        };
         // Bulk mail takes its SMTP connection before its row is marked
         // started: a worker dying while it waits would otherwise leave a
         // newsletter `unknown` that never left. So does mail under a rate
@@ -202,12 +214,7 @@ impl Mailer {
         // mail with a VERP return path naming this row, so a bounce finds it.
         let envelope = if job.kind == MailKind::AutoReply {
             crate::smtp::null_sender_envelope(&message)
-        } else if self.verp {
-            let signer = self
-                .keys
-                .signer(&self.pool)
-                .await
-                .map_err(JobError::retryable)?;
+        } else if let Some(signer) = verp_signer {
             crate::smtp::verp_envelope(
                 &message,
                 &crate::smtp::bounce_base(config, self.bounce_address.as_deref()),

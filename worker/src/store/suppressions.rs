@@ -5,7 +5,13 @@
 use sqlx::PgExecutor;
 
 /// Why an address is suppressed (`email_suppressions.reason`).
-pub const REASONS: &[&str] = &["hard_bounce", "complaint", "unsubscribe", "manual"];
+pub const REASONS: &[&str] = &[
+    "hard_bounce",
+    "soft_bounce",
+    "complaint",
+    "unsubscribe",
+    "manual",
+];
 /// What a suppression covers (`email_suppressions.scope`).
 pub const SCOPES: &[&str] = &["all", "bulk"];
 
