@@ -1,6 +1,7 @@
-//! `process_incoming_email`: the follow-up of each newly stored message.
+//! `process_incoming_email`: the follow-up of newly stored messages, a
+//! stored batch per job (up to 100, queue `incoming`).
 //!
-//! In one transaction, with the message's row locked:
+//! In one transaction, with the messages' rows locked, for each message:
 //! 1. it records what the message is ([`crate::mime::classify`]);
 //! 2. a bounce records its failed recipients in `email_bounces` and may
 //!    suppress the address we sent to ([`crate::store::bounces`]); a
@@ -8,10 +9,10 @@
 //! 3. mail to a `List-Unsubscribe` mailto address (`…+u-<token>@…`)
 //!    unsubscribes the subscriber its signed token names;
 //! 4. a person's mail that an active rule matches gets one automatic
-//!    answer: the RFC 3834 checks ([`crate::autoreply`]), then the reply
-//!    ledger (per rule and window, per sender and hour), then the answer's
-//!    `send_email` job, all committed together. Why a message got no
-//!    answer is recorded on it.
+//!    answer: the RFC 3834 checks ([`crate::autoreply`]), then — for the
+//!    whole batch at once — the rules, the reply ledger (per rule and
+//!    window, per sender and hour) and the answers' `send_email` jobs, all
+//!    committed together. Why a message got no answer is recorded on it.
 //!
 //! Reading the raw message again (not the stored columns) keeps this
 //! correct when a message is reprocessed after a parser fix; every step is

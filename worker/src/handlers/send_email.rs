@@ -74,7 +74,12 @@ impl Mailer {
         let to = crate::address::mailbox(&job.to).map_err(|e| {
             JobError::permanent(format!("recipient: {e}; fix the address and send again"))
         })?;
-        let mail = self.render(&job).await?;
+        let mut mail = self.render(&job).await?;
+        if job.kind == MailKind::AutoReply {
+            // The subject shows the answer is automatic (RFC 3834 3.1.5),
+            // on the wire and in the send log alike.
+            mail.subject = crate::autoreply::reply_subject(&mail.subject);
+        }
         let config = self.smtp.config_for(job.kind);
         let from: Mailbox = config.from.parse().map_err(|e| {
             JobError::permanent(format!(
@@ -428,15 +433,10 @@ fn build(
     to: Mailbox,
     message_id: &str,
 ) -> Result<Message, JobError> {
-    let subject = if job.kind == MailKind::AutoReply {
-        crate::autoreply::reply_subject(&mail.subject)
-    } else {
-        mail.subject.clone()
-    };
     let mut builder = Message::builder()
         .from(from)
         .to(to)
-        .subject(subject)
+        .subject(&mail.subject)
         .message_id(Some(message_id.to_string()));
     if let Some(reply_to) = &job.reply_to {
         let mbox = crate::address::mailbox(reply_to)
