@@ -587,11 +587,8 @@ fn reply_job(row: &ReplyContext, template: &str, to: &str, dedup_key: String) ->
 
 /// The `+u-<token>` of an address the message was sent to.
 fn unsubscribe_token(message: &Message<'_>) -> Option<String> {
-    ["To", "Delivered-To", "X-Original-To", "Envelope-To", "Cc"]
-        .iter()
-        .filter_map(|name| message.header_raw(*name))
-        .flat_map(|value| value.split([',', ' ', '<', '>', '\t', '"', ';']))
-        .filter_map(|a| crate::address::plus_tag(a.trim()))
+    bounce::plus_tags(message)
+        .into_iter()
         .find_map(|tag| tag.strip_prefix("u-").map(str::to_string))
 }
 
