@@ -17,6 +17,8 @@
 //! - [`store`]: data access per table family;
 //! - [`smtp`] and [`templates`]: mail out; [`imap`] and [`mime`]: mail in;
 //!   [`import`]: `.eml`, Maildir and mbox files stored as if fetched;
+//! - [`images`]: signed uploads to and deletions from a Cloudinary-compatible
+//!   image store;
 //! - [`newsletter`]: newsletters sent once per recipient, and
 //!   [`unsubscribe`]: the one-click unsubscribe pages.
 
@@ -25,6 +27,7 @@ pub mod autoreply;
 pub mod bounce;
 pub mod handlers;
 pub mod http;
+pub mod images;
 pub mod imap;
 pub mod import;
 pub mod metrics;

@@ -75,6 +75,7 @@ fn default_queue_concurrency() -> BTreeMap<String, usize> {
         ("incoming", 8),
         ("newsletter", 2),
         ("maintenance", 2),
+        ("images", 2),
     ]
     .into_iter()
     .map(|(q, n)| (q.to_string(), n))

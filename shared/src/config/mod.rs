@@ -6,11 +6,12 @@
 //! `.env.example` at the repository root documents every variable.
 //!
 //! One file per area: [`jobs`] (the engine), [`scheduler`], [`http`]
-//! (`/healthz` and `/metrics`); `parse` reads single values. Mail and image
-//! settings will join as files of their own.
+//! (`/healthz` and `/metrics`); `parse` reads single values. Mail, IMAP,
+//! newsletter, response and image settings have files of their own.
 
 mod http;
 mod imap;
+mod images;
 mod jobs;
 mod mail;
 mod newsletter;
@@ -20,6 +21,7 @@ mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
 pub use imap::{AfterImport, ImapAccount, ImapConfig};
+pub use images::{DEFAULT_CLOUDINARY_BASE_URL, ImagesConfig};
 pub use jobs::JobsConfig;
 pub use mail::{DkimConfig, MailConfig, SmtpConfig, TlsMode};
 pub use newsletter::{DEFAULT_PUBLIC_BASE_URL, NewsletterConfig};
@@ -77,6 +79,8 @@ pub struct Config {
     pub newsletter: NewsletterConfig,
     /// Auto-responses, bounces and mailto unsubscribes.
     pub responses: ResponsesConfig,
+    /// The image store (Cloudinary or compatible).
+    pub images: ImagesConfig,
 }
 
 /// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
@@ -119,6 +123,12 @@ pub const VARIABLES: &[&str] = &[
     "DKL_UNSUBSCRIBE_ADDRESS",
     "DKL_SOFT_BOUNCE_LIMIT",
     "DKL_SOFT_BOUNCE_DAYS",
+    "DKL_CLOUDINARY_URL",
+    "DKL_CLOUDINARY_BASE_URL",
+    "DKL_IMAGE_FOLDER",
+    "DKL_IMAGE_UPLOAD_ACCOUNTS",
+    "DKL_IMAGE_MAX_MB",
+    "DKL_IMAGE_TIMEOUT_SECS",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
     "DKL_SCHEDULER_LEADER_STALE_SECS",
@@ -146,6 +156,8 @@ impl Config {
                         .into(),
             });
         }
+        let imap = ImapConfig::from_lookup(&get)?;
+        let imap_names: Vec<String> = imap.accounts.iter().map(|a| a.name.clone()).collect();
         Ok(Self {
             database_url,
             db_max_connections: number(&get, "DKL_DB_MAX_CONNECTIONS", 20, 2, 500)? as u32,
@@ -167,9 +179,10 @@ impl Config {
             )?,
             monitor: MonitorConfig::from_lookup(&get)?,
             mail: MailConfig::from_lookup(&get)?,
-            imap: ImapConfig::from_lookup(&get)?,
             newsletter: NewsletterConfig::from_lookup(&get)?,
             responses: ResponsesConfig::from_lookup(&get)?,
+            images: ImagesConfig::from_lookup(&get, &imap_names)?,
+            imap,
         })
     }
 }
@@ -299,6 +312,7 @@ mod tests {
             include_str!("imap.rs"),
             include_str!("newsletter.rs"),
             include_str!("responses.rs"),
+            include_str!("images.rs"),
         ]
         .concat();
         for quoted in source.split('"').skip(1).step_by(2) {

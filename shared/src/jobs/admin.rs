@@ -19,6 +19,16 @@ pub async fn prune(
     store::prune(pool, done_after, discarded_after).await
 }
 
+/// Records what a job's attempt found as its result (`job_status.result`):
+/// upkeep jobs store their counts here.
+pub async fn record_result(
+    pool: &PgPool,
+    id: &super::JobId,
+    result: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    store::record_result(pool, id, result).await
+}
+
 /// Vacuums and analyzes the job table (what the prune job does after
 /// deleting). Needs the table's owner.
 pub async fn vacuum(pool: &PgPool) -> Result<(), sqlx::Error> {

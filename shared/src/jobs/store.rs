@@ -718,6 +718,22 @@ pub async fn delete_jobs(pool: &PgPool, ids: &[String]) -> Result<u64, sqlx::Err
         .rows_affected())
 }
 
+/// Stores what an attempt found (counts, ids) as the job's result, shown
+/// as `job_status.result`. Written while the job runs: a later attempt
+/// replaces it.
+pub async fn record_result(
+    pool: &PgPool,
+    id: &JobId,
+    result: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE apalis.jobs SET last_result = $2 WHERE id = $1")
+        .bind(&id.0)
+        .bind(result)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Jobs of `queue` still pending or running.
 pub async fn live_in_queue(pool: &PgPool, queue: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(

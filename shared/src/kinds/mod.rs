@@ -12,11 +12,13 @@
 //! there (ARCHITECTURE.md, "Adding a job kind").
 
 pub mod diagnostics;
+pub mod images;
 pub mod mail;
 pub mod maintenance;
 pub mod newsletter;
 
 pub use diagnostics::Ping;
+pub use images::{CleanupImages, UploadImage};
 pub use mail::{FetchMail, MailKind, ProcessIncomingEmail, SendEmail};
 pub use maintenance::{ApplyRetention, ExpireSessions, PruneJobs, RecomputeLeaderboards};
 pub use newsletter::SendNewsletter;
@@ -38,6 +40,8 @@ pub fn catalog() -> Catalog {
         .with::<ApplyRetention>()
         .with::<RecomputeLeaderboards>()
         .with::<ExpireSessions>()
+        .with::<UploadImage>()
+        .with::<CleanupImages>()
 }
 
 #[cfg(test)]

@@ -7,10 +7,13 @@
 //! listed in [`NOT_YET_HANDLED`]; a test keeps the catalog, the registry and
 //! that list in step.
 
+pub mod apply_retention;
+pub mod expire_sessions;
 pub mod fetch_mail;
 pub mod ping;
 pub mod process_incoming_email;
 pub mod prune_jobs;
+pub mod recompute_leaderboards;
 pub mod send_email;
 pub mod send_newsletter;
 
@@ -21,11 +24,7 @@ use sqlx::PgPool;
 /// Kinds in `dkl_shared::kinds::catalog()` that no handler runs yet (their
 /// issues are open). The worker discards their jobs with "no handler for
 /// kind …". Remove a kind from here when its handler is registered.
-pub const NOT_YET_HANDLED: &[&str] = &[
-    "apply_retention",
-    "expire_sessions",
-    "recompute_leaderboards",
-];
+pub const NOT_YET_HANDLED: &[&str] = &["cleanup_images", "upload_image"];
 
 /// Every job kind this worker runs.
 pub fn registry(pool: &PgPool, config: &Config) -> Registry {
@@ -109,6 +108,15 @@ pub fn registry_with(
         ..process_incoming_email::Processor::new(pool, config)
     };
     process_incoming_email::register(&mut registry, std::sync::Arc::new(processor));
+    apply_retention::register(
+        &mut registry,
+        std::sync::Arc::new(apply_retention::Retention {
+            pool: pool.clone(),
+            batching: crate::store::retention::Batching::default(),
+        }),
+    );
+    recompute_leaderboards::register(&mut registry, pool.clone());
+    expire_sessions::register(&mut registry, pool.clone());
     registry
 }
 

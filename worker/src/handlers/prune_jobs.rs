@@ -1,4 +1,6 @@
-//! `prune_jobs`: deletes finished jobs past their keep time, and the
+//! `prune_jobs`: deletes finished jobs past their keep time (the
+//! `retention_rules` of `apalis.jobs` when enabled, else
+//! `DKL_PRUNE_DONE_AFTER`/`DKL_PRUNE_DISCARDED_AFTER`), and the
 //! scheduler's tick records with them. apalis never deletes rows; without
 //! this the table grows for ever. First it marks `unknown` the mail whose
 //! job ended in the middle of its SMTP transaction (so no row says `queued`
@@ -25,8 +27,10 @@ pub fn register(
     registry.register::<PruneJobs, _, _>(move |job, _ctx| {
         let pool = pool.clone();
         async move {
-            let done = job.done_after_secs.map_or(done_after, Duration::from_secs);
-            let discarded = job.discarded_after_secs.map_or(discarded_after, Duration::from_secs);
+            // The payload, else the retention rules, else the configuration.
+            let (rule_done, rule_discarded) = crate::store::retention::job_ages(&pool).await.map_err(JobError::retryable)?;
+            let done = job.done_after_secs.map(Duration::from_secs).or(rule_done.map(Duration::from_secs_f64)).unwrap_or(done_after);
+            let discarded = job.discarded_after_secs.map(Duration::from_secs).or(rule_discarded.map(Duration::from_secs_f64)).unwrap_or(discarded_after);
             let abandoned = crate::store::verzonden_emails::mark_abandoned(&pool, ABANDONED_AFTER).await.map_err(JobError::retryable)?;
             if abandoned > 0 {
                 tracing::warn!(messages = abandoned, "mail whose job ended mid-send marked unknown");

@@ -4,9 +4,13 @@
 pub mod auto_responses;
 pub mod bounces;
 pub mod email_templates;
+pub mod images;
 pub mod imap_cursors;
 pub mod incoming_emails;
+pub mod leaderboards;
 pub mod newsletters;
+pub mod retention;
 pub mod send_log;
+pub mod sessions;
 pub mod suppressions;
 pub mod verzonden_emails;
