@@ -42,13 +42,12 @@ async fn run<J: dkl_shared::jobs::JobKind>(
 }
 
 async fn status_of(pool: &PgPool, id: &JobId) -> (String, Value, Option<String>) {
-    let (state, result, error): (String, Option<Value>, Option<String>) = sqlx::query_as(
-        "SELECT state, result, last_error FROM job_status WHERE job_id = $1",
-    )
-    .bind(&id.0)
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let (state, result, error): (String, Option<Value>, Option<String>) =
+        sqlx::query_as("SELECT state, result, last_error FROM job_status WHERE job_id = $1")
+            .bind(&id.0)
+            .fetch_one(pool)
+            .await
+            .unwrap();
     (state, result.unwrap_or(Value::Null), error)
 }
 
@@ -168,11 +167,24 @@ async fn every_retention_rule_deletes_exactly_what_it_should(pool: PgPool) {
 
     // A dry run first: counts per rule, nothing deleted.
     seed_one_second_inside(&pool).await;
-    let (state, dry, _) = run(&pool, registry(&pool), ApplyRetention { dry_run: true, rules: vec![] }).await;
+    let (state, dry, _) = run(
+        &pool,
+        registry(&pool),
+        ApplyRetention {
+            dry_run: true,
+            rules: vec![],
+        },
+    )
+    .await;
     assert_eq!(state, "done", "{dry}");
     for name in [
-        "incoming_emails", "verzonden_emails", "notifications", "email_bounces",
-        "email_complaints", "auto_reply_log", "uploaded_images",
+        "incoming_emails",
+        "verzonden_emails",
+        "notifications",
+        "email_bounces",
+        "email_complaints",
+        "auto_reply_log",
+        "uploaded_images",
     ] {
         assert_eq!(rule(&dry, name)["would_delete"], 1, "{name}: {dry}");
     }
@@ -180,11 +192,16 @@ async fn every_retention_rule_deletes_exactly_what_it_should(pool: PgPool) {
     assert_eq!(rule(&dry, "sessions")["would_delete"], 2, "{dry}");
     assert_eq!(rule(&dry, "jobs_done")["would_delete"], 1, "{dry}");
     assert_eq!(rule(&dry, "jobs_discarded")["would_delete"], 1, "{dry}");
-    assert_eq!(count(&pool, "SELECT count(*) FROM incoming_emails").await, 3);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM incoming_emails").await,
+        3
+    );
 
     // The real run. Its own rows one second inside are made again just
     // before it, so the second is not used up by the dry run.
-    exec(&pool, "DELETE FROM incoming_emails WHERE sender_email = 'inside@example.org';
+    exec(
+        &pool,
+        "DELETE FROM incoming_emails WHERE sender_email = 'inside@example.org';
                  DELETE FROM verzonden_emails WHERE recipient_email = 'inside@example.org';
                  DELETE FROM refresh_tokens WHERE token = 't-inside';
                  DELETE FROM sessions WHERE user_agent = 'inside';
@@ -193,7 +210,9 @@ async fn every_retention_rule_deletes_exactly_what_it_should(pool: PgPool) {
                  DELETE FROM email_complaints WHERE feedback_type = 'inside';
                  DELETE FROM auto_reply_log WHERE dedup_key = 'k-inside';
                  DELETE FROM uploaded_images WHERE public_id = 'dkl/inside';
-                 DELETE FROM apalis.jobs WHERE id = 'inside-done';").await;
+                 DELETE FROM apalis.jobs WHERE id = 'inside-done';",
+    )
+    .await;
     seed_one_second_inside(&pool).await;
     let (state, result, error) = run(&pool, registry(&pool), ApplyRetention::default()).await;
     assert_eq!(state, "done", "{result} {error:?}");
@@ -202,46 +221,77 @@ async fn every_retention_rule_deletes_exactly_what_it_should(pool: PgPool) {
     // What went, per table, and what stayed.
     let left = |sql: &'static str| count(&pool, sql);
     assert_eq!(rule(&result, "incoming_emails")["deleted"], 1, "{result}");
-    assert_eq!(left("SELECT count(*) FROM incoming_emails WHERE id = '00000000-0000-0000-0000-00000000e001'").await, 0);
-    assert_eq!(left("SELECT count(*) FROM incoming_email_attachments").await, 0, "attachments go with their message");
-    assert_eq!(left("SELECT count(*) FROM incoming_emails WHERE NOT processed").await, 1, "unprocessed mail stays");
-    assert_eq!(left("SELECT count(*) FROM incoming_emails WHERE sender_email = 'inside@example.org'").await, 1);
+    assert_eq!(
+        left(
+            "SELECT count(*) FROM incoming_emails WHERE id = '00000000-0000-0000-0000-00000000e001'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        left("SELECT count(*) FROM incoming_email_attachments").await,
+        0,
+        "attachments go with their message"
+    );
+    assert_eq!(
+        left("SELECT count(*) FROM incoming_emails WHERE NOT processed").await,
+        1,
+        "unprocessed mail stays"
+    );
+    assert_eq!(
+        left("SELECT count(*) FROM incoming_emails WHERE sender_email = 'inside@example.org'")
+            .await,
+        1
+    );
     assert_eq!(rule(&result, "verzonden_emails")["deleted"], 1);
     assert_eq!(left("SELECT count(*) FROM verzonden_emails").await, 1);
     assert_eq!(rule(&result, "refresh_tokens")["deleted"], 2);
     let tokens: Vec<String> = sqlx::query_scalar("SELECT token FROM refresh_tokens ORDER BY token")
-        .fetch_all(&pool).await.unwrap();
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(tokens, ["t-inside", "t-live"]);
     assert_eq!(rule(&result, "sessions")["deleted"], 2);
-    assert_eq!(left("SELECT count(*) FROM sessions").await, 2, "the active one and the one inside stay");
+    assert_eq!(
+        left("SELECT count(*) FROM sessions").await,
+        2,
+        "the active one and the one inside stay"
+    );
     assert_eq!(rule(&result, "notifications")["deleted"], 1);
     let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM notifications ORDER BY title")
-        .fetch_all(&pool).await.unwrap();
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(titles, ["inside", "unread"]);
     assert_eq!(left("SELECT count(*) FROM email_bounces").await, 1);
     assert_eq!(left("SELECT count(*) FROM email_complaints").await, 1);
     assert_eq!(left("SELECT count(*) FROM auto_reply_log").await, 1);
-    let jobs: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM apalis.jobs WHERE job_type = 'ping' ORDER BY id",
-    )
-    .fetch_all(&pool).await.unwrap();
+    let jobs: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE job_type = 'ping' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(jobs, ["inside-done", "old-pending", "young-killed"]);
 
     // Images are not deleted here: the store must confirm first.
     assert_eq!(left("SELECT count(*) FROM uploaded_images").await, 3);
     let images = rule(&result, "uploaded_images");
     assert_eq!(images["handed_to_cleanup"], 1, "{images}");
-    let (kind, payload): (String, Vec<u8>) = sqlx::query_as(
-        "SELECT job_type, job FROM apalis.jobs WHERE id = $1",
-    )
-    .bind(images["cleanup_job"].as_str().unwrap())
-    .fetch_one(&pool).await.unwrap();
+    let (kind, payload): (String, Vec<u8>) =
+        sqlx::query_as("SELECT job_type, job FROM apalis.jobs WHERE id = $1")
+            .bind(images["cleanup_job"].as_str().unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(kind, "cleanup_images");
     let payload: Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(payload["grace_secs"], 90 * 86_400);
 
     // Counts are kept on the rules too.
-    assert_eq!(left("SELECT last_deleted FROM retention_rules WHERE name = 'sessions'").await, 2);
+    assert_eq!(
+        left("SELECT last_deleted FROM retention_rules WHERE name = 'sessions'").await,
+        2
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -249,9 +299,13 @@ async fn a_failing_rule_leaves_the_others_working(pool: PgPool) {
     migrate(&pool).await;
     seed_retention(&pool).await;
     // A rule this version has no SQL for (an admin added a target row).
-    exec(&pool, "INSERT INTO retention_targets VALUES ('gebruikers', 'inactive', 'not implemented');
+    exec(
+        &pool,
+        "INSERT INTO retention_targets VALUES ('gebruikers', 'inactive', 'not implemented');
                  INSERT INTO retention_rules (name, table_name, condition, keep_for)
-                      VALUES ('old_users', 'gebruikers', 'inactive', interval '1 day');").await;
+                      VALUES ('old_users', 'gebruikers', 'inactive', interval '1 day');",
+    )
+    .await;
     // A table outside the allow-list is refused when the rule is written.
     let refused = sqlx::query(
         "INSERT INTO retention_rules (name, table_name, condition, keep_for)
@@ -260,18 +314,26 @@ async fn a_failing_rule_leaves_the_others_working(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap_err();
-    assert!(refused.to_string().contains("retention_rules_target_fkey"), "{refused}");
+    assert!(
+        refused.to_string().contains("retention_rules_target_fkey"),
+        "{refused}"
+    );
 
     // Someone holds notifications locked for longer than the lock timeout.
     let mut locker = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker).await.unwrap();
+        .execute(&mut *locker)
+        .await
+        .unwrap();
     let mut registry = registry(&pool);
     apply_retention::register(
         &mut registry,
         Arc::new(Retention {
             pool: pool.clone(),
-            batching: Batching { lock_timeout: Duration::from_millis(200), ..Batching::default() },
+            batching: Batching {
+                lock_timeout: Duration::from_millis(200),
+                ..Batching::default()
+            },
         }),
     );
     let (state, result, error) = run(&pool, registry, ApplyRetention::default()).await;
@@ -279,18 +341,36 @@ async fn a_failing_rule_leaves_the_others_working(pool: PgPool) {
 
     assert_eq!(state, "retrying", "{result}");
     assert_eq!(result["failed"], 2, "{result}");
-    let locked = rule(&result, "notifications")["error"].as_str().unwrap().to_string();
-    assert!(locked.contains("stayed locked by another session for over 200 ms"), "{locked}");
-    let unknown = rule(&result, "old_users")["error"].as_str().unwrap().to_string();
-    assert!(unknown.contains("which this version cannot delete"), "{unknown}");
+    let locked = rule(&result, "notifications")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        locked.contains("stayed locked by another session for over 200 ms"),
+        "{locked}"
+    );
+    let unknown = rule(&result, "old_users")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        unknown.contains("which this version cannot delete"),
+        "{unknown}"
+    );
     let error = error.unwrap();
-    assert!(error.contains("2 of 12 retention rules failed (the others ran)"), "{error}");
+    assert!(
+        error.contains("2 of 12 retention rules failed (the others ran)"),
+        "{error}"
+    );
     // The others ran.
     assert_eq!(rule(&result, "sessions")["deleted"], 2, "{result}");
     assert_eq!(rule(&result, "verzonden_emails")["deleted"], 1, "{result}");
     assert_eq!(count(&pool, "SELECT count(*) FROM notifications").await, 2);
-    let recorded: Option<String> = sqlx::query_scalar("SELECT last_error FROM retention_rules WHERE name = 'notifications'")
-        .fetch_one(&pool).await.unwrap();
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM retention_rules WHERE name = 'notifications'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(recorded.unwrap().contains("locked"));
 }
 
@@ -298,12 +378,14 @@ async fn a_failing_rule_leaves_the_others_working(pool: PgPool) {
 // Leaderboards
 
 async fn event(pool: &PgPool, name: &str, start: &str) -> Uuid {
-    sqlx::query_scalar("INSERT INTO events (name, start_time) VALUES ($1, $2::timestamptz) RETURNING id")
-        .bind(name)
-        .bind(start)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "INSERT INTO events (name, start_time) VALUES ($1, $2::timestamptz) RETURNING id",
+    )
+    .bind(name)
+    .bind(start)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 async fn walker(pool: &PgPool, name: &str, test_mode: bool) -> Uuid {
@@ -317,7 +399,14 @@ async fn walker(pool: &PgPool, name: &str, test_mode: bool) -> Uuid {
     .unwrap()
 }
 
-async fn register(pool: &PgPool, event: Uuid, participant: Uuid, steps: i32, km: f64, test_mode: bool) {
+async fn register(
+    pool: &PgPool,
+    event: Uuid,
+    participant: Uuid,
+    steps: i32,
+    km: f64,
+    test_mode: bool,
+) {
     sqlx::query(
         "INSERT INTO event_registrations (event_id, participant_id, steps, total_distance, test_mode)
          VALUES ($1, $2, $3, $4::numeric, $5)",
@@ -377,7 +466,10 @@ async fn ranks_share_ties_and_test_mode_is_left_out(pool: PgPool) {
             ("Dirk".to_string(), 4, 3_000, 3),
         ]
     );
-    assert_eq!(board(&pool, Period::Event(autumn)).await, [("Dirk".to_string(), 1, 10_000, 10)]);
+    assert_eq!(
+        board(&pool, Period::Event(autumn)).await,
+        [("Dirk".to_string(), 1, 10_000, 10)]
+    );
     assert_eq!(
         board(&pool, Period::Year(2026)).await,
         [
@@ -396,14 +488,30 @@ async fn ranks_share_ties_and_test_mode_is_left_out(pool: PgPool) {
             ("Bob".to_string(), 4, 8_000, 8),
         ]
     );
-    assert_eq!(board(&pool, Period::Year(2025)).await, [("Cor".to_string(), 1, 20_000, 20)]);
+    assert_eq!(
+        board(&pool, Period::Year(2025)).await,
+        [("Cor".to_string(), 1, 20_000, 20)]
+    );
     assert_eq!(result["periods"].as_object().unwrap().len(), 6, "{result}");
 
     // Switching Tess out of test mode puts her on top everywhere she walked.
-    exec(&pool, &format!("UPDATE participants SET test_mode = false WHERE id = '{tess}'")).await;
-    leaderboards::recompute(&pool, Also::default()).await.unwrap();
-    assert_eq!(board(&pool, Period::Event(spring)).await[0], ("Tess".to_string(), 1, 99_000, 99));
-    assert_eq!(board(&pool, Period::Event(autumn)).await.len(), 1, "autumn unchanged");
+    exec(
+        &pool,
+        &format!("UPDATE participants SET test_mode = false WHERE id = '{tess}'"),
+    )
+    .await;
+    leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        board(&pool, Period::Event(spring)).await[0],
+        ("Tess".to_string(), 1, 99_000, 99)
+    );
+    assert_eq!(
+        board(&pool, Period::Event(autumn)).await.len(),
+        1,
+        "autumn unchanged"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -416,31 +524,75 @@ async fn unchanged_periods_are_skipped(pool: PgPool) {
     register(&pool, a, p, 5_000, 4.0, false).await;
     register(&pool, b, q, 6_000, 4.0, false).await;
 
-    let first = leaderboards::recompute(&pool, Also::default()).await.unwrap();
+    let first = leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
     assert_eq!(first.periods.len(), 5, "{first:?}"); // 2 events, 2 years, all
-    let again = leaderboards::recompute(&pool, Also::default()).await.unwrap();
+    let again = leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
     assert!(again.periods.is_empty(), "{again:?}");
     assert_eq!(again.skipped, 5);
     assert_eq!(again.rows_written, 0);
 
     // An update that changes nothing the boards use is not a change.
-    exec(&pool, "UPDATE event_registrations SET notities = 'belde op'").await;
-    assert!(leaderboards::recompute(&pool, Also::default()).await.unwrap().periods.is_empty());
+    exec(
+        &pool,
+        "UPDATE event_registrations SET notities = 'belde op'",
+    )
+    .await;
+    assert!(
+        leaderboards::recompute(&pool, Also::default())
+            .await
+            .unwrap()
+            .periods
+            .is_empty()
+    );
 
     // One event's steps change: its event, its year and all time only.
-    exec(&pool, &format!("UPDATE event_registrations SET steps = 7000 WHERE event_id = '{b}'")).await;
-    let changed = leaderboards::recompute(&pool, Also::default()).await.unwrap();
+    exec(
+        &pool,
+        &format!("UPDATE event_registrations SET steps = 7000 WHERE event_id = '{b}'"),
+    )
+    .await;
+    let changed = leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
     let names: Vec<&str> = changed.periods.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(names, [format!("event:{b}"), "year:2025".to_string(), "all".to_string()]);
+    assert_eq!(
+        names,
+        [
+            format!("event:{b}"),
+            "year:2025".to_string(),
+            "all".to_string()
+        ]
+    );
     assert_eq!(changed.skipped, 2);
     assert_eq!(changed.rows_written, 3);
-    let forced = leaderboards::recompute(&pool, Also { all_periods: true, event: None }).await.unwrap();
+    let forced = leaderboards::recompute(
+        &pool,
+        Also {
+            all_periods: true,
+            event: None,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(forced.periods.len(), 5);
-    assert_eq!(forced.rows_written, 0, "nothing differs, nothing is written");
+    assert_eq!(
+        forced.rows_written, 0,
+        "nothing differs, nothing is written"
+    );
 
     // A deleted registration leaves its boards.
-    exec(&pool, &format!("DELETE FROM event_registrations WHERE event_id = '{a}'")).await;
-    let emptied = leaderboards::recompute(&pool, Also::default()).await.unwrap();
+    exec(
+        &pool,
+        &format!("DELETE FROM event_registrations WHERE event_id = '{a}'"),
+    )
+    .await;
+    let emptied = leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
     assert_eq!(emptied.rows_removed, 3, "{emptied:?}"); // event, year, all
     assert!(board(&pool, Period::Event(a)).await.is_empty());
     assert_eq!(board(&pool, Period::All).await.len(), 1);
@@ -455,10 +607,17 @@ fn check_board(rows: &[(i32, i32)]) -> Result<(), String> {
         } else {
             let (prev_rank, prev_steps) = rows[i - 1];
             steps <= prev_steps
-                && if steps == prev_steps { rank == prev_rank } else { rank == i as i32 + 1 }
+                && if steps == prev_steps {
+                    rank == prev_rank
+                } else {
+                    rank == i as i32 + 1
+                }
         };
         if !ok {
-            return Err(format!("row {i}: rank {rank} steps {steps} after {:?}", rows.get(i.wrapping_sub(1))));
+            return Err(format!(
+                "row {i}: rank {rank} steps {steps} after {:?}",
+                rows.get(i.wrapping_sub(1))
+            ));
         }
     }
     Ok(())
@@ -470,19 +629,26 @@ async fn a_reader_always_sees_a_complete_board(pool: PgPool) {
     const N: i64 = 3_000;
     const DROPPED: i64 = 500;
     let e = event(&pool, "Druk", "2026-05-01 09:00+02").await;
-    exec(&pool, &format!(
-        "INSERT INTO participants (naam, email, account_type)
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO participants (naam, email, account_type)
          SELECT 'p' || i, 'p' || i || '@example.org', 'full' FROM generate_series(1, {N}) i;
          INSERT INTO event_registrations (event_id, participant_id, steps)
          SELECT '{e}', id, 1 + (random() * 50)::int FROM participants;"
-    )).await;
-    leaderboards::recompute(&pool, Also::default()).await.unwrap();
+        ),
+    )
+    .await;
+    leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
     let period = Period::Event(e).to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
     let reader = {
-        let (pool, stop, reads, period) = (pool.clone(), stop.clone(), reads.clone(), period.clone());
+        let (pool, stop, reads, period) =
+            (pool.clone(), stop.clone(), reads.clone(), period.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let rows: Vec<(i32, i32)> = sqlx::query_as(
@@ -493,7 +659,11 @@ async fn a_reader_always_sees_a_complete_board(pool: PgPool) {
                 .await
                 .unwrap();
                 let n = rows.len() as i64;
-                assert!(n == N || n == N - DROPPED, "a board of {n} rows (expected {N} or {})", N - DROPPED);
+                assert!(
+                    n == N || n == N - DROPPED,
+                    "a board of {n} rows (expected {N} or {})",
+                    N - DROPPED
+                );
                 if let Err(e) = check_board(&rows) {
                     panic!("half-built board: {e}");
                 }
@@ -503,21 +673,34 @@ async fn a_reader_always_sees_a_complete_board(pool: PgPool) {
     };
     for round in 0..12 {
         // New steps for everyone, and a block of walkers leaving or coming back.
-        exec(&pool, "UPDATE event_registrations SET steps = 1 + (random() * 50)::int").await;
+        exec(
+            &pool,
+            "UPDATE event_registrations SET steps = 1 + (random() * 50)::int",
+        )
+        .await;
         if round % 2 == 0 {
             exec(&pool, &format!("UPDATE event_registrations SET status = 'cancelled'
                                    WHERE participant_id IN (SELECT id FROM participants ORDER BY id LIMIT {DROPPED})")).await;
         } else {
-            exec(&pool, "UPDATE event_registrations SET status = 'confirmed' WHERE status = 'cancelled'").await;
+            exec(
+                &pool,
+                "UPDATE event_registrations SET status = 'confirmed' WHERE status = 'cancelled'",
+            )
+            .await;
         }
-        let done = leaderboards::recompute(&pool, Also::default()).await.unwrap();
+        let done = leaderboards::recompute(&pool, Also::default())
+            .await
+            .unwrap();
         assert!(!done.busy);
         assert!(done.rows_written > 0, "round {round} rewrote the board");
     }
     stop.store(true, Ordering::Relaxed);
     reader.await.expect("the reader saw only complete boards");
     let reads = reads.load(Ordering::Relaxed);
-    assert!(reads >= 12, "the reader read while recomputes ran ({reads} reads)");
+    assert!(
+        reads >= 12,
+        "the reader read while recomputes ran ({reads} reads)"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -525,11 +708,16 @@ async fn a_second_recompute_at_once_does_not_wait(pool: PgPool) {
     migrate(&pool).await;
     let mut holder = pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('dkl:leaderboards'))")
-        .execute(&mut *holder).await.unwrap();
-    let busy = tokio::time::timeout(Duration::from_secs(5), leaderboards::recompute(&pool, Also::default()))
+        .execute(&mut *holder)
         .await
-        .expect("returns at once")
         .unwrap();
+    let busy = tokio::time::timeout(
+        Duration::from_secs(5),
+        leaderboards::recompute(&pool, Also::default()),
+    )
+    .await
+    .expect("returns at once")
+    .unwrap();
     assert!(busy.busy);
     holder.rollback().await.unwrap();
 }
@@ -557,15 +745,52 @@ async fn session_expiry_is_idempotent(pool: PgPool) {
 
     let (state, first, _) = run(&pool, registry(&pool), ExpireSessions {}).await;
     assert_eq!(state, "done");
-    assert_eq!(first, serde_json::json!({"sessions": 2, "refresh_tokens": 1, "user_roles": 1}));
+    assert_eq!(
+        first,
+        serde_json::json!({"sessions": 2, "refresh_tokens": 1, "user_roles": 1})
+    );
     let (_, second, _) = run(&pool, registry(&pool), ExpireSessions {}).await;
-    assert_eq!(second, serde_json::json!({"sessions": 0, "refresh_tokens": 0, "user_roles": 0}));
+    assert_eq!(
+        second,
+        serde_json::json!({"sessions": 0, "refresh_tokens": 0, "user_roles": 0})
+    );
 
-    assert_eq!(count(&pool, "SELECT count(*) FROM sessions WHERE is_active OR is_current").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM sessions WHERE NOT is_active AND ended_at IS NOT NULL").await, 2);
-    assert_eq!(count(&pool, "SELECT count(*) FROM refresh_tokens WHERE revoked AND revoked_at IS NOT NULL").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM refresh_tokens WHERE token = 'live' AND NOT revoked").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM user_roles WHERE is_active").await, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sessions WHERE is_active OR is_current"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sessions WHERE NOT is_active AND ended_at IS NOT NULL"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM refresh_tokens WHERE revoked AND revoked_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM refresh_tokens WHERE token = 'live' AND NOT revoked"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM user_roles WHERE is_active").await,
+        1
+    );
 }
 
 #[test]

@@ -87,7 +87,9 @@ impl ImagesConfig {
             return Err(ConfigError {
                 var: "DKL_CLOUDINARY_BASE_URL",
                 value: base_url,
-                expected: format!("an http(s) URL of the upload API's root (default {DEFAULT_CLOUDINARY_BASE_URL})"),
+                expected: format!(
+                    "an http(s) URL of the upload API's root (default {DEFAULT_CLOUDINARY_BASE_URL})"
+                ),
             });
         }
         let folder = get("DKL_IMAGE_FOLDER")
@@ -106,14 +108,22 @@ impl ImagesConfig {
         }
         let raw_accounts = get("DKL_IMAGE_UPLOAD_ACCOUNTS").unwrap_or_default();
         let mut upload_accounts = Vec::new();
-        for name in raw_accounts.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        for name in raw_accounts
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
             if !imap_accounts.iter().any(|a| a == name) {
                 return Err(ConfigError {
                     var: "DKL_IMAGE_UPLOAD_ACCOUNTS",
                     value: raw_accounts.clone(),
                     expected: format!(
                         "names of accounts in DKL_IMAP_ACCOUNTS ({}); `{name}` is not one",
-                        if imap_accounts.is_empty() { "none configured".to_string() } else { imap_accounts.join(", ") }
+                        if imap_accounts.is_empty() {
+                            "none configured".to_string()
+                        } else {
+                            imap_accounts.join(", ")
+                        }
                     ),
                 });
             }
@@ -148,7 +158,10 @@ mod tests {
     use super::*;
 
     fn with(vars: &[(&str, &str)], accounts: &[&str]) -> Result<ImagesConfig, ConfigError> {
-        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let accounts: Vec<String> = accounts.iter().map(|a| a.to_string()).collect();
         ImagesConfig::from_lookup(
             &|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
@@ -161,7 +174,11 @@ mod tests {
         let e = with(&[("DKL_CLOUDINARY_URL", "https://key:s3cr3t@demo")], &[]).unwrap_err();
         assert_eq!(e.var, "DKL_CLOUDINARY_URL");
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
-        let ok = with(&[("DKL_CLOUDINARY_URL", "cloudinary://123:s3cr3t@demo")], &[]).unwrap();
+        let ok = with(
+            &[("DKL_CLOUDINARY_URL", "cloudinary://123:s3cr3t@demo")],
+            &[],
+        )
+        .unwrap();
         assert!(!format!("{ok:?}").contains("s3cr3t"));
     }
 

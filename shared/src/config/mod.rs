@@ -10,8 +10,8 @@
 //! newsletter, response and image settings have files of their own.
 
 mod http;
-mod imap;
 mod images;
+mod imap;
 mod jobs;
 mod mail;
 mod newsletter;
@@ -20,8 +20,8 @@ mod responses;
 mod scheduler;
 
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
-pub use imap::{AfterImport, ImapAccount, ImapConfig};
 pub use images::{DEFAULT_CLOUDINARY_BASE_URL, ImagesConfig};
+pub use imap::{AfterImport, ImapAccount, ImapConfig};
 pub use jobs::JobsConfig;
 pub use mail::{DkimConfig, MailConfig, SmtpConfig, TlsMode};
 pub use newsletter::{DEFAULT_PUBLIC_BASE_URL, NewsletterConfig};

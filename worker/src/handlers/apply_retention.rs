@@ -51,7 +51,13 @@ impl Retention {
                     failures.push(e.to_string());
                     reports.push(json!({"rule": rule.name, "table": rule.table_name, "error": e.to_string()}));
                     if !job.dry_run {
-                        let _ = retention::record_outcome(&self.pool, &rule.name, None, Some(&e.to_string())).await;
+                        let _ = retention::record_outcome(
+                            &self.pool,
+                            &rule.name,
+                            None,
+                            Some(&e.to_string()),
+                        )
+                        .await;
                     }
                 }
             }
@@ -65,7 +71,13 @@ impl Retention {
         jobs::admin::record_result(&self.pool, &ctx.id, &result)
             .await
             .map_err(JobError::retryable)?;
-        tracing::info!(rules = rules.len(), deleted = deleted_total, failed = failures.len(), dry_run = job.dry_run, "retention applied");
+        tracing::info!(
+            rules = rules.len(),
+            deleted = deleted_total,
+            failed = failures.len(),
+            dry_run = job.dry_run,
+            "retention applied"
+        );
         if failures.is_empty() {
             Ok(())
         } else {
@@ -80,7 +92,9 @@ impl Retention {
 
     /// The rules the job names, or every enabled one.
     async fn selected_rules(&self, job: &ApplyRetention) -> Result<Vec<Rule>, JobError> {
-        let all = retention::rules(&self.pool).await.map_err(JobError::retryable)?;
+        let all = retention::rules(&self.pool)
+            .await
+            .map_err(JobError::retryable)?;
         if job.rules.is_empty() {
             return Ok(all.into_iter().filter(|r| r.enabled).collect());
         }
@@ -96,10 +110,17 @@ impl Retention {
                 known.join(", ")
             )));
         }
-        Ok(all.into_iter().filter(|r| job.rules.contains(&r.name)).collect())
+        Ok(all
+            .into_iter()
+            .filter(|r| job.rules.contains(&r.name))
+            .collect())
     }
 
-    async fn apply_rule(&self, rule: &Rule, dry_run: bool) -> Result<Value, retention::RetentionError> {
+    async fn apply_rule(
+        &self,
+        rule: &Rule,
+        dry_run: bool,
+    ) -> Result<Value, retention::RetentionError> {
         let base = json!({"rule": rule.name, "table": rule.table_name, "keep_for_days": rule.keep_for_secs / 86_400.0});
         if dry_run {
             let due = retention::count_due(&self.pool, rule).await?;
@@ -119,7 +140,9 @@ impl Retention {
         let applied = retention::apply(&self.pool, rule, self.batching, &mut progress).await?;
         tracing::info!(rule = %rule.name, table = %rule.table_name, deleted = applied.deleted, batches = applied.batches,
             longest_statement_ms = applied.longest_statement.as_millis() as u64, "retention rule applied");
-        if let Err(e) = retention::record_outcome(&self.pool, &rule.name, Some(applied.deleted), None).await {
+        if let Err(e) =
+            retention::record_outcome(&self.pool, &rule.name, Some(applied.deleted), None).await
+        {
             tracing::warn!(rule = %rule.name, error = %e, "cannot record the retention outcome on its rule");
         }
         Ok(merge(
@@ -134,22 +157,35 @@ impl Retention {
 
     /// Images need the store's confirmation before their row goes: a
     /// `cleanup_images` job does that, with this rule's age as grace.
-    async fn hand_images_to_cleanup(&self, rule: &Rule, base: Value) -> Result<Value, retention::RetentionError> {
+    async fn hand_images_to_cleanup(
+        &self,
+        rule: &Rule,
+        base: Value,
+    ) -> Result<Value, retention::RetentionError> {
         let due = retention::count_due(&self.pool, rule).await?;
         let handoff = |message: String| retention::RetentionError::Handoff {
             rule: rule.name.clone(),
             message,
         };
-        let mut conn = self.pool.acquire().await.map_err(|e| handoff(e.to_string()))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| handoff(e.to_string()))?;
         let enqueued = enqueue_on(
             &mut conn,
-            &CleanupImages { grace_secs: Some(rule.keep_for_secs as u64) },
+            &CleanupImages {
+                grace_secs: Some(rule.keep_for_secs as u64),
+            },
             EnqueueOptions::dedup("cleanup_images:retention"),
         )
         .await
         .map_err(|e| handoff(e.to_string()))?;
         let _ = retention::record_outcome(&self.pool, &rule.name, Some(0), None).await;
-        Ok(merge(base, json!({"deleted": 0, "handed_to_cleanup": due, "cleanup_job": enqueued.id.to_string()})))
+        Ok(merge(
+            base,
+            json!({"deleted": 0, "handed_to_cleanup": due, "cleanup_job": enqueued.id.to_string()}),
+        ))
     }
 }
 

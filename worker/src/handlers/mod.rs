@@ -8,6 +8,7 @@
 //! that list in step.
 
 pub mod apply_retention;
+pub mod cleanup_images;
 pub mod expire_sessions;
 pub mod fetch_mail;
 pub mod ping;
@@ -16,6 +17,7 @@ pub mod prune_jobs;
 pub mod recompute_leaderboards;
 pub mod send_email;
 pub mod send_newsletter;
+pub mod upload_image;
 
 use dkl_shared::config::Config;
 use dkl_shared::jobs::Registry;
@@ -24,7 +26,7 @@ use sqlx::PgPool;
 /// Kinds in `dkl_shared::kinds::catalog()` that no handler runs yet (their
 /// issues are open). The worker discards their jobs with "no handler for
 /// kind …". Remove a kind from here when its handler is registered.
-pub const NOT_YET_HANDLED: &[&str] = &["cleanup_images", "upload_image"];
+pub const NOT_YET_HANDLED: &[&str] = &[];
 
 /// Every job kind this worker runs.
 pub fn registry(pool: &PgPool, config: &Config) -> Registry {
@@ -117,6 +119,9 @@ pub fn registry_with(
     );
     recompute_leaderboards::register(&mut registry, pool.clone());
     expire_sessions::register(&mut registry, pool.clone());
+    let images = std::sync::Arc::new(upload_image::Images::new(pool, &config.images));
+    upload_image::register(&mut registry, images.clone());
+    cleanup_images::register(&mut registry, images);
     registry
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use dkl_shared::config::ResponsesConfig;
 use dkl_shared::jobs::{JobContext, JobError, Registry, enqueue_many_on};
-use dkl_shared::kinds::{MailKind, ProcessIncomingEmail, SendEmail};
+use dkl_shared::kinds::{MailKind, ProcessIncomingEmail, SendEmail, UploadImage};
 use mail_parser::{Message, MessageParser};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -55,6 +55,8 @@ pub struct Processor {
     pub keys: TokenKey,
     /// Counters for `/metrics`.
     pub stats: Arc<MailStats>,
+    /// `DKL_IMAGE_UPLOAD_ACCOUNTS`: accounts whose image attachments are uploaded.
+    pub image_accounts: Vec<String>,
 }
 
 /// Registers the `process_incoming_email` handler.
@@ -116,6 +118,7 @@ impl Processor {
             config: config.responses.clone(),
             keys: TokenKey::new(config.newsletter.unsubscribe_secret.clone()),
             stats: Arc::default(),
+            image_accounts: config.images.upload_accounts.clone(),
         }
     }
 
@@ -251,6 +254,7 @@ impl Processor {
             })
             .collect();
         auto_responses::record_outcomes(&mut tx, &records).await?;
+        self.enqueue_image_uploads(&mut tx, &rows).await?;
         tx.commit().await?;
         for (row, verdict, d) in &outcomes {
             match d.outcome {
@@ -263,6 +267,38 @@ impl Processor {
                 tracing::info!(id = %row.id, class = v.class.as_str(), reason = %v.reason, auto_reply = d.outcome.as_str(), why = %d.reason, "incoming email processed");
             }
         }
+        Ok(())
+    }
+
+    /// The opt-in rule of `DKL_IMAGE_UPLOAD_ACCOUNTS`: the image
+    /// attachments of these accounts' mail go to the image store, one
+    /// `upload_image` job each, enqueued with the follow-up's outcome.
+    async fn enqueue_image_uploads(
+        &self,
+        tx: &mut PgConnection,
+        rows: &[ReplyContext],
+    ) -> Result<(), Failure> {
+        let ids: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| self.image_accounts.contains(&r.account_type))
+            .map(|r| r.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let uploads: Vec<UploadImage> =
+            crate::store::images::image_attachments_to_upload(tx, &ids, &self.image_accounts)
+                .await?
+                .into_iter()
+                .map(|(email, position)| UploadImage {
+                    incoming_email_id: Some(email),
+                    position: Some(position),
+                    ..UploadImage::default()
+                })
+                .collect();
+        enqueue_many_on(tx, &uploads)
+            .await
+            .map_err(JobError::retryable)?;
         Ok(())
     }
 

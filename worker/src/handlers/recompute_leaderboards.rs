@@ -14,16 +14,32 @@ pub fn register(registry: &mut Registry, pool: PgPool) {
     registry.register::<RecomputeLeaderboards, _, _>(move |job, ctx| {
         let pool = pool.clone();
         async move {
-            let also = Also { all_periods: job.force, event: job.event_id };
-            let done = leaderboards::recompute(&pool, also).await.map_err(JobError::retryable)?;
+            let also = Also {
+                all_periods: job.force,
+                event: job.event_id,
+            };
+            let done = leaderboards::recompute(&pool, also)
+                .await
+                .map_err(JobError::retryable)?;
             if done.busy {
-                tracing::info!("another leaderboard recompute is running; its changes wait for the next run");
+                tracing::info!(
+                    "another leaderboard recompute is running; its changes wait for the next run"
+                );
             } else {
-                tracing::info!(periods = done.periods.len(), skipped = done.skipped, rows_written = done.rows_written,
-                    rows_removed = done.rows_removed, took_ms = done.took_ms, "leaderboards recomputed");
+                tracing::info!(
+                    periods = done.periods.len(),
+                    skipped = done.skipped,
+                    rows_written = done.rows_written,
+                    rows_removed = done.rows_removed,
+                    took_ms = done.took_ms,
+                    "leaderboards recomputed"
+                );
             }
-            let periods: serde_json::Map<String, serde_json::Value> =
-                done.periods.iter().map(|(p, n)| (p.clone(), json!(n))).collect();
+            let periods: serde_json::Map<String, serde_json::Value> = done
+                .periods
+                .iter()
+                .map(|(p, n)| (p.clone(), json!(n)))
+                .collect();
             let result = json!({
                 "busy": done.busy,
                 "periods": periods,
@@ -32,7 +48,9 @@ pub fn register(registry: &mut Registry, pool: PgPool) {
                 "rows_removed": done.rows_removed,
                 "took_ms": done.took_ms,
             });
-            jobs::admin::record_result(&pool, &ctx.id, &result).await.map_err(JobError::retryable)?;
+            jobs::admin::record_result(&pool, &ctx.id, &result)
+                .await
+                .map_err(JobError::retryable)?;
             Ok(())
         }
     });

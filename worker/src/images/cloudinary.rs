@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::signature::sign;
 
 /// Cloudinary's API root; the cloud name and the action follow it.
-pub const DEFAULT_BASE_URL: &str = "https://api.cloudinary.com/v1_1";
+pub use dkl_shared::config::DEFAULT_CLOUDINARY_BASE_URL as DEFAULT_BASE_URL;
 
 /// The environment variable the error messages point at.
 const URL_VARIABLE: &str = "DKL_CLOUDINARY_URL";

@@ -113,18 +113,23 @@ pub struct Doomed {
     pub deleted_at: DateTime<Utc>,
 }
 
-/// Up to `limit` images marked deleted before `cutoff`, oldest first.
+/// Up to `limit` images marked deleted before `cutoff`, oldest first,
+/// after `after` (the last of the previous page).
 pub async fn marked_deleted_before(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Doomed>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, public_id, deleted_at FROM uploaded_images
           WHERE deleted_at IS NOT NULL AND deleted_at < $1
-          ORDER BY deleted_at LIMIT $2",
+            AND ($2::timestamptz IS NULL OR (deleted_at, id) > ($2, $3))
+          ORDER BY deleted_at, id LIMIT $4",
     )
     .bind(cutoff)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
     .bind(limit)
     .fetch_all(pool)
     .await

@@ -124,12 +124,16 @@ pub async fn recompute(pool: &PgPool, also: Also) -> Result<Recomputed, sqlx::Er
         rebuild(&mut tx, &due, &mut done).await?;
         record_periods(&mut tx, &done.periods, started.elapsed()).await?;
     }
-    done.skipped = sqlx::query_scalar(
-        "SELECT count(*) FROM leaderboard_periods WHERE period <> ALL ($1)",
-    )
-    .bind(done.periods.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>())
-    .fetch_one(&mut *tx)
-    .await?;
+    done.skipped =
+        sqlx::query_scalar("SELECT count(*) FROM leaderboard_periods WHERE period <> ALL ($1)")
+            .bind(
+                done.periods
+                    .iter()
+                    .map(|(p, _)| p.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     done.took_ms = started.elapsed().as_millis() as u64;
     Ok(done)
@@ -235,14 +239,17 @@ async fn rebuild(
         })
         .collect();
     let names: Vec<String> = due.iter().map(Period::to_string).collect();
-    let (written, removed, entries): (i64, i64, sqlx::types::Json<std::collections::HashMap<String, i64>>) =
-        sqlx::query_as(REBUILD)
-            .bind(&events)
-            .bind(&years)
-            .bind(due.contains(&Period::All))
-            .bind(&names)
-            .fetch_one(&mut *tx)
-            .await?;
+    let (written, removed, entries): (
+        i64,
+        i64,
+        sqlx::types::Json<std::collections::HashMap<String, i64>>,
+    ) = sqlx::query_as(REBUILD)
+        .bind(&events)
+        .bind(&years)
+        .bind(due.contains(&Period::All))
+        .bind(&names)
+        .fetch_one(&mut *tx)
+        .await?;
     done.rows_written = written;
     done.rows_removed = removed;
     done.periods = names
@@ -321,11 +328,9 @@ pub struct PeriodInfo {
 
 /// Every computed period, newest first.
 pub async fn periods(pool: &PgPool) -> Result<Vec<PeriodInfo>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT period, entries, computed_at FROM leaderboard_periods ORDER BY period",
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_as("SELECT period, entries, computed_at FROM leaderboard_periods ORDER BY period")
+        .fetch_all(pool)
+        .await
 }
 
 #[cfg(test)]

@@ -413,7 +413,10 @@ mod tests {
     fn batches_grow_when_fast_and_shrink_when_slow() {
         let b = Batching::default();
         assert_eq!(next_batch_size(2_000, Duration::from_millis(10), b), 4_000);
-        assert_eq!(next_batch_size(40_000, Duration::from_millis(10), b), 50_000);
+        assert_eq!(
+            next_batch_size(40_000, Duration::from_millis(10), b),
+            50_000
+        );
         assert_eq!(next_batch_size(2_000, Duration::from_millis(900), b), 1_000);
         assert_eq!(next_batch_size(2_000, Duration::from_millis(250), b), 2_000);
     }
