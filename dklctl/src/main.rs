@@ -223,6 +223,41 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// The retention rules: what apply_retention deletes, and when it last ran.
+    Retention {
+        /// Count what each rule would delete now; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leaderboards: list the computed periods, or show one.
+    Leaderboard {
+        #[command(subcommand)]
+        what: Option<LeaderboardCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaderboardCommand {
+    /// A period's board: event:<uuid>, year:<yyyy> or all.
+    Show {
+        /// The period.
+        period: String,
+        /// Only the first N.
+        #[arg(long, default_value_t = 20)]
+        top: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The computed periods.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -422,6 +457,9 @@ enum BenchCommand {
     /// A newsletter to 100,000 recipients through smtp-sink, with smtp-source
     /// as the ceiling, and the worker's peak memory.
     Newsletter(bench_newsletter::NewsletterBenchArgs),
+    /// Leaderboard recompute of 1M registrations and retention of 1M rows,
+    /// beside one plain statement each (in a database of its own).
+    Upkeep(commands::bench_upkeep::UpkeepBenchArgs),
 }
 
 #[tokio::main]
@@ -431,6 +469,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    // Makes a database of its own: needs only the server.
+    if let Command::Bench {
+        what: BenchCommand::Upkeep(args),
+    } = command
+    {
+        return commands::bench_upkeep::run(&config.database_url, args).await;
+    }
     let pool = db::connect(&config).await?;
     if !matches!(command, Command::Migrate) {
         db::ensure_migrated(&pool).await?;
@@ -640,7 +685,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Newsletter(args),
         } => bench_newsletter::run(&pool, &config, args).await?,
+        Command::Bench {
+            what: BenchCommand::Upkeep(_),
+        } => anyhow::bail!("bench upkeep makes its own database and runs before connecting"),
         Command::Newsletter { what } => run_newsletter(&pool, &config, what).await?,
+        Command::Retention { dry_run, json } => {
+            commands::retention::show(&pool, dry_run, json).await?
+        }
+        Command::Leaderboard {
+            what: Some(LeaderboardCommand::Show { period, top, json }),
+        } => commands::leaderboard::show(&pool, &period, top, json).await?,
+        Command::Leaderboard {
+            what: Some(LeaderboardCommand::List { json }),
+        } => commands::leaderboard::list(&pool, json).await?,
+        Command::Leaderboard { what: None } => commands::leaderboard::list(&pool, false).await?,
     }
     Ok(())
 }

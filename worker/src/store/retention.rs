@@ -46,7 +46,6 @@ pub enum Target {
 /// index is built on, so the batches walk that index in order.
 struct Plan {
     table: &'static str,
-    key: &'static str,
     age: &'static str,
     filter: &'static str,
 }
@@ -72,35 +71,20 @@ impl Target {
     }
 
     fn plan(self) -> Plan {
-        let (table, key, age, filter) = match self {
-            Self::IncomingProcessed => ("incoming_emails", "id", "received_at", "processed"),
-            Self::SendLog => ("verzonden_emails", "id", "sent_at", "true"),
-            Self::RefreshTokensEnded => (
-                "refresh_tokens",
-                "id",
-                "LEAST(expires_at, revoked_at)",
-                "true",
-            ),
-            Self::SessionsEnded => ("sessions", "id", "LEAST(expires_at, ended_at)", "true"),
-            Self::NotificationsRead => (
-                "notifications",
-                "id",
-                "COALESCE(read_at, created_at)",
-                "read",
-            ),
-            Self::ImagesDeleted => ("uploaded_images", "id", "deleted_at", "true"),
-            Self::Bounces => ("email_bounces", "id", "created_at", "true"),
-            Self::Complaints => ("email_complaints", "id", "created_at", "true"),
-            Self::AutoReplyLog => ("auto_reply_log", "id", "replied_at", "true"),
-            Self::JobsDone => ("apalis.jobs", "id", "done_at", "status = 'Done'"),
-            Self::JobsDiscarded => ("apalis.jobs", "id", "done_at", "status = 'Killed'"),
+        let (table, age, filter) = match self {
+            Self::IncomingProcessed => ("incoming_emails", "received_at", "processed"),
+            Self::SendLog => ("verzonden_emails", "sent_at", "true"),
+            Self::RefreshTokensEnded => ("refresh_tokens", "LEAST(expires_at, revoked_at)", "true"),
+            Self::SessionsEnded => ("sessions", "LEAST(expires_at, ended_at)", "true"),
+            Self::NotificationsRead => ("notifications", "COALESCE(read_at, created_at)", "read"),
+            Self::ImagesDeleted => ("uploaded_images", "deleted_at", "true"),
+            Self::Bounces => ("email_bounces", "created_at", "true"),
+            Self::Complaints => ("email_complaints", "created_at", "true"),
+            Self::AutoReplyLog => ("auto_reply_log", "replied_at", "true"),
+            Self::JobsDone => ("apalis.jobs", "done_at", "status = 'Done'"),
+            Self::JobsDiscarded => ("apalis.jobs", "done_at", "status = 'Killed'"),
         };
-        Plan {
-            table,
-            key,
-            age,
-            filter,
-        }
+        Plan { table, age, filter }
     }
 }
 
@@ -245,20 +229,20 @@ pub async fn apply(
     on_batch: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Applied, RetentionError> {
     let plan = plan_of(rule)?;
-    // The DELETE repeats the conditions: a row changed since the
-    // subquery saw it (a notification marked unread) is rechecked, not
-    // deleted on stale facts.
+    // Rows are deleted by their physical address (a TID scan, no second
+    // index walk). The DELETE repeats the conditions: a row changed since
+    // the subquery saw it (a notification marked unread, or updated to a
+    // new address) is rechecked, not deleted on stale facts.
     let sql = format!(
         "WITH gone AS (
-            DELETE FROM {t} WHERE {k} = ANY (ARRAY(
-                SELECT {k} FROM {t}
+            DELETE FROM {t} WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM {t}
                  WHERE {a} >= COALESCE($1, '-infinity'::timestamptz) AND {a} < $2 AND {f}
                  ORDER BY {a} LIMIT $3))
               AND {a} < $2 AND {f}
             RETURNING {a} AS age)
          SELECT count(*), max(age) FROM gone",
         t = plan.table,
-        k = plan.key,
         a = plan.age,
         f = plan.filter,
     );
