@@ -312,3 +312,11 @@ CREATE VIEW leaderboard_view AS
 SELECT l.period, l.rank, p.naam AS name, l.steps, l.distance, l.points, l.participant_id, l.updated_at
   FROM leaderboards l
   JOIN participants p ON p.id = l.participant_id;
+
+-- The schedules' notes say what their jobs now do.
+UPDATE job_schedules SET note = 'End expired sessions, revoke expired refresh tokens, end expired roles.'
+ WHERE name = 'session-expiry';
+UPDATE job_schedules SET note = 'Delete what retention_rules says is past its time.'
+ WHERE name = 'retention';
+UPDATE job_schedules SET note = 'Rebuild the leaderboards whose registrations changed.'
+ WHERE name = 'leaderboard-recompute';

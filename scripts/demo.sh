@@ -78,7 +78,8 @@ log "enqueueing demo jobs"
 "$BIN/dklctl" ping --fail-attempts 2 "lukt pas bij de derde poging (backoff)" >/dev/null
 "$BIN/dklctl" ping --at "$(date -u -d '+8 seconds' +%Y-%m-%dT%H:%M:%SZ)" "gepland over 8 seconden" >/dev/null
 "$BIN/dklctl" enqueue ping --payload '{"permanent_error":"demo: template bestaat niet"}' >/dev/null
-"$BIN/dklctl" enqueue upload_image --payload '{"path":"demo.jpg"}' >/dev/null
+# a kind no worker knows, as a web application of a newer version might write it
+psql "$DATABASE_URL" -q -c "INSERT INTO apalis.jobs (id, job_type, queue, job, max_attempts) VALUES (apalis.generate_ulid(), 'make_thumbnail', 'default', convert_to('{}', 'UTF8'), 5)"
 long=$("$BIN/dklctl" ping --sleep-ms 60000 "lange taak die we annuleren")
 log "the web application asks for two mails, as it does after a contact form (SQL function dkl_send_email)"
 psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 <<'SQL'
@@ -113,6 +114,10 @@ VALUES ('Nieuws van De Koninklijke Loop (demo)',
         '<p>De inschrijving voor <b>De Koninklijke Loop 2027</b> is geopend.</p><p>Loop je mee? Elke stap steunt het goede doel.</p>',
         'scheduled', now() + make_interval(secs => $NL_SECS))
 RETURNING id")
+log "upkeep now instead of at its schedule: leaderboards, session expiry (and what retention would delete)"
+"$BIN/dklctl" run-now leaderboard-recompute >/dev/null
+"$BIN/dklctl" run-now session-expiry >/dev/null
+"$BIN/dklctl" retention --dry-run | tee "$DATA_DIR/retention-dry-run.txt"
 log "an admin schedules a job for 10 seconds from now (a scheduled_jobs row)"
 "$BIN/dklctl" schedule ping --at "$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)" \
   --payload '{"message":"door een beheerder ingepland"}' --note "demo: admin row" --created-by "demo-admin" >/dev/null
@@ -147,6 +152,14 @@ while [ "$(date +%s)" -lt "$end" ]; do
       "$BIN/dklctl" demo append --account info "$DATA_DIR/demo-bounce.eml" >/dev/null
     fi
   fi
+  if [ "$round" -eq 7 ]; then
+    # Dewi walks on (the web application records steps); the next
+    # recompute rebuilds only the boards her registration is on.
+    psql "$DATABASE_URL" -q -c "UPDATE event_registrations r SET steps = steps + 9000 FROM participants p, events e WHERE p.id = r.participant_id AND e.id = r.event_id AND p.email = 'dewi@demo.dkl.test' AND e.name = 'De Koninklijke Loop (demo)'"
+    "$BIN/dklctl" run-now leaderboard-recompute >/dev/null
+  fi
+  # The 20-second session has expired by now; end it without waiting 15 minutes.
+  [ "$round" -eq 11 ] && "$BIN/dklctl" run-now session-expiry >/dev/null
   [ $((round % 5)) -eq 0 ] && "$BIN/dklctl" ping "nog een ping (ronde $round)" >/dev/null
   kill -0 "$WORKER" 2>/dev/null || { echo "dkl-worker exited; see .data/logs/worker.log" >&2; exit 1; }
   kill -0 "$SCHEDULER" 2>/dev/null || { echo "dkl-scheduler exited; see .data/logs/scheduler.log" >&2; exit 1; }
@@ -167,4 +180,8 @@ while [ "$(date +%s)" -lt "$end" ]; do
   echo
   echo "NEWSLETTER $NL (dklctl newsletter status; read it, and unsubscribe with its link, in $MAIL_URL)"
   "$BIN/dklctl" newsletter status "$NL" --once
+  echo
+  echo "UPKEEP: sessions ended (dklctl jobs --kind expire_sessions); all-time leaderboard (dklctl leaderboard show all); retention dry run in .data/retention-dry-run.txt"
+  "$BIN/dklctl" jobs --kind expire_sessions --limit 2
+  "$BIN/dklctl" leaderboard show all --top 5
 done

@@ -37,6 +37,8 @@ pub struct JobStatus {
     pub schedule_tick: Option<DateTime<Utc>>,
     /// The `scheduled_jobs` row it came from.
     pub scheduled_job_id: Option<uuid::Uuid>,
+    /// What the job recorded as its result (upkeep jobs: their counts).
+    pub result: Option<serde_json::Value>,
 }
 
 /// Which jobs `dklctl jobs` lists.
@@ -73,7 +75,7 @@ pub async fn jobs(
 ) -> Result<Vec<JobStatus>, sqlx::Error> {
     sqlx::query_as(
         "SELECT job_id, kind, queue, state, attempts, max_attempts, run_at, started_at, finished_at, last_error,
-                schedule, schedule_tick, scheduled_job_id
+                schedule, schedule_tick, scheduled_job_id, result
            FROM job_status
           WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR kind = $2)
             AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR schedule = $4)

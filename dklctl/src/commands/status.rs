@@ -163,7 +163,7 @@ fn jobs_table(jobs: &[JobStatus]) -> String {
         "STARTED",
         "FINISHED",
         "FROM",
-        "LAST ERROR",
+        "RESULT / LAST ERROR",
     ]);
     for j in jobs {
         let from = match (&j.schedule, &j.scheduled_job_id) {
@@ -181,10 +181,20 @@ fn jobs_table(jobs: &[JobStatus]) -> String {
             j.started_at.map_or("-".into(), clock),
             j.finished_at.map_or("-".into(), clock),
             from,
-            truncate(j.last_error.as_deref().unwrap_or(""), 60),
+            result_or_error(j),
         ]);
     }
     t.render("(no jobs)")
+}
+
+/// A finished job's result (compact JSON), else its last error.
+fn result_or_error(j: &JobStatus) -> String {
+    match (&j.result, &j.last_error) {
+        (Some(result), _) if j.state == "done" => truncate(&result.to_string(), 70),
+        (_, Some(error)) => truncate(error, 70),
+        (Some(result), None) => truncate(&result.to_string(), 70),
+        (None, None) => String::new(),
+    }
 }
 
 /// A date and time, to the second, UTC.
