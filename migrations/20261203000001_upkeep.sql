@@ -48,7 +48,11 @@ SELECT j.id              AS job_id,
 --    flips the flags without writing one, so triggers record it.
 ALTER TABLE sessions ADD COLUMN ended_at TIMESTAMPTZ;
 ALTER TABLE refresh_tokens ADD COLUMN revoked_at TIMESTAMPTZ;
+-- Existing rows: the best time known (the back-fill must not touch updated_at).
+ALTER TABLE sessions DISABLE TRIGGER sessions_set_updated_at;
 UPDATE sessions SET ended_at = updated_at WHERE NOT is_active;
+ALTER TABLE sessions ENABLE TRIGGER sessions_set_updated_at;
+UPDATE refresh_tokens SET revoked_at = created_at WHERE revoked;
 
 CREATE FUNCTION dkl_sessions_mark_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -88,11 +92,33 @@ CREATE INDEX idx_user_roles_live_expiry ON user_roles (expires_at)
 --    user" is not needed, an upload made by a job has none.
 ALTER TABLE uploaded_images
     ADD COLUMN deleted_at        TIMESTAMPTZ,
+    -- set by cleanup_images just before it asks the store to destroy the image
+    ADD COLUMN destroy_started_at TIMESTAMPTZ,
     ADD COLUMN incoming_email_id UUID REFERENCES incoming_emails (id) ON DELETE SET NULL,
     ADD COLUMN attachment_position INTEGER,
     ADD COLUMN source_path       TEXT,
     ADD COLUMN content_hash      BYTEA;
 CREATE INDEX idx_uploaded_images_deleted ON uploaded_images (deleted_at) WHERE deleted_at IS NOT NULL;
+
+-- While the store is destroying an image (a request in flight, minutes at
+-- most), its row cannot be restored: the row would survive an image that
+-- is gone. A mark older than 10 minutes is a crashed cleanup's; it no
+-- longer blocks.
+CREATE FUNCTION dkl_uploaded_images_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL
+       AND OLD.destroy_started_at > now() - interval '10 minutes' THEN
+        RAISE EXCEPTION 'image % is being destroyed at the image store; upload it again instead of restoring it', OLD.public_id
+            USING ERRCODE = 'object_in_use';
+    END IF;
+    IF NEW.deleted_at IS NULL THEN
+        NEW.destroy_started_at := NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER uploaded_images_guard BEFORE UPDATE OF deleted_at ON uploaded_images
+    FOR EACH ROW EXECUTE FUNCTION dkl_uploaded_images_guard();
 CREATE UNIQUE INDEX idx_uploaded_images_attachment
     ON uploaded_images (incoming_email_id, attachment_position) WHERE incoming_email_id IS NOT NULL;
 
@@ -156,16 +182,16 @@ CREATE TRIGGER retention_rules_set_updated_at BEFORE UPDATE ON retention_rules
 
 -- The index each rule's batches walk (in order of age), and the indexes
 -- the foreign keys pointing at deleted rows need (without them every
--- deleted row costs a scan of the referencing table).
+-- deleted row costs a scan of the referencing table; email_bounces'
+-- incoming_email_id and uploaded_images' are served by their unique
+-- indexes).
 CREATE INDEX idx_refresh_tokens_ended ON refresh_tokens ((LEAST(expires_at, revoked_at)));
 CREATE INDEX idx_sessions_ended ON sessions ((LEAST(expires_at, ended_at)));
 CREATE INDEX idx_notifications_read_at ON notifications ((COALESCE(read_at, created_at))) WHERE read;
 CREATE INDEX idx_email_complaints_created ON email_complaints (created_at);
 CREATE INDEX idx_auto_reply_log_replied ON auto_reply_log (replied_at);
 CREATE INDEX idx_email_bounces_verzonden ON email_bounces (verzonden_email_id) WHERE verzonden_email_id IS NOT NULL;
-CREATE INDEX idx_email_bounces_incoming ON email_bounces (incoming_email_id) WHERE incoming_email_id IS NOT NULL;
 CREATE INDEX idx_email_complaints_verzonden ON email_complaints (verzonden_email_id) WHERE verzonden_email_id IS NOT NULL;
-CREATE INDEX idx_uploaded_images_incoming ON uploaded_images (incoming_email_id) WHERE incoming_email_id IS NOT NULL;
 
 -- 5. Leaderboards. Which registrations count, and the points rule, live
 --    here so the worker, dklctl and a report all use one definition:
@@ -293,6 +319,23 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+-- A deleted event leaves its boards (its registrations are deleted by the
+-- cascade, when the event row can no longer be read).
+CREATE FUNCTION dkl_leaderboard_events_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO leaderboard_changes (period)
+    SELECT DISTINCT p.period
+      FROM old_rows o
+     CROSS JOIN LATERAL (VALUES ('event:' || o.id),
+                                ('year:' || dkl_leaderboard_year(o.start_time)),
+                                ('all')) p(period);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER events_leaderboard_del AFTER DELETE ON events
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dkl_leaderboard_events_deleted();
+
 CREATE TRIGGER events_leaderboard_upd AFTER UPDATE ON events
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION dkl_leaderboard_events_changed();

@@ -246,7 +246,7 @@ enum LeaderboardCommand {
         /// The period.
         period: String,
         /// Only the first N.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=100_000))]
         top: i64,
         /// Print JSON.
         #[arg(long)]

@@ -58,7 +58,7 @@ fn images(pool: &PgPool, server: &MockServer) -> Arc<Images> {
     .unwrap();
     Arc::new(Images {
         pool: pool.clone(),
-        store: Some(store),
+        store: Ok(store),
         config: ImagesConfig {
             upload_accounts: vec!["info".into()],
             ..ImagesConfig::default()
@@ -216,7 +216,8 @@ async fn image_attachments_of_an_opted_in_account_are_uploaded(pool: PgPool) {
         let job = work_one(&pool, registry.clone(), "images").await.unwrap();
         assert_eq!(job.status, "Done", "{:?}", job.last_error);
     }
-    let rows: Vec<(String, Option<Uuid>, Option<Uuid>, i32, Option<String>)> = sqlx::query_as(
+    type Row = (String, Option<Uuid>, Option<Uuid>, i32, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT public_id, uploaded_by, incoming_email_id, attachment_position, secure_url
            FROM uploaded_images ORDER BY attachment_position",
     )
@@ -400,6 +401,7 @@ async fn cleanup_removes_a_row_only_after_the_store_confirmed(pool: PgPool) {
     mark(&pool, "dkl/a-gone", Some(100)).await;
     mark(&pool, "dkl/b-already", Some(95)).await;
     mark(&pool, "dkl/c-refused", Some(92)).await;
+    mark(&pool, "dkl/c2-after-refused", Some(91)).await;
     mark(&pool, "dkl/d-in-grace", Some(10)).await;
     mark(&pool, "dkl/e-kept", None).await;
     let answer = |public_id: &str, response: ResponseTemplate| {
@@ -411,13 +413,8 @@ async fn cleanup_removes_a_row_only_after_the_store_confirmed(pool: PgPool) {
             )))
             .respond_with(response)
     };
-    answer(
-        "dkl/a-gone",
-        ResponseTemplate::new(200).set_body_json(json!({"result": "ok"})),
-    )
-    .expect(1)
-    .mount(&server)
-    .await;
+    let ok = || ResponseTemplate::new(200).set_body_json(json!({"result": "ok"}));
+    answer("dkl/a-gone", ok()).expect(1).mount(&server).await;
     answer(
         "dkl/b-already",
         ResponseTemplate::new(200).set_body_json(json!({"result": "not found"})),
@@ -427,24 +424,29 @@ async fn cleanup_removes_a_row_only_after_the_store_confirmed(pool: PgPool) {
     .await;
     answer(
         "dkl/c-refused",
-        ResponseTemplate::new(401)
-            .set_body_json(json!({"error": {"message": "Invalid api_key 61433556"}})),
+        ResponseTemplate::new(400)
+            .set_body_json(json!({"error": {"message": "Invalid public_id dkl/c-refused"}})),
     )
     .expect(1)
     .mount(&server)
     .await;
+    answer("dkl/c2-after-refused", ok())
+        .expect(1)
+        .mount(&server)
+        .await;
     let registry = registry(images(&pool, &server));
 
     // The grace period is the uploaded_images retention rule's age (90 days).
+    // An image refused on its own is reported; the others go on.
     let id = enqueue(&pool, &CleanupImages::default()).await;
     work_one(&pool, registry.clone(), "images").await.unwrap();
     let (s, error, result, _) = state(&pool, &id).await;
     assert_eq!(s, "discarded", "a refused image is reported");
-    assert!(error.unwrap().contains("Invalid api_key"));
+    assert!(error.unwrap().contains("Invalid public_id dkl/c-refused"));
     let result = result.unwrap();
     assert_eq!(
         (result["removed"].as_u64(), result["already_gone"].as_u64()),
-        (Some(2), Some(1)),
+        (Some(3), Some(1)),
         "{result}"
     );
     assert_eq!(
@@ -463,20 +465,36 @@ async fn cleanup_removes_a_row_only_after_the_store_confirmed(pool: PgPool) {
     assert_eq!(state(&pool, &id).await.0, "retrying");
     assert_eq!(left(&pool).await.len(), 3);
 
+    // Wrong credentials: the first refusal stops the run (every image would
+    // get the same answer), nothing is removed.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(path(DESTROY))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(json!({"error": {"message": "Invalid api_key 61433556"}})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let id = enqueue(
+        &pool,
+        &CleanupImages {
+            grace_secs: Some(86_400),
+        },
+    )
+    .await;
+    work_one(&pool, registry.clone(), "images").await.unwrap();
+    let (s, error, _, _) = state(&pool, &id).await;
+    assert_eq!(s, "discarded");
+    assert!(error.unwrap().contains("Invalid api_key"));
+    assert_eq!(left(&pool).await.len(), 3);
+    server.verify().await;
+
     // A shorter grace, given by the job, reaches the younger one too.
     server.reset().await;
-    answer(
-        "dkl/c-refused",
-        ResponseTemplate::new(200).set_body_json(json!({"result": "ok"})),
-    )
-    .mount(&server)
-    .await;
-    answer(
-        "dkl/d-in-grace",
-        ResponseTemplate::new(200).set_body_json(json!({"result": "ok"})),
-    )
-    .mount(&server)
-    .await;
+    answer("dkl/c-refused", ok()).mount(&server).await;
+    answer("dkl/d-in-grace", ok()).mount(&server).await;
     let id = enqueue(
         &pool,
         &CleanupImages {
@@ -487,6 +505,47 @@ async fn cleanup_removes_a_row_only_after_the_store_confirmed(pool: PgPool) {
     work_one(&pool, registry, "images").await.unwrap();
     assert_eq!(state(&pool, &id).await.0, "done");
     assert_eq!(left(&pool).await, ["dkl/e-kept"]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_image_being_destroyed_cannot_be_restored(pool: PgPool) {
+    migrate(&pool).await;
+    mark(&pool, "dkl/x", Some(100)).await;
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM uploaded_images")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        dkl_worker::store::images::claim_for_destroy(&pool, id)
+            .await
+            .unwrap()
+    );
+    let refused = sqlx::query("UPDATE uploaded_images SET deleted_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("is being destroyed at the image store"),
+        "{refused}"
+    );
+    // Not destroyed after all (the store refused): it can be restored.
+    dkl_worker::store::images::release_claim(&pool, id)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE uploaded_images SET deleted_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !dkl_worker::store::images::claim_for_destroy(&pool, id)
+            .await
+            .unwrap(),
+        "a restored image is not destroyed"
+    );
 }
 
 #[sqlx::test(migrations = false)]

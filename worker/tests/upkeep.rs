@@ -645,12 +645,16 @@ async fn a_reader_always_sees_a_complete_board(pool: PgPool) {
     let period = Period::Event(e).to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let recomputing = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
+    let during = Arc::new(AtomicU64::new(0));
     let reader = {
         let (pool, stop, reads, period) =
             (pool.clone(), stop.clone(), reads.clone(), period.clone());
+        let (recomputing, during) = (recomputing.clone(), during.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
+                let in_recompute = recomputing.load(Ordering::SeqCst);
                 let rows: Vec<(i32, i32)> = sqlx::query_as(
                     "SELECT rank, steps FROM leaderboards WHERE period = $1 ORDER BY rank, steps DESC",
                 )
@@ -668,6 +672,9 @@ async fn a_reader_always_sees_a_complete_board(pool: PgPool) {
                     panic!("half-built board: {e}");
                 }
                 reads.fetch_add(1, Ordering::Relaxed);
+                if in_recompute && recomputing.load(Ordering::SeqCst) {
+                    during.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })
     };
@@ -700,6 +707,56 @@ async fn a_reader_always_sees_a_complete_board(pool: PgPool) {
     assert!(
         reads >= 12,
         "the reader read while recomputes ran ({reads} reads)"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_deleted_or_moved_event_leaves_its_boards(pool: PgPool) {
+    migrate(&pool).await;
+    let gone = event(&pool, "Afgelast", "2026-06-01 09:00+02").await;
+    let moved = event(&pool, "Verplaatst", "2026-09-01 09:00+02").await;
+    let p = walker(&pool, "Pim", false).await;
+    let q = walker(&pool, "Quin", false).await;
+    register(&pool, gone, p, 5_000, 4.0, false).await;
+    register(&pool, moved, q, 6_000, 4.0, false).await;
+    leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
+    assert_eq!(board(&pool, Period::Year(2026)).await.len(), 2);
+
+    exec(&pool, &format!("DELETE FROM events WHERE id = '{gone}'")).await;
+    let after_delete = leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
+    assert!(board(&pool, Period::Event(gone)).await.is_empty());
+    assert_eq!(board(&pool, Period::Year(2026)).await.len(), 1);
+    assert_eq!(board(&pool, Period::All).await.len(), 1);
+    let known: Vec<String> = leaderboards::periods(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.period)
+        .collect();
+    assert!(
+        !known.contains(&format!("event:{gone}")),
+        "an emptied period is forgotten: {known:?} {after_delete:?}"
+    );
+
+    exec(
+        &pool,
+        &format!("UPDATE events SET start_time = '2027-03-01 09:00+01' WHERE id = '{moved}'"),
+    )
+    .await;
+    leaderboards::recompute(&pool, Also::default())
+        .await
+        .unwrap();
+    assert!(
+        board(&pool, Period::Year(2026)).await.is_empty(),
+        "the old year's board lost it"
+    );
+    assert_eq!(
+        board(&pool, Period::Year(2027)).await,
+        [("Quin".to_string(), 1, 6_000, 6)]
     );
 }
 

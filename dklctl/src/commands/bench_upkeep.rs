@@ -128,7 +128,7 @@ async fn seed_registrations(pool: &PgPool, n: i64) -> anyhow::Result<()> {
 }
 
 /// The ceiling: the same boards in one statement into an empty table of
-/// the same shape (indexes included).
+/// the same shape (indexes and the foreign key included).
 const PLAIN_LEADERBOARD: &str = "
 INSERT INTO leaderboards_plain (period, participant_id, steps, distance, rank, points)
 SELECT period, participant_id, steps, distance,
@@ -150,6 +150,7 @@ async fn leaderboard(
 ) -> anyhow::Result<()> {
     sqlx::raw_sql(
         "CREATE TABLE leaderboards_plain (LIKE leaderboards INCLUDING ALL);
+         ALTER TABLE leaderboards_plain ADD FOREIGN KEY (participant_id) REFERENCES participants (id);
          SELECT count(*), sum(steps) FROM leaderboard_source;",
     )
     .execute(pool)
@@ -209,12 +210,14 @@ async fn seed_send_log(pool: &PgPool, expired: i64) -> anyhow::Result<()> {
          INSERT INTO verzonden_emails (recipient_email, subject, status, template_name, sent_at, mail_kind)
          SELECT 'y' || i || '@example.org', 'Nieuwsbrief', 'sent', 'newsletter',
                 now() - make_interval(secs => i), 'newsletter'
-           FROM generate_series(1, 100000) i;
-         VACUUM ANALYZE verzonden_emails;"
+           FROM generate_series(1, 100000) i;"
     )))
     .execute(pool)
     .await
     .context("seed the send log")?;
+    sqlx::raw_sql("VACUUM ANALYZE verzonden_emails")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

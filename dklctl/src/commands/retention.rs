@@ -21,14 +21,6 @@ pub async fn show(pool: &PgPool, dry_run: bool, json: bool) -> anyhow::Result<()
         };
         rows.push((rule, due));
     }
-    let last: Vec<(
-        String,
-        Option<chrono::DateTime<chrono::Utc>>,
-        Option<i64>,
-        Option<String>,
-    )> = sqlx::query_as("SELECT name, last_run_at, last_deleted, last_error FROM retention_rules")
-        .fetch_all(pool)
-        .await?;
     if json {
         let out: Vec<serde_json::Value> = rows
             .iter()

@@ -37,6 +37,7 @@ impl Retention {
         let mut reports = Vec::new();
         let mut failures = Vec::new();
         let mut deleted_total = 0u64;
+        let mut any_transient = false;
         for rule in &rules {
             if ctx.is_cancelled() {
                 return Err(JobError::retryable("retention cancelled between rules"));
@@ -48,6 +49,7 @@ impl Retention {
                 }
                 Err(e) => {
                     tracing::error!(rule = %rule.name, error = %e, "retention rule failed");
+                    any_transient |= e.is_transient();
                     failures.push(e.to_string());
                     reports.push(json!({"rule": rule.name, "table": rule.table_name, "error": e.to_string()}));
                     if !job.dry_run {
@@ -79,14 +81,19 @@ impl Retention {
             "retention applied"
         );
         if failures.is_empty() {
-            Ok(())
+            return Ok(());
+        }
+        let message = format!(
+            "{} of {} retention rules failed (the others ran): {}",
+            failures.len(),
+            rules.len(),
+            failures.join("; ")
+        );
+        // A rule that must be fixed fails the same way tomorrow: no retries.
+        if any_transient {
+            Err(JobError::retryable(message))
         } else {
-            Err(JobError::retryable(format!(
-                "{} of {} retention rules failed (the others ran): {}",
-                failures.len(),
-                rules.len(),
-                failures.join("; ")
-            )))
+            Err(JobError::permanent(message))
         }
     }
 

@@ -26,6 +26,18 @@ pub fn register(registry: &mut Registry, images: Arc<Images>) {
     });
 }
 
+/// A refusal about the credentials or the cloud (401, 403, 404), not about
+/// one image.
+fn refuses_the_account(e: &crate::images::ImageStoreError) -> bool {
+    matches!(
+        e,
+        crate::images::ImageStoreError::Rejected {
+            status: 401 | 403 | 404,
+            ..
+        }
+    )
+}
+
 impl Images {
     async fn cleanup(&self, job: CleanupImages, ctx: JobContext) -> Result<(), JobError> {
         let store_client = self.store()?;
@@ -50,6 +62,13 @@ impl Images {
                 if ctx.is_cancelled() {
                     return Err(JobError::retryable("cleanup cancelled"));
                 }
+                // Restored since the page was read: keep it.
+                if !store::claim_for_destroy(&self.pool, image.id)
+                    .await
+                    .map_err(JobError::retryable)?
+                {
+                    continue;
+                }
                 match store_client.destroy(&image.public_id).await {
                     Ok(outcome) => {
                         if store::remove_destroyed(&self.pool, image.id)
@@ -62,11 +81,13 @@ impl Images {
                             }
                         }
                     }
-                    Err(e) if e.is_transient() => {
-                        self.record(&ctx, removed, already_gone, &refused).await?;
-                        return Err(store_error(e));
-                    }
                     Err(e) => {
+                        let _ = store::release_claim(&self.pool, image.id).await;
+                        if e.is_transient() || refuses_the_account(&e) {
+                            // Every other image would fail the same way.
+                            self.record(&ctx, removed, already_gone, &refused).await?;
+                            return Err(store_error(e));
+                        }
                         tracing::warn!(public_id = %image.public_id, error = %e, "the store refused to destroy an image");
                         refused.push(format!("{}: {e}", image.public_id));
                     }

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dkl_shared::config::ResponsesConfig;
-use dkl_shared::jobs::{JobContext, JobError, Registry, enqueue_many_on};
+use dkl_shared::jobs::{
+    EnqueueOptions, JobContext, JobError, Registry, enqueue_many_on, enqueue_on,
+};
 use dkl_shared::kinds::{MailKind, ProcessIncomingEmail, SendEmail, UploadImage};
 use mail_parser::{Message, MessageParser};
 use sqlx::{PgConnection, PgPool};
@@ -254,7 +256,16 @@ impl Processor {
             })
             .collect();
         auto_responses::record_outcomes(&mut tx, &records).await?;
-        self.enqueue_image_uploads(&mut tx, &rows).await?;
+        // People's photos only: not a bounce's or a mailing list's images.
+        let from_people: Vec<&ReplyContext> = outcomes
+            .iter()
+            .filter(|(_, v, _)| {
+                v.as_ref()
+                    .is_some_and(|v| matches!(v.class, Classification::Person))
+            })
+            .map(|(row, _, _)| *row)
+            .collect();
+        self.enqueue_image_uploads(&mut tx, &from_people).await?;
         tx.commit().await?;
         for (row, verdict, d) in &outcomes {
             match d.outcome {
@@ -276,7 +287,7 @@ impl Processor {
     async fn enqueue_image_uploads(
         &self,
         tx: &mut PgConnection,
-        rows: &[ReplyContext],
+        rows: &[&ReplyContext],
     ) -> Result<(), Failure> {
         let ids: Vec<Uuid> = rows
             .iter()
@@ -286,19 +297,21 @@ impl Processor {
         if ids.is_empty() {
             return Ok(());
         }
-        let uploads: Vec<UploadImage> =
+        let attachments =
             crate::store::images::image_attachments_to_upload(tx, &ids, &self.image_accounts)
-                .await?
-                .into_iter()
-                .map(|(email, position)| UploadImage {
-                    incoming_email_id: Some(email),
-                    position: Some(position),
-                    ..UploadImage::default()
-                })
-                .collect();
-        enqueue_many_on(tx, &uploads)
-            .await
-            .map_err(JobError::retryable)?;
+                .await?;
+        for (email, position) in attachments {
+            let upload = UploadImage {
+                incoming_email_id: Some(email),
+                position: Some(position),
+                ..UploadImage::default()
+            };
+            // Followed up again while the upload waits: still one job.
+            let dedup = EnqueueOptions::dedup(format!("upload_image:{email}:{position}"));
+            enqueue_on(tx, &upload, dedup)
+                .await
+                .map_err(JobError::retryable)?;
+        }
         Ok(())
     }
 

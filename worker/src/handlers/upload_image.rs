@@ -26,23 +26,25 @@ use crate::store::images::{self as store, NewImage};
 pub struct Images {
     /// The database.
     pub pool: PgPool,
-    /// The image store.
-    pub store: Option<ImageStore>,
+    /// The image store, or why there is none.
+    pub store: Result<ImageStore, String>,
     /// `DKL_IMAGE_*` and `DKL_CLOUDINARY_*`.
     pub config: ImagesConfig,
 }
 
 impl Images {
-    /// The store from `config` (None when not configured, or when its URL
-    /// does not read: logged, and every image job then says why).
+    /// The store from `config`; without one (not configured, or its URL
+    /// does not read: logged) every image job says why.
     pub fn new(pool: &PgPool, config: &ImagesConfig) -> Self {
-        let store = config.cloudinary_url.as_deref().and_then(|url| {
-            let built = crate::images::Credentials::from_cloudinary_url(url)
-                .and_then(|c| ImageStore::new(&config.base_url, c, config.timeout));
-            built
-                .map_err(|e| tracing::error!(error = %e, "image store not usable"))
-                .ok()
-        });
+        let store = match config.cloudinary_url.as_deref() {
+            None => Err("no image store is configured: set DKL_CLOUDINARY_URL=cloudinary://<api_key>:<api_secret>@<cloud_name> and enqueue the job again".to_string()),
+            Some(url) => crate::images::Credentials::from_cloudinary_url(url)
+                .and_then(|c| ImageStore::new(&config.base_url, c, config.timeout))
+                .map_err(|e| {
+                    tracing::error!(error = %e, "image store not usable");
+                    format!("DKL_CLOUDINARY_URL is set but cannot be used: {e}")
+                }),
+        };
         Self {
             pool: pool.clone(),
             store,
@@ -52,11 +54,7 @@ impl Images {
 
     /// The store, or the error every image job gives without one.
     pub fn store(&self) -> Result<&ImageStore, JobError> {
-        self.store.as_ref().ok_or_else(|| {
-            JobError::permanent(
-                "no image store is configured: set DKL_CLOUDINARY_URL=cloudinary://<api_key>:<api_secret>@<cloud_name> and enqueue the job again",
-            )
-        })
+        self.store.as_ref().map_err(JobError::permanent)
     }
 }
 
@@ -89,6 +87,17 @@ impl Images {
             return Err(JobError::permanent(format!(
                 "uploaded_by {id} is not a gebruikers row; name the person who uploaded, or leave it out for an upload a job makes"
             )));
+        }
+        if let (Some(email), Some(position)) = (job.incoming_email_id, job.position)
+            && let Some(public_id) = store::uploaded_attachment(&self.pool, email, position)
+                .await
+                .map_err(JobError::retryable)?
+        {
+            tracing::info!(%public_id, "attachment already uploaded");
+            let result = json!({"already_uploaded": public_id});
+            return jobs::admin::record_result(&self.pool, &ctx.id, &result)
+                .await
+                .map_err(JobError::retryable);
         }
         let source = self.read_source(&job).await?;
         if source.bytes.len() as u64 > self.config.max_bytes {
@@ -130,7 +139,7 @@ impl Images {
             },
         )
         .await
-        .map_err(JobError::retryable)?;
+        .map_err(record_error)?;
         tracing::info!(image = %id, public_id = %uploaded.public_id, bytes = source.bytes.len(), "image uploaded");
         let result = json!({"image": id, "public_id": uploaded.public_id, "url": uploaded.secure_url.as_deref().unwrap_or(&uploaded.url)});
         jobs::admin::record_result(&self.pool, &ctx.id, &result)
@@ -226,6 +235,18 @@ fn image_type_of(path: &str) -> Option<&'static str> {
         "svg" => "image/svg+xml",
         _ => return None,
     })
+}
+
+/// A row the database refuses for good (the attachment was uploaded under
+/// another name meanwhile) is not retried; a restore refused during a
+/// destroy, or a lost connection, is.
+fn record_error(e: sqlx::Error) -> JobError {
+    match e.as_database_error().map(|d| d.kind()) {
+        Some(sqlx::error::ErrorKind::UniqueViolation) => JobError::permanent(format!(
+            "the image was uploaded but cannot be recorded: {e}; it is already recorded under another name"
+        )),
+        _ => JobError::retryable(format!("the image was uploaded but not yet recorded: {e}")),
+    }
 }
 
 /// 429/5xx and no answer are retried with backoff (at least the

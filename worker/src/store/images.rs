@@ -135,6 +135,46 @@ pub async fn marked_deleted_before(
     .await
 }
 
+/// Marks an image as being destroyed (a trigger then refuses to restore
+/// it until the mark is cleared or 10 minutes old). False when it was
+/// restored meanwhile: then it must not be destroyed.
+pub async fn claim_for_destroy(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE uploaded_images SET destroy_started_at = now()
+          WHERE id = $1 AND deleted_at IS NOT NULL",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Clears the mark of an image the store did not destroy.
+pub async fn release_claim(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE uploaded_images SET destroy_started_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The `public_id` an attachment was already uploaded as, if it was.
+pub async fn uploaded_attachment(
+    pool: &PgPool,
+    email: Uuid,
+    position: i32,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT public_id FROM uploaded_images
+          WHERE incoming_email_id = $1 AND attachment_position = $2",
+    )
+    .bind(email)
+    .bind(position)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Removes the row of an image the store confirmed gone, unless someone
 /// restored it (cleared `deleted_at`) meanwhile.
 pub async fn remove_destroyed(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {

@@ -12,7 +12,9 @@
 //! in one transaction, so a reader sees a period's old board or its new
 //! one, never a mix; readers take no locks that writers wait for, and the
 //! writer takes none that readers wait for (MVCC). Only rows whose rank,
-//! steps, distance or points changed are written.
+//! steps, distance or points changed are written. While it runs, the rows
+//! it writes hold a key-share lock on their participant (the foreign key):
+//! deleting a participant then waits for the recompute to commit.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -108,10 +110,12 @@ pub async fn recompute(pool: &PgPool, also: Also) -> Result<Recomputed, sqlx::Er
     // Changes committed after this statement stay in the log for the
     // next run; those before it are in the data the rebuild reads (a
     // later snapshot), so nothing is missed.
-    let logged: Vec<String> =
-        sqlx::query_scalar("DELETE FROM leaderboard_changes RETURNING period")
-            .fetch_all(&mut *tx)
-            .await?;
+    let logged: Vec<String> = sqlx::query_scalar(
+        "WITH taken AS (DELETE FROM leaderboard_changes RETURNING period)
+         SELECT DISTINCT period FROM taken",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let mut due: BTreeSet<Period> = logged.iter().filter_map(|p| parse_logged(p)).collect();
     if also.all_periods {
         due.extend(every_period(&mut tx).await?);
@@ -177,45 +181,69 @@ async fn periods_of_event(
         .unwrap_or_default())
 }
 
-/// One statement: the new boards of `due` (ranked), written where they
-/// differ, and the entries no longer on them removed.
+/// One statement: the new boards of `due` (ranked), compared with the
+/// stored ones; only entries that are new or differ are written, and
+/// entries no longer on a board are removed. (Not ON CONFLICT DO UPDATE:
+/// it locks, and so rewrites, every conflicting row even when its WHERE
+/// is false, which made a recompute after one changed event rewrite every
+/// all-time entry.) Only one recompute runs at a time (the advisory
+/// lock), so the stored rows the comparison read are the ones written.
 const REBUILD: &str = "
 WITH fresh AS MATERIALIZED (
-    SELECT 'event:' || s.event_id AS period, s.participant_id,
-           s.steps::bigint AS steps, s.distance::numeric AS distance, s.points::bigint AS points
-      FROM leaderboard_source s
-     WHERE s.event_id = ANY ($1)
-    UNION ALL
-    SELECT 'year:' || s.year, s.participant_id, sum(s.steps), sum(s.distance), sum(s.points)
-      FROM leaderboard_source s
-     WHERE s.year = ANY ($2)
-     GROUP BY s.year, s.participant_id
-    UNION ALL
-    SELECT 'all', s.participant_id, sum(s.steps), sum(s.distance), sum(s.points)
-      FROM leaderboard_source s
-     WHERE $3
-     GROUP BY s.participant_id
+    SELECT period, participant_id, steps, distance, points,
+           rank() OVER (PARTITION BY period ORDER BY steps DESC) AS rank
+      FROM (SELECT 'event:' || s.event_id AS period, s.participant_id,
+                   s.steps::bigint AS steps, s.distance::numeric AS distance,
+                   s.points::bigint AS points
+              FROM leaderboard_source s
+             WHERE s.event_id = ANY ($1)
+            UNION ALL
+            SELECT 'year:' || s.year, s.participant_id, sum(s.steps), sum(s.distance), sum(s.points)
+              FROM leaderboard_source s
+             WHERE s.year = ANY ($2)
+             GROUP BY s.year, s.participant_id
+            UNION ALL
+            SELECT 'all', s.participant_id, sum(s.steps), sum(s.distance), sum(s.points)
+              FROM leaderboard_source s
+             WHERE $3
+             GROUP BY s.participant_id) boards
 ),
-written AS (
-    INSERT INTO leaderboards AS l (period, participant_id, steps, distance, rank, points)
-    SELECT period, participant_id, steps, distance,
-           rank() OVER (PARTITION BY period ORDER BY steps DESC), points
-      FROM fresh
-    ON CONFLICT (period, participant_id) DO UPDATE
-       SET steps = EXCLUDED.steps, distance = EXCLUDED.distance,
-           rank = EXCLUDED.rank, points = EXCLUDED.points
-     WHERE (l.steps, l.distance, l.rank, l.points)
-           IS DISTINCT FROM (EXCLUDED.steps, EXCLUDED.distance, EXCLUDED.rank, EXCLUDED.points)
+stored AS MATERIALIZED (
+    SELECT id, period, participant_id, steps, distance, rank, points
+      FROM leaderboards
+     WHERE period = ANY ($4)
+),
+changed AS MATERIALIZED (
+    SELECT f.*, s.id AS stored_id
+      FROM fresh f
+      LEFT JOIN stored s ON s.period = f.period AND s.participant_id = f.participant_id
+     WHERE s.id IS NULL
+        OR (s.steps, s.distance, s.rank, s.points) IS DISTINCT FROM (f.steps, f.distance, f.rank, f.points)
+),
+updated AS (
+    UPDATE leaderboards l
+       SET steps = c.steps, distance = c.distance, rank = c.rank, points = c.points
+      FROM changed c
+     WHERE c.stored_id IS NOT NULL AND l.id = c.stored_id
+    RETURNING 1
+),
+inserted AS (
+    INSERT INTO leaderboards (period, participant_id, steps, distance, rank, points)
+    SELECT period, participant_id, steps, distance, rank, points
+      FROM changed
+     WHERE stored_id IS NULL
     RETURNING 1
 ),
 removed AS (
     DELETE FROM leaderboards l
-     WHERE l.period = ANY ($4)
+     USING stored s
+     WHERE l.id = s.id
        AND NOT EXISTS (SELECT 1 FROM fresh f
-                        WHERE f.period = l.period AND f.participant_id = l.participant_id)
+                        WHERE f.period = s.period AND f.participant_id = s.participant_id)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM removed),
+SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted),
+       (SELECT count(*) FROM removed),
        (SELECT coalesce(jsonb_object_agg(period, n), '{}')
           FROM (SELECT period, count(*) AS n FROM fresh GROUP BY period) c)";
 
@@ -262,6 +290,8 @@ async fn rebuild(
     Ok(())
 }
 
+/// Records each rebuilt period; a period left without entries (its event
+/// deleted, every walker in test mode) is forgotten.
 async fn record_periods(
     tx: &mut sqlx::PgConnection,
     periods: &[(String, i64)],
@@ -269,8 +299,11 @@ async fn record_periods(
 ) -> Result<(), sqlx::Error> {
     let (names, entries): (Vec<String>, Vec<i64>) = periods.iter().cloned().unzip();
     sqlx::query(
-        "INSERT INTO leaderboard_periods (period, entries, computed_at, took_ms)
-         SELECT p, n, now(), $3 FROM unnest($1::text[], $2::int8[]) u(p, n)
+        "WITH rebuilt AS (SELECT p, n FROM unnest($1::text[], $2::int8[]) u(p, n)),
+              gone AS (DELETE FROM leaderboard_periods
+                        WHERE period IN (SELECT p FROM rebuilt WHERE n = 0))
+         INSERT INTO leaderboard_periods (period, entries, computed_at, took_ms)
+         SELECT p, n, now(), $3 FROM rebuilt WHERE n > 0
          ON CONFLICT (period) DO UPDATE
             SET entries = EXCLUDED.entries, computed_at = EXCLUDED.computed_at,
                 took_ms = EXCLUDED.took_ms",

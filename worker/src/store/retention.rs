@@ -103,6 +103,12 @@ pub struct Rule {
     pub enabled: bool,
     /// `now() - keep_for`, when read.
     pub cutoff: DateTime<Utc>,
+    /// When it last ran.
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// How many rows it deleted then.
+    pub last_deleted: Option<i64>,
+    /// Why it failed then.
+    pub last_error: Option<String>,
 }
 
 impl Rule {
@@ -126,6 +132,14 @@ pub enum RetentionError {
         table: String,
         /// Its condition.
         condition: String,
+    },
+    /// Image rows go only after the store confirmed (`cleanup_images`).
+    #[error(
+        "retention rule `{rule}`: images are removed by cleanup_images once the store confirmed, never deleted here"
+    )]
+    NeedsTheStore {
+        /// The rule.
+        rule: String,
     },
     /// Someone held a lock on the table longer than the lock timeout.
     #[error(
@@ -157,6 +171,24 @@ pub enum RetentionError {
         /// What PostgreSQL said.
         source: sqlx::Error,
     },
+}
+
+impl RetentionError {
+    /// Whether applying the rule again later may succeed (a lock, a
+    /// dropped connection), as opposed to a rule that must be fixed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::UnknownTarget { .. } | Self::NeedsTheStore { .. } => false,
+            Self::Locked { .. } | Self::Handoff { .. } => true,
+            Self::Database { source, .. } => !matches!(
+                source.as_database_error().map(|d| d.kind()),
+                Some(
+                    sqlx::error::ErrorKind::CheckViolation
+                        | sqlx::error::ErrorKind::NotNullViolation
+                )
+            ),
+        }
+    }
 }
 
 /// What applying a rule did.
@@ -199,7 +231,7 @@ pub async fn rules(pool: &PgPool) -> Result<Vec<Rule>, sqlx::Error> {
     sqlx::query_as(
         "SELECT name, table_name, condition,
                 extract(epoch FROM keep_for)::float8 AS keep_for_secs,
-                enabled, now() - keep_for AS cutoff
+                enabled, now() - keep_for AS cutoff, last_run_at, last_deleted, last_error
            FROM retention_rules ORDER BY name",
     )
     .fetch_all(pool)
@@ -229,6 +261,11 @@ pub async fn apply(
     on_batch: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Applied, RetentionError> {
     let plan = plan_of(rule)?;
+    if rule.target() == Some(Target::ImagesDeleted) {
+        return Err(RetentionError::NeedsTheStore {
+            rule: rule.name.clone(),
+        });
+    }
     // Rows are deleted by their physical address (a TID scan, no second
     // index walk). The DELETE repeats the conditions: a row changed since
     // the subquery saw it (a notification marked unread, or updated to a
