@@ -53,20 +53,23 @@ pub async fn show(pool: &PgPool, dry_run: bool, json: bool) -> anyhow::Result<()
     });
     let mut table = Table::new(&header);
     for (rule, due) in rows {
-        let last_run = last.iter().find(|l| l.0 == rule.name);
-        let outcome = match (dry_run, due, last_run) {
+        let outcome = match (dry_run, due, rule.last_run_at) {
             (true, Some(Ok(n)), _) => n.to_string(),
             (true, Some(Err(e)), _) => format!("error: {}", truncate(&e, 60)),
             (true, None, _) => "-".into(),
-            (false, _, Some((_, Some(at), deleted, error))) => match error {
+            (false, _, Some(at)) => match &rule.last_error {
                 Some(e) => format!(
                     "{} failed: {}",
                     at.format("%Y-%m-%d %H:%M"),
                     truncate(e, 50)
                 ),
-                None => format!("{} ({})", at.format("%Y-%m-%d %H:%M"), deleted.unwrap_or(0)),
+                None => format!(
+                    "{} ({})",
+                    at.format("%Y-%m-%d %H:%M"),
+                    rule.last_deleted.unwrap_or(0)
+                ),
             },
-            _ => "never".into(),
+            (false, _, None) => "never".into(),
         };
         table.row(vec![
             rule.name.clone(),

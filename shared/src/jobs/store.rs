@@ -114,6 +114,8 @@ pub struct JobRecord {
     pub metadata: Option<serde_json::Value>,
     /// Times it was taken back from a worker that died running it.
     pub rescues: i32,
+    /// What the job recorded as its result (`job_status.result`).
+    pub result: Option<serde_json::Value>,
 }
 
 /// A new row for [`insert_job`].
@@ -325,7 +327,8 @@ pub async fn job(
 ) -> Result<Option<JobRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, job_type, queue, status, attempts, max_attempts, run_at, lock_at, lock_by,
-                done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata, rescues
+                done_at, last_error, cancelled_at, idempotency_key, hstore_to_jsonb(metadata) AS metadata, rescues,
+                last_result AS result
            FROM apalis.jobs WHERE id = $1",
     )
     .bind(id)
