@@ -413,11 +413,18 @@ async fn prune_deletes_only_old_finished_jobs(pool: PgPool) {
                 .id,
         );
     }
+    // The ages come from the apalis.jobs retention rules (finished: set to
+    // 1 day here; discarded: 30 days); the configured ages are only the
+    // fallback for a disabled rule (7 days would keep ids[0]).
+    sqlx::query("UPDATE retention_rules SET keep_for = interval '1 day' WHERE name = 'jobs_done'")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut registry = pings();
     prune::register(
         &mut registry,
         pool.clone(),
-        Duration::from_secs(86_400),
+        Duration::from_secs(7 * 86_400),
         Duration::from_secs(30 * 86_400),
     );
     let rt = start(&pool, registry, fast_config());
