@@ -927,3 +927,90 @@ async fn newsletter_create_schedule_status_and_send_test(pool: PgPool) {
     assert_eq!(counted, 7, "the test copy is not a delivery");
     assert!(stdout(&dklctl(&url, &["newsletter", "list"])).contains("Nieuws"));
 }
+
+#[sqlx::test(migrations = false)]
+async fn retention_and_leaderboard_commands(pool: PgPool) {
+    let url = url_of(&pool).await;
+    stdout(&dklctl(&url, &["migrate"]));
+    sqlx::raw_sql(
+        "INSERT INTO verzonden_emails (recipient_email, subject, sent_at)
+         SELECT 'oud' || i || '@example.org', 'oud', now() - interval '400 days' FROM generate_series(1, 3) i;
+         INSERT INTO verzonden_emails (recipient_email, subject) VALUES ('nieuw@example.org', 'nieuw');
+         INSERT INTO events (id, name, start_time)
+              VALUES ('00000000-0000-0000-0000-0000000000e1', 'Loop', '2026-05-01 09:00+02');
+         INSERT INTO participants (naam, email) VALUES ('Ann', 'ann@example.org'), ('Bob', 'bob@example.org'),
+                                                      ('Cor', 'cor@example.org');
+         INSERT INTO event_registrations (event_id, participant_id, steps)
+         SELECT '00000000-0000-0000-0000-0000000000e1', id,
+                CASE naam WHEN 'Ann' THEN 9000 ELSE 4000 END FROM participants;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // A dry run counts per rule and deletes nothing.
+    let dry = stdout(&dklctl(&url, &["retention", "--dry-run"]));
+    let line = dry
+        .lines()
+        .find(|l| l.starts_with("verzonden_emails"))
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert!(line.trim_end().ends_with(" 3"), "{line}");
+    assert!(dry.contains("nothing was deleted"), "{dry}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM verzonden_emails")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 4);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&dklctl(
+        &url,
+        &["retention", "--dry-run", "--json"],
+    )))
+    .unwrap();
+    let send_log = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "verzonden_emails")
+        .unwrap();
+    assert_eq!(send_log["would_delete"], 3);
+
+    // Not computed yet, then computed: ties share a rank.
+    let before = stdout(&dklctl(&url, &["leaderboard", "show", "all"]));
+    assert!(before.contains("not computed yet"), "{before}");
+    dkl_worker::store::leaderboards::recompute(&pool, Default::default())
+        .await
+        .unwrap();
+    let board = stdout(&dklctl(
+        &url,
+        &[
+            "leaderboard",
+            "show",
+            "event:00000000-0000-0000-0000-0000000000e1",
+            "--top",
+            "3",
+        ],
+    ));
+    let ranks: Vec<&str> = board
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(ranks, ["1", "2", "2"], "{board}");
+    assert!(board.contains("Ann"), "{board}");
+    let periods = stdout(&dklctl(&url, &["leaderboard"]));
+    assert!(
+        periods.contains("year:2026") && periods.contains("all"),
+        "{periods}"
+    );
+
+    // Bad input names the fix.
+    let bad = dklctl(&url, &["leaderboard", "show", "week:3"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("use event:<uuid>, year:<yyyy> or all"),
+        "{}",
+        stderr(&bad)
+    );
+    let zero = dklctl(&url, &["leaderboard", "show", "all", "--top", "0"]);
+    assert!(!zero.status.success());
+}
