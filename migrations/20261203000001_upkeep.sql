@@ -100,14 +100,15 @@ ALTER TABLE uploaded_images
     ADD COLUMN content_hash      BYTEA;
 CREATE INDEX idx_uploaded_images_deleted ON uploaded_images (deleted_at) WHERE deleted_at IS NOT NULL;
 
--- While the store is destroying an image (a request in flight, minutes at
--- most), its row cannot be restored: the row would survive an image that
--- is gone. A mark older than 10 minutes is a crashed cleanup's; it no
--- longer blocks.
+-- Once cleanup_images asked the store to destroy an image, its row cannot
+-- be restored: the row would survive an image that may be gone. The mark
+-- is cleared only when the store refused (the image is still there); after
+-- no answer it stays until a later cleanup gets "ok" or "not found" and
+-- removes the row.
 CREATE FUNCTION dkl_uploaded_images_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL
-       AND OLD.destroy_started_at > now() - interval '10 minutes' THEN
+       AND OLD.destroy_started_at IS NOT NULL THEN
         RAISE EXCEPTION 'image % is being destroyed at the image store; upload it again instead of restoring it', OLD.public_id
             USING ERRCODE = 'object_in_use';
     END IF;

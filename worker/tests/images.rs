@@ -351,6 +351,16 @@ async fn provider_errors_retry_or_fail_with_its_message(pool: PgPool) {
         let id = enqueue(&pool, &UploadImage { path: Some(file.to_string_lossy().into_owned()), ..UploadImage::default() }).await;
         work_one(&pool, registry.clone(), "images").await.unwrap();
         ids.push(id);
+        // A quick retry would be due before the next job: park it (a
+        // Retry-After of minutes stays as the provider asked).
+        sqlx::query(
+            "UPDATE apalis.jobs SET run_at = now() + interval '1 hour'
+              WHERE id = $1 AND status = 'Pending' AND run_at < now() + interval '1 minute'",
+        )
+        .bind(&ids.last().unwrap().0)
+        .execute(&pool)
+        .await
+        .unwrap();
     }
     let (s, error, _, wait) = state(&pool, &ids[0]).await;
     assert_eq!(s, "retrying", "429 is retried");
@@ -463,7 +473,23 @@ async fn cleanup_removes_a_row_only_after_the_store_confirmed(pool: PgPool) {
     let id = enqueue(&pool, &CleanupImages::default()).await;
     work_one(&pool, registry.clone(), "images").await.unwrap();
     assert_eq!(state(&pool, &id).await.0, "retrying");
+    // (Out of the way, so the next work_one takes the next job.)
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = $1")
+        .bind(&id.0)
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(left(&pool).await.len(), 3);
+    // No answer: the image may be gone, so it can no longer be restored.
+    let restore = sqlx::query(
+        "UPDATE uploaded_images SET deleted_at = NULL WHERE public_id = 'dkl/c-refused'",
+    )
+    .execute(&pool)
+    .await;
+    assert!(
+        restore.is_err(),
+        "restored while its destroy's outcome is unknown"
+    );
 
     // Wrong credentials: the first refusal stops the run (every image would
     // get the same answer), nothing is removed.
@@ -516,7 +542,7 @@ async fn an_image_being_destroyed_cannot_be_restored(pool: PgPool) {
         .await
         .unwrap();
     assert!(
-        dkl_worker::store::images::claim_for_destroy(&pool, id)
+        dkl_worker::store::images::claim_for_destroy(&pool, id, chrono::Utc::now())
             .await
             .unwrap()
     );
@@ -531,6 +557,28 @@ async fn an_image_being_destroyed_cannot_be_restored(pool: PgPool) {
             .contains("is being destroyed at the image store"),
         "{refused}"
     );
+    // Nor by uploading it again under the same name (the upsert).
+    let again = dkl_worker::store::images::record(
+        &pool,
+        &dkl_worker::store::images::NewImage {
+            public_id: "dkl/x",
+            url: "http://x/dkl/x",
+            secure_url: None,
+            format: None,
+            width: None,
+            height: None,
+            bytes: None,
+            folder: None,
+            uploaded_by: None,
+            incoming_email_id: None,
+            attachment_position: None,
+            source_path: None,
+            content_hash: b"h",
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(again.to_string().contains("is being destroyed"), "{again}");
     // Not destroyed after all (the store refused): it can be restored.
     dkl_worker::store::images::release_claim(&pool, id)
         .await
@@ -541,7 +589,7 @@ async fn an_image_being_destroyed_cannot_be_restored(pool: PgPool) {
         .await
         .unwrap();
     assert!(
-        !dkl_worker::store::images::claim_for_destroy(&pool, id)
+        !dkl_worker::store::images::claim_for_destroy(&pool, id, chrono::Utc::now())
             .await
             .unwrap(),
         "a restored image is not destroyed"

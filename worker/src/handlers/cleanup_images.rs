@@ -62,8 +62,8 @@ impl Images {
                 if ctx.is_cancelled() {
                     return Err(JobError::retryable("cleanup cancelled"));
                 }
-                // Restored since the page was read: keep it.
-                if !store::claim_for_destroy(&self.pool, image.id)
+                // Restored (or marked again, later) since the page was read: keep it.
+                if !store::claim_for_destroy(&self.pool, image.id, cutoff)
                     .await
                     .map_err(JobError::retryable)?
                 {
@@ -82,7 +82,12 @@ impl Images {
                         }
                     }
                     Err(e) => {
-                        let _ = store::release_claim(&self.pool, image.id).await;
+                        // A refusal: the image is still there and may be
+                        // restored. No answer or a 5xx: it may be gone,
+                        // so the mark stays until a later run settles it.
+                        if !e.is_transient() {
+                            let _ = store::release_claim(&self.pool, image.id).await;
+                        }
                         if e.is_transient() || refuses_the_account(&e) {
                             // Every other image would fail the same way.
                             self.record(&ctx, removed, already_gone, &refused).await?;

@@ -138,8 +138,11 @@ impl Images {
                 content_hash: &hash[..],
             },
         )
-        .await
-        .map_err(record_error)?;
+        .await;
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => return Err(self.unrecorded(store, &uploaded.public_id, e).await),
+        };
         tracing::info!(image = %id, public_id = %uploaded.public_id, bytes = source.bytes.len(), "image uploaded");
         let result = json!({"image": id, "public_id": uploaded.public_id, "url": uploaded.secure_url.as_deref().unwrap_or(&uploaded.url)});
         jobs::admin::record_result(&self.pool, &ctx.id, &result)
@@ -237,15 +240,29 @@ fn image_type_of(path: &str) -> Option<&'static str> {
     })
 }
 
-/// A row the database refuses for good (the attachment was uploaded under
-/// another name meanwhile) is not retried; a restore refused during a
-/// destroy, or a lost connection, is.
-fn record_error(e: sqlx::Error) -> JobError {
-    match e.as_database_error().map(|d| d.kind()) {
-        Some(sqlx::error::ErrorKind::UniqueViolation) => JobError::permanent(format!(
-            "the image was uploaded but cannot be recorded: {e}; it is already recorded under another name"
-        )),
-        _ => JobError::retryable(format!("the image was uploaded but not yet recorded: {e}")),
+impl Images {
+    /// The upload went through but its row did not. A passing fault (a
+    /// lost connection, a restore refused while a cleanup destroys the
+    /// old copy) is retried: the upload replaces itself. A row the
+    /// database refuses for good (the attachment is recorded under another
+    /// name) fails, after the new copy is destroyed so it is not left at
+    /// the store unrecorded.
+    async fn unrecorded(&self, store: &ImageStore, public_id: &str, e: sqlx::Error) -> JobError {
+        let unique = matches!(
+            e.as_database_error().map(|d| d.kind()),
+            Some(sqlx::error::ErrorKind::UniqueViolation)
+        );
+        if !unique {
+            return JobError::retryable(format!(
+                "the image was uploaded but not yet recorded: {e}"
+            ));
+        }
+        if let Err(d) = store.destroy(public_id).await {
+            tracing::warn!(%public_id, error = %d, "cannot destroy an upload that could not be recorded");
+        }
+        JobError::permanent(format!(
+            "the attachment is already recorded under another name, so the new upload {public_id} was destroyed: {e}"
+        ))
     }
 }
 

@@ -136,14 +136,19 @@ pub async fn marked_deleted_before(
 }
 
 /// Marks an image as being destroyed (a trigger then refuses to restore
-/// it until the mark is cleared or 10 minutes old). False when it was
-/// restored meanwhile: then it must not be destroyed.
-pub async fn claim_for_destroy(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+/// it until the mark is cleared). False when it was restored, or marked
+/// deleted again after `cutoff`, meanwhile: then it must not be destroyed.
+pub async fn claim_for_destroy(
+    pool: &PgPool,
+    id: Uuid,
+    cutoff: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE uploaded_images SET destroy_started_at = now()
-          WHERE id = $1 AND deleted_at IS NOT NULL",
+          WHERE id = $1 AND deleted_at < $2",
     )
     .bind(id)
+    .bind(cutoff)
     .execute(pool)
     .await?
     .rows_affected()
@@ -159,7 +164,8 @@ pub async fn release_claim(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The `public_id` an attachment was already uploaded as, if it was.
+/// The `public_id` an attachment was already uploaded as, if it was (and
+/// is not marked deleted: uploading it again restores it).
 pub async fn uploaded_attachment(
     pool: &PgPool,
     email: Uuid,
@@ -167,7 +173,7 @@ pub async fn uploaded_attachment(
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT public_id FROM uploaded_images
-          WHERE incoming_email_id = $1 AND attachment_position = $2",
+          WHERE incoming_email_id = $1 AND attachment_position = $2 AND deleted_at IS NULL",
     )
     .bind(email)
     .bind(position)

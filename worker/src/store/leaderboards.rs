@@ -184,9 +184,9 @@ async fn periods_of_event(
 /// One statement: the new boards of `due` (ranked), compared with the
 /// stored ones; only entries that are new or differ are written, and
 /// entries no longer on a board are removed. (Not ON CONFLICT DO UPDATE:
-/// it locks, and so rewrites, every conflicting row even when its WHERE
-/// is false, which made a recompute after one changed event rewrite every
-/// all-time entry.) Only one recompute runs at a time (the advisory
+/// it row-locks every conflicting row even when its WHERE is false, which
+/// writes to every page of every board rebuilt: 59 s instead of 49.5 s for
+/// 1M registrations, and 12 s to find nothing changed.) Only one recompute runs at a time (the advisory
 /// lock), so the stored rows the comparison read are the ones written.
 const REBUILD: &str = "
 WITH fresh AS MATERIALIZED (

@@ -180,13 +180,19 @@ impl RetentionError {
         match self {
             Self::UnknownTarget { .. } | Self::NeedsTheStore { .. } => false,
             Self::Locked { .. } | Self::Handoff { .. } => true,
-            Self::Database { source, .. } => !matches!(
-                source.as_database_error().map(|d| d.kind()),
-                Some(
-                    sqlx::error::ErrorKind::CheckViolation
-                        | sqlx::error::ErrorKind::NotNullViolation
-                )
-            ),
+            Self::Database { source, .. } => match source.as_database_error() {
+                // Serialization failure, deadlock, cancelled (statement
+                // timeout), lock not available, connection exceptions,
+                // the server shutting down: another day may do.
+                Some(db) => db.code().is_some_and(|code| {
+                    matches!(
+                        code.as_ref(),
+                        "40001" | "40P01" | "57014" | "55P03" | "57P01" | "57P02" | "57P03"
+                    ) || code.starts_with("08")
+                }),
+                // No answer at all (I/O, pool timeout).
+                None => true,
+            },
         }
     }
 }
