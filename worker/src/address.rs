@@ -57,6 +57,23 @@ pub fn mailbox(text: &str) -> Result<Mailbox, AddressError> {
     Ok(Mailbox::new(parsed.name, email))
 }
 
+/// `base` with a `+tag` subaddress (`bounce@x.nl`, `m12ab` → `bounce+m12ab@x.nl`),
+/// or `None` when the local part would pass RFC 5321's 64 characters.
+pub fn plus_address(base: &str, tag: &str) -> Option<String> {
+    let (local, domain) = base.rsplit_once('@')?;
+    let local = local.split('+').next().unwrap_or(local);
+    (local.len() + 1 + tag.len() <= 64).then(|| format!("{local}+{tag}@{domain}"))
+}
+
+/// The `+tag` of an address (`bounce+m12ab@x.nl` → `m12ab`), if any.
+pub fn plus_tag(address: &str) -> Option<&str> {
+    let (local, _) = address.rsplit_once('@')?;
+    local
+        .split_once('+')
+        .map(|(_, tag)| tag)
+        .filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,21 +118,4 @@ mod tests {
             assert!(matches!(e, AddressError::Invalid(..)), "{bad:?}: {e:?}");
         }
     }
-}
-
-/// `base` with a `+tag` subaddress (`bounce@x.nl`, `m12ab` → `bounce+m12ab@x.nl`),
-/// or `None` when the local part would pass RFC 5321's 64 characters.
-pub fn plus_address(base: &str, tag: &str) -> Option<String> {
-    let (local, domain) = base.rsplit_once('@')?;
-    let local = local.split('+').next().unwrap_or(local);
-    (local.len() + 1 + tag.len() <= 64).then(|| format!("{local}+{tag}@{domain}"))
-}
-
-/// The `+tag` of an address (`bounce+m12ab@x.nl` → `m12ab`), if any.
-pub fn plus_tag(address: &str) -> Option<&str> {
-    let (local, _) = address.rsplit_once('@')?;
-    local
-        .split_once('+')
-        .map(|(_, tag)| tag)
-        .filter(|t| !t.is_empty())
 }

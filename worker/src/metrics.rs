@@ -239,12 +239,13 @@ pub fn render_imap(
     accounts: &std::collections::BTreeMap<String, crate::imap::stats::AccountCounters>,
 ) -> String {
     let mut out = String::new();
-    let series: [(
-        &str,
-        &str,
-        &str,
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
         fn(&crate::imap::stats::AccountCounters) -> Option<i64>,
-    ); 5] = [
+    );
+    let series: [Series; 5] = [
         (
             "dkl_imap_messages_fetched_total",
             "counter",

@@ -230,6 +230,36 @@ pub fn today() -> i64 {
     chrono::Utc::now().timestamp().div_euclid(86_400)
 }
 
+/// The signer of this deployment, found once: `DKL_UNSUBSCRIBE_SECRET`, or
+/// the random secret kept in `dkl_secrets` (made by the first worker).
+pub struct TokenKey {
+    configured: Option<String>,
+    signer: tokio::sync::OnceCell<TokenSigner>,
+}
+
+impl TokenKey {
+    /// The key from `secret` (the configured one, if any).
+    pub fn new(secret: Option<String>) -> Self {
+        Self {
+            configured: secret,
+            signer: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The signer, reading (or making) the stored secret on first use.
+    pub async fn signer(&self, pool: &sqlx::PgPool) -> Result<&TokenSigner, sqlx::Error> {
+        self.signer
+            .get_or_try_init(|| async {
+                let secret = match &self.configured {
+                    Some(s) => s.clone(),
+                    None => crate::store::newsletters::stored_unsubscribe_secret(pool).await?,
+                };
+                Ok(TokenSigner::new(&secret))
+            })
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,35 +352,5 @@ mod tests {
             signer().verify(&t, 20_000 + VALID_DAYS + 1),
             Err(TokenError::Expired)
         );
-    }
-}
-
-/// The signer of this deployment, found once: `DKL_UNSUBSCRIBE_SECRET`, or
-/// the random secret kept in `dkl_secrets` (made by the first worker).
-pub struct TokenKey {
-    configured: Option<String>,
-    signer: tokio::sync::OnceCell<TokenSigner>,
-}
-
-impl TokenKey {
-    /// The key from `secret` (the configured one, if any).
-    pub fn new(secret: Option<String>) -> Self {
-        Self {
-            configured: secret,
-            signer: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// The signer, reading (or making) the stored secret on first use.
-    pub async fn signer(&self, pool: &sqlx::PgPool) -> Result<&TokenSigner, sqlx::Error> {
-        self.signer
-            .get_or_try_init(|| async {
-                let secret = match &self.configured {
-                    Some(s) => s.clone(),
-                    None => crate::store::newsletters::stored_unsubscribe_secret(pool).await?,
-                };
-                Ok(TokenSigner::new(&secret))
-            })
-            .await
     }
 }
