@@ -152,14 +152,18 @@ while [ "$(date +%s)" -lt "$end" ]; do
       "$BIN/dklctl" demo append --account info "$DATA_DIR/demo-bounce.eml" >/dev/null
     fi
   fi
-  if [ "$round" -eq 7 ]; then
+  if [ "$round" -eq 3 ]; then
     # Dewi walks on (the web application records steps); the next
     # recompute rebuilds only the boards her registration is on.
     psql "$DATABASE_URL" -q -c "UPDATE event_registrations r SET steps = steps + 9000 FROM participants p, events e WHERE p.id = r.participant_id AND e.id = r.event_id AND p.email = 'dewi@demo.dkl.test' AND e.name = 'De Koninklijke Loop (demo)'"
     "$BIN/dklctl" run-now leaderboard-recompute >/dev/null
   fi
-  # The 20-second session has expired by now; end it without waiting 15 minutes.
-  [ "$round" -eq 11 ] && "$BIN/dklctl" run-now session-expiry >/dev/null
+  # Once the 20-second session has expired, end it without waiting for
+  # the 15-minute schedule.
+  if [ -z "${EXPIRED_RUN:-}" ] && [ "$(psql "$DATABASE_URL" -qAt -c "SELECT count(*) FROM sessions WHERE access_token = 'demo-session-20s' AND is_active AND expires_at <= now()")" = 1 ]; then
+    "$BIN/dklctl" run-now session-expiry >/dev/null
+    EXPIRED_RUN=1
+  fi
   [ $((round % 5)) -eq 0 ] && "$BIN/dklctl" ping "nog een ping (ronde $round)" >/dev/null
   kill -0 "$WORKER" 2>/dev/null || { echo "dkl-worker exited; see .data/logs/worker.log" >&2; exit 1; }
   kill -0 "$SCHEDULER" 2>/dev/null || { echo "dkl-scheduler exited; see .data/logs/scheduler.log" >&2; exit 1; }
