@@ -25,6 +25,7 @@
 pub mod address;
 pub mod autoreply;
 pub mod bounce;
+pub mod dashboard;
 pub mod handlers;
 pub mod http;
 pub mod images;

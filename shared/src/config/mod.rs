@@ -9,6 +9,7 @@
 //! (`/healthz` and `/metrics`); `parse` reads single values. Mail, IMAP,
 //! newsletter, response and image settings have files of their own.
 
+mod dashboard;
 mod http;
 mod images;
 mod imap;
@@ -19,6 +20,7 @@ mod parse;
 mod responses;
 mod scheduler;
 
+pub use dashboard::DashboardConfig;
 pub use http::{DEFAULT_HTTP_ADDR, MonitorConfig};
 pub use images::{DEFAULT_CLOUDINARY_BASE_URL, ImagesConfig};
 pub use imap::{AfterImport, ImapAccount, ImapConfig};
@@ -81,6 +83,8 @@ pub struct Config {
     pub responses: ResponsesConfig,
     /// The image store (Cloudinary or compatible).
     pub images: ImagesConfig,
+    /// The operator dashboard's logins.
+    pub dashboard: DashboardConfig,
 }
 
 /// Every variable [`Config::from_lookup`] reads (`.env.example` documents each).
@@ -129,6 +133,9 @@ pub const VARIABLES: &[&str] = &[
     "DKL_IMAGE_UPLOAD_ACCOUNTS",
     "DKL_IMAGE_MAX_MB",
     "DKL_IMAGE_TIMEOUT_SECS",
+    "DKL_DASHBOARD_TOKEN",
+    "DKL_DASHBOARD_PASSWORD_HASH",
+    "DKL_DASHBOARD_SECURE_COOKIE",
     "DKL_SCHEDULER_POLL_MS",
     "DKL_SCHEDULER_LEADER_RETRY_MS",
     "DKL_SCHEDULER_LEADER_STALE_SECS",
@@ -182,6 +189,7 @@ impl Config {
             newsletter: NewsletterConfig::from_lookup(&get)?,
             responses: ResponsesConfig::from_lookup(&get)?,
             images: ImagesConfig::from_lookup(&get, &imap_names)?,
+            dashboard: DashboardConfig::from_lookup(&get)?,
             imap,
         })
     }
@@ -313,6 +321,7 @@ mod tests {
             include_str!("newsletter.rs"),
             include_str!("responses.rs"),
             include_str!("images.rs"),
+            include_str!("dashboard.rs"),
         ]
         .concat();
         for quoted in source.split('"').skip(1).step_by(2) {

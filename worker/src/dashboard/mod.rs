@@ -1,0 +1,3 @@
+//! The operator dashboard (work in progress): see docs/dashboard-plan.md.
+
+pub mod auth;
