@@ -57,7 +57,7 @@ impl DashboardConfig {
             return Err(ConfigError {
                 var: "DKL_DASHBOARD_PASSWORD_HASH",
                 value: "***".into(),
-                expected: "an argon2 hash in PHC form ($argon2id$v=19$m=…); make one with `dklctl dashboard hash-password`".into(),
+                expected: "an argon2 hash in PHC form ($argon2id$v=19$m=…); e.g. from the argon2 command-line tool".into(),
             });
         }
         let secure_cookie = match set("DKL_DASHBOARD_SECURE_COOKIE").as_deref() {
@@ -99,7 +99,7 @@ mod tests {
         let e = with(&[("DKL_DASHBOARD_TOKEN", "short-s3cr3t")]).unwrap_err();
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         let e = with(&[("DKL_DASHBOARD_PASSWORD_HASH", "plain-s3cr3t")]).unwrap_err();
-        assert!(e.expected.contains("hash-password") && !e.to_string().contains("s3cr3t"));
+        assert!(e.expected.contains("argon2 hash") && !e.to_string().contains("s3cr3t"));
         let ok = with(&[("DKL_DASHBOARD_TOKEN", &"t".repeat(40))]).unwrap();
         assert!(ok.enabled());
         assert!(!format!("{ok:?}").contains("tttt"));
