@@ -293,7 +293,13 @@ async fn cancelled_running_job_sees_the_signal(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn graceful_shutdown_releases_running_job_without_burning_an_attempt(pool: PgPool) {
     migrate(&pool).await;
-    let rt = start(&pool, pings(), fast_config()); // shutdown grace 1 s
+    // A grace long enough for the 300 ms job on a loaded machine (1 s was
+    // missed once under CI load), far shorter than the 60 s one.
+    let config = dkl_shared::config::JobsConfig {
+        shutdown_grace: Duration::from_secs(5),
+        ..fast_config()
+    };
+    let rt = start(&pool, pings(), config);
     let client = JobClient::new(pool.clone());
     let long = client
         .enqueue(
