@@ -43,10 +43,13 @@ impl Images {
         let store_client = self.store()?;
         let grace = match job.grace_secs {
             Some(s) => Duration::from_secs(s),
-            None => store::grace_from_rules(&self.pool)
-                .await
-                .map_err(JobError::retryable)?
-                .map_or(DEFAULT_GRACE, Duration::from_secs_f64),
+            None => crate::store::retention::enabled_age(
+                &self.pool,
+                crate::store::retention::Target::ImagesDeleted,
+            )
+            .await
+            .map_err(JobError::retryable)?
+            .map_or(DEFAULT_GRACE, Duration::from_secs_f64),
         };
         let cutoff =
             chrono::Utc::now() - chrono::Duration::from_std(grace).map_err(JobError::permanent)?;

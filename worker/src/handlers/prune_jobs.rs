@@ -28,7 +28,9 @@ pub fn register(
         let pool = pool.clone();
         async move {
             // The payload, else the retention rules, else the configuration.
-            let (rule_done, rule_discarded) = crate::store::retention::job_ages(&pool).await.map_err(JobError::retryable)?;
+            use crate::store::retention::{Target, enabled_age};
+            let rule_done = enabled_age(&pool, Target::JobsDone).await.map_err(JobError::retryable)?;
+            let rule_discarded = enabled_age(&pool, Target::JobsDiscarded).await.map_err(JobError::retryable)?;
             let done = job.done_after_secs.map(Duration::from_secs).or(rule_done.map(Duration::from_secs_f64)).unwrap_or(done_after);
             let discarded = job.discarded_after_secs.map(Duration::from_secs).or(rule_discarded.map(Duration::from_secs_f64)).unwrap_or(discarded_after);
             let abandoned = crate::store::verzonden_emails::mark_abandoned(&pool, ABANDONED_AFTER).await.map_err(JobError::retryable)?;

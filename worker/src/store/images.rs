@@ -194,18 +194,6 @@ pub async fn remove_destroyed(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Err
     )
 }
 
-/// The grace period of deleted images: the `uploaded_images` retention
-/// rule's age, when that rule is enabled.
-pub async fn grace_from_rules(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT extract(epoch FROM keep_for)::float8 FROM retention_rules
-          WHERE table_name = 'uploaded_images' AND condition = 'deleted' AND enabled
-          ORDER BY keep_for LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await
-}
-
 /// The image attachments of `emails` fetched from one of `accounts`, as
 /// (message, position) pairs without an upload yet.
 pub async fn image_attachments_to_upload(

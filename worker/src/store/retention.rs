@@ -70,6 +70,22 @@ impl Target {
         })
     }
 
+    /// The `(table_name, condition)` of `retention_targets` it stands for.
+    pub fn name(self) -> (&'static str, &'static str) {
+        let plan = self.plan();
+        let condition = match self {
+            Self::IncomingProcessed => "processed",
+            Self::RefreshTokensEnded => "revoked_or_expired",
+            Self::SessionsEnded => "ended",
+            Self::NotificationsRead => "read",
+            Self::ImagesDeleted => "deleted",
+            Self::JobsDone => "done",
+            Self::JobsDiscarded => "discarded",
+            Self::SendLog | Self::Bounces | Self::Complaints | Self::AutoReplyLog => "any",
+        };
+        (plan.table, condition)
+    }
+
     fn plan(self) -> Plan {
         let (table, age, filter) = match self {
             Self::IncomingProcessed => ("incoming_emails", "received_at", "processed"),
@@ -347,15 +363,17 @@ fn next_batch_size(size: i64, took: Duration, batching: Batching) -> i64 {
     }
 }
 
-/// The ages of finished and of discarded jobs from the enabled
-/// `apalis.jobs` rules, in seconds (None: no such enabled rule).
-pub async fn job_ages(pool: &PgPool) -> Result<(Option<f64>, Option<f64>), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT (SELECT min(extract(epoch FROM keep_for))::float8 FROM retention_rules
-                  WHERE table_name = 'apalis.jobs' AND condition = 'done' AND enabled),
-                (SELECT min(extract(epoch FROM keep_for))::float8 FROM retention_rules
-                  WHERE table_name = 'apalis.jobs' AND condition = 'discarded' AND enabled)",
+/// The age an enabled rule of `target` keeps rows for, in seconds (the
+/// shortest when several do); None when no enabled rule names it. The job
+/// engine's prune ages and the images' grace period are read this way.
+pub async fn enabled_age(pool: &PgPool, target: Target) -> Result<Option<f64>, sqlx::Error> {
+    let (table, condition) = target.name();
+    sqlx::query_scalar(
+        "SELECT min(extract(epoch FROM keep_for))::float8 FROM retention_rules
+          WHERE table_name = $1 AND condition = $2 AND enabled",
     )
+    .bind(table)
+    .bind(condition)
     .fetch_one(pool)
     .await
 }
@@ -430,6 +448,10 @@ mod tests {
             assert!(
                 Target::of(table, condition).is_some(),
                 "{table}/{condition} has no plan"
+            );
+            assert_eq!(
+                Target::of(table, condition).map(Target::name),
+                Some((table, condition))
             );
             n += 1;
         }
