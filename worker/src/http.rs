@@ -1,6 +1,8 @@
 //! The worker's HTTP listener: `/healthz` for supervisors and load balancers,
-//! `/metrics` for Prometheus. Read-only, no secrets, so no auth; bind it to
-//! loopback or a private network (`DKL_HTTP_ADDR`).
+//! `/metrics` for Prometheus (read-only, no secrets, so no auth; bind it to
+//! loopback or a private network with `DKL_HTTP_ADDR`), `/unsubscribe` for
+//! newsletter readers, and the operator dashboard under `/dashboard` (behind
+//! its own login; see [`crate::dashboard`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,11 +142,20 @@ async fn read_figures(pool: &PgPool) -> Result<Arc<DatabaseFigures>, String> {
     }
 }
 
+/// The pages served beside `/healthz` and `/metrics`.
+#[derive(Default)]
+pub struct Pages {
+    /// `/unsubscribe/{token}`.
+    pub unsubscribe: Option<Arc<crate::unsubscribe::Unsubscribe>>,
+    /// `/dashboard`.
+    pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+}
+
 /// Binds `addr` (failing fast if it is taken) and serves until `shutdown`.
 pub async fn bind(
     addr: SocketAddr,
     monitoring: Monitoring,
-    unsubscribe: Option<Arc<crate::unsubscribe::Unsubscribe>>,
+    pages: Pages,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -156,11 +167,17 @@ pub async fn bind(
             cache: Arc::default(),
             ping: Arc::default(),
         });
-    let app = match unsubscribe {
-        Some(pages) => app.merge(crate::unsubscribe::router(pages)),
+    let app = match pages.unsubscribe {
+        Some(state) => app.merge(crate::unsubscribe::router(state)),
         None => app,
     };
-    Ok((local, async move { axum::serve(listener, app).await }))
+    let app = match pages.dashboard {
+        Some(state) => app.merge(crate::dashboard::router(state)),
+        None => app,
+    };
+    // The dashboard slows failed logins down per client address.
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    Ok((local, async move { axum::serve(listener, service).await }))
 }
 
 /// Serves until the token is cancelled.

@@ -59,14 +59,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     config.newsletter.unsubscribe_secret.clone(),
                 ),
             });
-            let (bound, server) = http::bind(addr, monitoring, Some(unsubscribe))
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"
-                    )
-                })?;
+            let dashboard = dkl_worker::dashboard::Dashboard::new(
+                &config.dashboard,
+                db::dashboard_pool(&config),
+                runtime.stats(),
+                addr,
+            )
+            .map(std::sync::Arc::new);
+            let dashboard_on = dashboard.is_some();
+            let pages = http::Pages {
+                unsubscribe: Some(unsubscribe),
+                dashboard,
+            };
+            let (bound, server) = http::bind(addr, monitoring, pages).await.with_context(|| {
+                format!(
+                    "cannot listen on DKL_HTTP_ADDR={addr}; pick a free port or set it to `off`"
+                )
+            })?;
             tracing::info!(addr = %bound, public_base_url = %config.newsletter.public_base_url, "serving /healthz, /metrics and /unsubscribe");
+            if dashboard_on {
+                tracing::info!(url = %format!("http://{bound}/dashboard"), "serving the operator dashboard");
+            } else {
+                tracing::info!(
+                    "dashboard off: set DKL_DASHBOARD_TOKEN or DKL_DASHBOARD_PASSWORD_HASH to serve /dashboard"
+                );
+            }
             Some(tokio::spawn(http::serve_until(server, http_stop.clone())))
         }
         None => None,

@@ -359,7 +359,7 @@ async fn a_failing_rule_leaves_the_others_working(pool: PgPool) {
     );
     let error = error.unwrap();
     assert!(
-        error.contains("2 of 12 retention rules failed (the others ran)"),
+        error.contains("2 of 14 retention rules failed (the others ran)"),
         "{error}"
     );
     // The others ran.

@@ -1,7 +1,7 @@
 //! Jobs one by one: `ping`, `enqueue`, `cancel`, `retry`, `show`, `prune`.
 
 use chrono::{DateTime, Utc};
-use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId, RetryOutcome};
+use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId};
 use dkl_shared::kinds::{self, Ping, PruneJobs};
 
 /// Enqueues a diagnostic `ping` and prints its id.
@@ -64,12 +64,7 @@ pub async fn cancel(client: &JobClient, id: &str) -> anyhow::Result<()> {
 /// Runs a job again.
 pub async fn retry(client: &JobClient, id: &str) -> anyhow::Result<()> {
     let outcome = client.retry(&JobId(id.to_string())).await?;
-    let text = match outcome {
-        RetryOutcome::Requeued => "pending again, due now, attempts reset",
-        RetryOutcome::MadeDue => "was waiting; now due",
-        RetryOutcome::Running => "is running; nothing changed (cancel it first to stop it)",
-    };
-    println!("{id}: {text}");
+    println!("{id}: {}", outcome.describe());
     Ok(())
 }
 

@@ -219,6 +219,17 @@ pub enum CancelOutcome {
     AlreadyFinished,
 }
 
+impl CancelOutcome {
+    /// What happened, for an operator.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::CancelledBeforeStart => "cancelled; it will never start",
+            Self::Signalled => "running; its worker was told to stop",
+            Self::AlreadyFinished => "had already finished; nothing changed",
+        }
+    }
+}
+
 /// What a retry request found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOutcome {
@@ -229,6 +240,17 @@ pub enum RetryOutcome {
     MadeDue,
     /// The job is running; nothing changed.
     Running,
+}
+
+impl RetryOutcome {
+    /// What happened, for an operator.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::Requeued => "pending again, due now, attempts reset",
+            Self::MadeDue => "was waiting; now due",
+            Self::Running => "is running; nothing changed (cancel it first to stop it)",
+        }
+    }
 }
 
 /// Runs a job again: a finished one from scratch (attempts 0, cancel

@@ -1,6 +1,5 @@
 //! Who may use the dashboard: the admin token or the password (argon2), a
-//! session cookie, and failed logins slowed down per address. (Work in
-//! progress for the dashboard issue; not wired into the listener yet.)
+//! session cookie, and failed logins slowed down per address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -58,6 +57,17 @@ impl Logins {
 
 fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
+}
+
+/// The SHA-256 of a session id in hex: what `dashboard_sessions` keeps
+/// instead of the id itself.
+pub fn session_digest(session: &str) -> String {
+    digest(session).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// True when two secrets (CSRF tokens) are equal, compared in constant time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    bool::from(digest(a).ct_eq(&digest(b)))
 }
 
 /// A new random secret (session id, CSRF token): 244 random bits from the

@@ -3,10 +3,12 @@
 
 pub mod auto_responses;
 pub mod bounces;
+pub mod dashboard;
 pub mod email_templates;
 pub mod images;
 pub mod imap_cursors;
 pub mod incoming_emails;
+pub mod jobs;
 pub mod leaderboards;
 pub mod newsletters;
 pub mod retention;

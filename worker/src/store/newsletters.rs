@@ -555,20 +555,50 @@ pub struct Progress {
     pub eta_secs: Option<f64>,
 }
 
+// The select list of `newsletter_progress`, as a macro so statements stay
+// `&'static str` literals.
+macro_rules! progress_select {
+    () => {
+        "SELECT newsletter_id, title, status, scheduled_send_time, started_at, sent_at, total, pending, in_flight,
+                sent, failed, skipped, unknown, cancelled, per_second::float8 AS per_second,
+                extract(epoch FROM eta)::float8 AS eta_secs
+           FROM newsletter_progress"
+    };
+}
+
 /// Progress of `id`.
 pub async fn progress(
     executor: impl PgExecutor<'_>,
     id: Uuid,
 ) -> Result<Option<Progress>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT newsletter_id, title, status, scheduled_send_time, started_at, sent_at, total, pending, in_flight,
-                sent, failed, skipped, unknown, cancelled, per_second::float8 AS per_second,
-                extract(epoch FROM eta)::float8 AS eta_secs
-           FROM newsletter_progress WHERE newsletter_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(executor)
+    sqlx::query_as(concat!(progress_select!(), " WHERE newsletter_id = $1"))
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Progress of the newest `limit` newsletters (`active_only`: those
+/// scheduled, sending or paused), newest first.
+pub async fn progress_list(
+    executor: impl PgExecutor<'_>,
+    active_only: bool,
+    limit: i64,
+) -> Result<Vec<Progress>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        progress_select!(),
+        " WHERE NOT $1 OR status IN ('scheduled', 'sending', 'paused')
+          ORDER BY coalesce(started_at, scheduled_send_time) DESC NULLS FIRST, newsletter_id
+          LIMIT $2"
+    ))
+    .bind(active_only)
+    .bind(limit)
+    .fetch_all(executor)
     .await
+}
+
+/// Progress of the newsletters scheduled, sending or paused.
+pub async fn active_progress(executor: impl PgExecutor<'_>) -> Result<Vec<Progress>, sqlx::Error> {
+    progress_list(executor, true, 20).await
 }
 
 /// Deliveries by state of the newsletters not finished long ago (sending,

@@ -40,6 +40,10 @@ pub enum Target {
     JobsDone,
     /// discarded and cancelled jobs, by `done_at`.
     JobsDiscarded,
+    /// `dashboard_sessions` expired, by `expires_at`.
+    DashboardSessionsExpired,
+    /// `dashboard_audit`, by `at`.
+    DashboardAudit,
 }
 
 /// How a target's rows are found and deleted. `age` is an expression some
@@ -66,6 +70,8 @@ impl Target {
             ("auto_reply_log", "any") => Self::AutoReplyLog,
             ("apalis.jobs", "done") => Self::JobsDone,
             ("apalis.jobs", "discarded") => Self::JobsDiscarded,
+            ("dashboard_sessions", "expired") => Self::DashboardSessionsExpired,
+            ("dashboard_audit", "any") => Self::DashboardAudit,
             _ => return None,
         })
     }
@@ -81,7 +87,12 @@ impl Target {
             Self::ImagesDeleted => "deleted",
             Self::JobsDone => "done",
             Self::JobsDiscarded => "discarded",
-            Self::SendLog | Self::Bounces | Self::Complaints | Self::AutoReplyLog => "any",
+            Self::DashboardSessionsExpired => "expired",
+            Self::SendLog
+            | Self::Bounces
+            | Self::Complaints
+            | Self::AutoReplyLog
+            | Self::DashboardAudit => "any",
         };
         (plan.table, condition)
     }
@@ -99,6 +110,8 @@ impl Target {
             Self::AutoReplyLog => ("auto_reply_log", "replied_at", "true"),
             Self::JobsDone => ("apalis.jobs", "done_at", "status = 'Done'"),
             Self::JobsDiscarded => ("apalis.jobs", "done_at", "status = 'Killed'"),
+            Self::DashboardSessionsExpired => ("dashboard_sessions", "expires_at", "true"),
+            Self::DashboardAudit => ("dashboard_audit", "at", "true"),
         };
         Plan { table, age, filter }
     }
@@ -435,14 +448,22 @@ mod tests {
 
     #[test]
     fn every_seeded_target_has_a_plan() {
-        let migration = include_str!("../../../migrations/20261203000001_upkeep.sql");
-        let seeded = migration
-            .split("INSERT INTO retention_targets (table_name, condition, description) VALUES")
-            .nth(1)
-            .and_then(|s| s.split(';').next())
-            .unwrap();
+        let migrations = [
+            include_str!("../../../migrations/20261203000001_upkeep.sql"),
+            include_str!("../../../migrations/20261204000001_dashboard.sql"),
+        ];
+        let seeded = migrations.iter().map(|migration| {
+            migration
+                .split("INSERT INTO retention_targets (table_name, condition, description) VALUES")
+                .nth(1)
+                .and_then(|s| s.split(';').next())
+                .unwrap()
+        });
         let mut n = 0;
-        for line in seeded.lines().filter(|l| l.trim_start().starts_with("('")) {
+        for line in seeded
+            .flat_map(str::lines)
+            .filter(|l| l.trim_start().starts_with("('"))
+        {
             let fields: Vec<&str> = line.split('\'').collect();
             let (table, condition) = (fields[1], fields[3]);
             assert!(
@@ -455,7 +476,7 @@ mod tests {
             );
             n += 1;
         }
-        assert_eq!(n, 11);
+        assert_eq!(n, 13);
     }
 
     #[test]

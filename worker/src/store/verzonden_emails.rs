@@ -217,6 +217,8 @@ pub async fn mark_abandoned(
 /// A row of the send log, as `dklctl mail log` shows it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LogRow {
+    /// The row's id.
+    pub id: Uuid,
     /// When recorded (or sent).
     pub sent_at: chrono::DateTime<chrono::Utc>,
     /// Status.
@@ -255,7 +257,7 @@ pub struct LogFilter {
 /// The send log, newest first.
 pub async fn log(executor: impl PgExecutor<'_>, f: &LogFilter) -> Result<Vec<LogRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT sent_at, status, recipient_email, subject, template_name, mail_kind, smtp_config, smtp_code,
+        "SELECT id, sent_at, status, recipient_email, subject, template_name, mail_kind, smtp_config, smtp_code,
                 retry_count, error_message
            FROM verzonden_emails
           WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR lower(recipient_email) = lower($2))
@@ -267,6 +269,56 @@ pub async fn log(executor: impl PgExecutor<'_>, f: &LogFilter) -> Result<Vec<Log
     .bind(&f.to)
     .bind(f.since)
     .bind(f.limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// A page of the send log, newest first, from below `before` (the last row
+/// of the previous page): keyset pages over the `(sent_at, id)` index.
+/// `failures_only`: failed, bounced and unknown rows (their own index).
+pub async fn log_page(
+    executor: impl PgExecutor<'_>,
+    failures_only: bool,
+    before: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<LogRow>, sqlx::Error> {
+    let (before_at, before_id) = before.unzip();
+    let sql = if failures_only {
+        "SELECT id, sent_at, status, recipient_email, subject, template_name, mail_kind, smtp_config, smtp_code,
+                retry_count, error_message
+           FROM verzonden_emails
+          WHERE status IN ('failed', 'bounced', 'unknown')
+            AND ($1::timestamptz IS NULL OR (sent_at, id) < ($1, $2))
+          ORDER BY sent_at DESC, id DESC LIMIT $3"
+    } else {
+        "SELECT id, sent_at, status, recipient_email, subject, template_name, mail_kind, smtp_config, smtp_code,
+                retry_count, error_message
+           FROM verzonden_emails
+          WHERE ($1::timestamptz IS NULL OR (sent_at, id) < ($1, $2))
+          ORDER BY sent_at DESC, id DESC LIMIT $3"
+    };
+    sqlx::query_as(sql)
+        .bind(before_at)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(executor)
+        .await
+}
+
+/// Messages accepted per minute over the last `minutes` (minutes with none
+/// absent), as `(minutes ago, count)`.
+pub async fn sent_per_minute(
+    executor: impl PgExecutor<'_>,
+    minutes: i32,
+) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (extract(epoch FROM date_trunc('minute', now()) - date_trunc('minute', sent_at)) / 60)::int,
+                count(*)
+           FROM verzonden_emails
+          WHERE sent_at >= date_trunc('minute', now()) - make_interval(mins => $1 - 1) AND status = 'sent'
+          GROUP BY 1",
+    )
+    .bind(minutes)
     .fetch_all(executor)
     .await
 }

@@ -1,0 +1,149 @@
+//! Logging in and out.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use crate::dashboard::web::{self, App, ClientIp, PageError};
+use crate::dashboard::{SESSION_LASTS, auth};
+use crate::store::dashboard::{self as store, Outcome};
+
+#[derive(Template)]
+#[template(path = "dashboard/login.html")]
+struct LoginPage {
+    error: Option<String>,
+}
+
+/// The login form (the overview when already logged in).
+pub async fn form(State(app): State<App>, headers: HeaderMap) -> Result<Response, PageError> {
+    if web::operator(&app, &headers).await?.is_some() {
+        return Ok(Redirect::to("/dashboard").into_response());
+    }
+    web::render(&LoginPage { error: None })
+}
+
+/// What the login form sends.
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// Checks the secret; opens a session or answers 401. Each failed try from
+/// an address makes its next try wait longer (up to 8 s).
+pub async fn login(
+    State(app): State<App>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, PageError> {
+    let actor = actor_name(&form.name);
+    if !web::same_origin(&headers) {
+        web::record(
+            &app,
+            &actor,
+            "login",
+            None,
+            Outcome::Refused,
+            "cross-site login form",
+            ip,
+        )
+        .await;
+        return Ok((
+            StatusCode::FORBIDDEN,
+            Html(web::plain_page(
+                "Refused",
+                "The login came from another site.",
+            )),
+        )
+            .into_response());
+    }
+    let wait = app.throttle.delay(ip.0);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let accepted = app.logins.accepts(&form.secret).await;
+    app.throttle.record(ip.0, accepted);
+    if !accepted {
+        let next = app.throttle.delay(ip.0);
+        web::record(
+            &app,
+            &actor,
+            "login",
+            None,
+            Outcome::Refused,
+            "wrong token or password",
+            ip,
+        )
+        .await;
+        let page = LoginPage {
+            error: Some(format!(
+                "Wrong token or password. The next try from this address waits {:.1} s.",
+                next.as_secs_f64()
+            )),
+        };
+        return Ok((StatusCode::UNAUTHORIZED, Html(page.render()?)).into_response());
+    }
+    let session = auth::new_secret();
+    let csrf = auth::new_secret();
+    store::create_session(
+        &app.pool,
+        &auth::session_digest(&session),
+        &actor,
+        &csrf,
+        Some(ip.0),
+        SESSION_LASTS,
+    )
+    .await?;
+    web::record(&app, &actor, "login", None, Outcome::Ok, "logged in", ip).await;
+    let cookie = auth::session_cookie(Some(&session), app.secure_cookie, SESSION_LASTS);
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/dashboard")).into_response())
+}
+
+/// Ends the session.
+pub async fn logout(
+    State(app): State<App>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, PageError> {
+    let op = match web::authorize(&app, &headers, ip, &form, "logout", "session").await {
+        Ok(op) => op,
+        Err(refused) => return Ok(refused),
+    };
+    store::end_session(&app.pool, &op.session).await?;
+    web::record(
+        &app,
+        &op.actor,
+        "logout",
+        None,
+        Outcome::Ok,
+        "logged out",
+        ip,
+    )
+    .await;
+    let cookie = auth::session_cookie(None, app.secure_cookie, SESSION_LASTS);
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Redirect::to("/dashboard/login"),
+    )
+        .into_response())
+}
+
+/// The name given at login, as the audit trail shows it.
+fn actor_name(given: &str) -> String {
+    let name: String = given.chars().filter(|c| !c.is_control()).take(64).collect();
+    let name = name.trim();
+    if name.is_empty() {
+        "admin".into()
+    } else {
+        name.into()
+    }
+}
