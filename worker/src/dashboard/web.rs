@@ -274,7 +274,7 @@ pub fn plain_page(title: &str, message: &str) -> String {
 }
 
 /// Headers on every dashboard answer: no script, no framing by others, no
-/// caching of pages that show mail, no referrer leaking ids.
+/// caching of pages that show mail, no referrer leaking ids to other sites.
 pub async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     let set = |headers: &mut HeaderMap, name: &'static str, value: &'static str| {
@@ -288,7 +288,9 @@ pub async fn security_headers(mut response: Response) -> Response {
     );
     set(headers, "x-content-type-options", "nosniff");
     set(headers, "x-frame-options", "SAMEORIGIN");
-    set(headers, "referrer-policy", "no-referrer");
+    // Not `no-referrer`: with it browsers send `Origin: null` on our own form
+    // posts, and the origin check refuses them.
+    set(headers, "referrer-policy", "same-origin");
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, "cache-control", "no-store");
     }
