@@ -460,6 +460,9 @@ enum BenchCommand {
     /// Leaderboard recompute of 1M registrations and retention of 1M rows,
     /// beside one plain statement each (in a database of its own).
     Upkeep(commands::bench_upkeep::UpkeepBenchArgs),
+    /// Every dashboard page's p50/p95 with 1M finished jobs and 1M send-log
+    /// rows (in a database of its own).
+    Dashboard(commands::bench_dashboard::DashboardBenchArgs),
 }
 
 #[tokio::main]
@@ -475,6 +478,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     } = command
     {
         return commands::bench_upkeep::run(&config.database_url, args).await;
+    }
+    if let Command::Bench {
+        what: BenchCommand::Dashboard(args),
+    } = command
+    {
+        return commands::bench_dashboard::run(&config.database_url, args).await;
     }
     let pool = db::connect(&config).await?;
     if !matches!(command, Command::Migrate) {
@@ -688,6 +697,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Upkeep(_),
         } => anyhow::bail!("bench upkeep makes its own database and runs before connecting"),
+        Command::Bench {
+            what: BenchCommand::Dashboard(_),
+        } => anyhow::bail!("bench dashboard makes its own database and runs before connecting"),
         Command::Newsletter { what } => run_newsletter(&pool, &config, what).await?,
         Command::Retention { dry_run, json } => {
             commands::retention::show(&pool, dry_run, json).await?

@@ -748,3 +748,58 @@ async fn lists_page_by_keyset_and_the_send_log_shows_failures_first(pool: PgPool
     let overview = served.get(&s.cookie, "/dashboard").await.1;
     assert!(overview.contains("<svg class=\"chart\""), "{overview}");
 }
+
+#[sqlx::test(migrations = false)]
+async fn each_state_filter_lists_exactly_the_jobs_job_status_gives_that_state(pool: PgPool) {
+    migrate(&pool).await;
+    let client = JobClient::new(pool.clone());
+    let ids = client
+        .enqueue_many(&(0..14).map(|_| Ping::default()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // Two jobs in each state, written as the engine writes them.
+    let states = [
+        "run_at = now() - interval '1 minute'",
+        "run_at = now() + interval '1 hour'",
+        "run_at = now() + interval '1 hour', attempts = 2",
+        "status = 'Running', attempts = 1, lock_at = now()",
+        "status = 'Done', attempts = 1, done_at = now()",
+        "status = 'Killed', attempts = 5, done_at = now(), last_error = 'kapot'",
+        "status = 'Killed', done_at = now(), cancelled_at = now()",
+    ];
+    for (i, set) in states.iter().enumerate() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE apalis.jobs SET {set} WHERE id = ANY($1)"
+        )))
+        .bind(vec![ids[2 * i].0.clone(), ids[2 * i + 1].0.clone()])
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    for state in dkl_shared::monitor::STATES {
+        let want: Vec<String> = sqlx::query_scalar(
+            "SELECT job_id FROM job_status WHERE state = $1 ORDER BY job_id DESC",
+        )
+        .bind(state)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let query = dkl_worker::store::jobs::JobQuery {
+            state: Some(state.to_string()),
+            kind: Some("ping".into()),
+            limit: 50,
+            ..Default::default()
+        };
+        let got: Vec<String> = dkl_worker::store::jobs::page(&pool, &query)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| {
+                assert_eq!(j.state, *state);
+                j.job_id
+            })
+            .collect();
+        assert_eq!(got.len(), 2, "{state}");
+        assert_eq!(got, want, "{state}");
+    }
+}

@@ -20,9 +20,12 @@
 use std::time::Instant;
 
 use anyhow::Context;
+
 use dkl_worker::store::leaderboards::{self, Also};
 use dkl_worker::store::retention::{self, Batching};
 use sqlx::PgPool;
+
+use super::scratch_db::ScratchDb;
 
 /// Options of `dklctl bench upkeep`.
 #[derive(clap::Args, Debug)]
@@ -65,7 +68,7 @@ pub async fn run(database_url: &str, args: UpkeepBenchArgs) -> anyhow::Result<()
         args.registrations >= 1_000 && args.expired_rows >= 1_000,
         "--registrations and --expired-rows must be at least 1000"
     );
-    let scratch = ScratchDb::create(database_url).await?;
+    let scratch = ScratchDb::create(database_url, "upkeep").await?;
     let outcome = measure(&scratch.pool, &args).await;
     scratch.drop().await;
     let report = outcome?;
@@ -321,45 +324,4 @@ fn print_table(r: &Report) {
         "ratio (target ≤ 2)                                  {:.2}",
         r.retention_ratio
     );
-}
-
-/// A database of the benchmark's own, on the server of `url`.
-struct ScratchDb {
-    admin: PgPool,
-    pool: PgPool,
-    name: String,
-}
-
-impl ScratchDb {
-    async fn create(url: &str) -> anyhow::Result<Self> {
-        let (server, _) = url
-            .split('?')
-            .next()
-            .and_then(|u| u.rsplit_once('/'))
-            .context("DATABASE_URL has no database part")?;
-        let admin = dkl_shared::db::connect_url(&format!("{server}/postgres"), 2)
-            .await
-            .context("connect to the server's `postgres` database to create the benchmark's own")?;
-        let name = format!("dkl_bench_upkeep_{}", std::process::id());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .with_context(|| format!("create database {name}"))?;
-        let pool = dkl_shared::db::connect_url(&format!("{server}/{name}"), 8).await?;
-        dkl_shared::db::migrate(&pool).await?;
-        Ok(Self { admin, pool, name })
-    }
-
-    async fn drop(self) {
-        self.pool.close().await;
-        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await;
-        if let Err(e) = dropped {
-            eprintln!("could not drop the benchmark database {}: {e}", self.name);
-        }
-    }
 }

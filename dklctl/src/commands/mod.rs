@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod bench;
+pub mod bench_dashboard;
 pub mod bench_ingest;
 pub mod bench_newsletter;
 pub mod bench_schedule;
@@ -17,6 +18,7 @@ pub mod mail;
 pub mod newsletter;
 pub mod retention;
 pub mod schedules;
+pub mod scratch_db;
 pub mod status;
 pub mod templates;
 
