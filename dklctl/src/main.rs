@@ -237,6 +237,18 @@ enum Command {
         #[command(subcommand)]
         what: Option<LeaderboardCommand>,
     },
+    /// The operator dashboard (served by dkl-worker under /dashboard).
+    Dashboard {
+        #[command(subcommand)]
+        what: DashboardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DashboardCommand {
+    /// Read a password from stdin and print its argon2id hash, for
+    /// DKL_DASHBOARD_PASSWORD_HASH (the password itself is never stored).
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -485,6 +497,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     {
         return commands::bench_dashboard::run(&config.database_url, args).await;
     }
+    // Needs no database.
+    if let Command::Dashboard {
+        what: DashboardCommand::HashPassword,
+    } = command
+    {
+        return commands::dashboard::hash_password();
+    }
     let pool = db::connect(&config).await?;
     if !matches!(command, Command::Migrate) {
         db::ensure_migrated(&pool).await?;
@@ -711,6 +730,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             what: Some(LeaderboardCommand::List { json }),
         } => commands::leaderboard::list(&pool, json).await?,
         Command::Leaderboard { what: None } => commands::leaderboard::list(&pool, false).await?,
+        Command::Dashboard {
+            what: DashboardCommand::HashPassword,
+        } => anyhow::bail!("dashboard hash-password runs before connecting"),
     }
     Ok(())
 }

@@ -1014,3 +1014,67 @@ async fn retention_and_leaderboard_commands(pool: PgPool) {
     let zero = dklctl(&url, &["leaderboard", "show", "all", "--top", "0"]);
     assert!(!zero.status.success());
 }
+
+#[sqlx::test(migrations = false)]
+async fn dashboard_hash_password_and_bench(pool: PgPool) {
+    use std::io::Write;
+    let url = dkl_tests::url_of(&pool).await;
+    let hash_of = |password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dklctl"))
+            .args(["dashboard", "hash-password"])
+            .env("DATABASE_URL", &url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = hash_of("wandelen voor het goede doel");
+    let hash = stdout(&out);
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("wandelen"));
+    let config = dkl_shared::config::DashboardConfig {
+        token: None,
+        password_hash: Some(hash),
+        secure_cookie: None,
+    };
+    let logins = dkl_worker::dashboard::auth::Logins::new(&config);
+    assert!(logins.accepts("wandelen voor het goede doel").await);
+    assert!(!logins.accepts("wandelen").await);
+    let short = hash_of("kort");
+    assert!(!short.status.success());
+    assert!(stderr(&short).contains("at least 12 characters"));
+
+    let out = dklctl(
+        &url,
+        &[
+            "bench",
+            "dashboard",
+            "--jobs",
+            "2000",
+            "--send-log",
+            "2000",
+            "--samples",
+            "5",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let pages = report["page_p95_ms"].as_object().unwrap();
+    assert_eq!(pages.len(), 21, "{report}");
+    let worst = pages
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(report["worst_page_p95_ms"].as_f64().unwrap(), worst);
+    assert!(report["ceiling_static_p95_ms"].as_f64().unwrap() > 0.0);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'dkl_bench_dashboard_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the benchmark drops its database");
+}

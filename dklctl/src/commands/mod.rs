@@ -9,6 +9,7 @@ pub mod bench_schedule;
 pub mod bench_send;
 pub mod bench_upkeep;
 pub mod bounces;
+pub mod dashboard;
 pub mod database;
 pub mod demo;
 pub mod inbox;

@@ -57,7 +57,7 @@ impl DashboardConfig {
             return Err(ConfigError {
                 var: "DKL_DASHBOARD_PASSWORD_HASH",
                 value: "***".into(),
-                expected: "an argon2 hash in PHC form ($argon2id$v=19$m=…); e.g. from the argon2 command-line tool".into(),
+                expected: "an argon2 hash in PHC form ($argon2id$v=19$m=…), e.g. from `dklctl dashboard hash-password`".into(),
             });
         }
         let secure_cookie = match set("DKL_DASHBOARD_SECURE_COOKIE").as_deref() {

@@ -59,6 +59,15 @@ fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
+/// An argon2id hash of `password` in PHC form, with a random salt and the
+/// crate's default cost: what `DKL_DASHBOARD_PASSWORD_HASH` holds.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::PasswordHasher;
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes())?
+        .to_string())
+}
+
 /// The SHA-256 of a session id in hex: what `dashboard_sessions` keeps
 /// instead of the id itself.
 pub fn session_digest(session: &str) -> String {
