@@ -16,14 +16,16 @@ CREATE TABLE dashboard_sessions (
 CREATE INDEX dashboard_sessions_expires ON dashboard_sessions (expires_at);
 
 -- What was done through the dashboard: every login (also refused ones) and
--- every action, with who, what, on which row, and how it ended.
+-- every action, with who, what, on which row, and how it ended. An action's
+-- row is written `started` before the action runs (no row, no action) and
+-- set to its outcome after; one left `started` ended without an answer.
 CREATE TABLE dashboard_audit (
     id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     actor   TEXT NOT NULL,
     action  TEXT NOT NULL,
     target  TEXT,
-    outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'refused', 'failed')),
+    outcome TEXT NOT NULL CHECK (outcome IN ('started', 'ok', 'refused', 'failed')),
     details JSONB NOT NULL DEFAULT '{}'::jsonb,
     ip      INET
 );

@@ -57,6 +57,10 @@ export DKL_IMAP_INSCHRIJVING_HOST=127.0.0.1 DKL_IMAP_INSCHRIJVING_PORT="$IMAP_PO
 export DKL_IMAP_INSCHRIJVING_USER=inschrijving@demo.dkl.test DKL_IMAP_INSCHRIJVING_PASSWORD=inschrijving-demo
 "$BIN/dklctl" accounts check
 
+# The operator dashboard: a fresh admin token per demo (yours if set).
+export DKL_DASHBOARD_TOKEN="${DKL_DASHBOARD_TOKEN:-demo-$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')}"
+DASHBOARD_URL="http://${DKL_HTTP_ADDR:-127.0.0.1:9464}/dashboard"
+printf '%s\n' "$DKL_DASHBOARD_TOKEN" >"$DATA_DIR/dashboard-token.txt"
 log "starting dkl-worker and dkl-scheduler (logs in .data/logs/)"
 DKL_RETRY_BASE_MS=1000 "$BIN/dkl-worker" >"$DATA_DIR/logs/worker.log" 2>&1 &
 WORKER=$!
@@ -73,6 +77,11 @@ stop() {
 trap stop EXIT
 trap 'exit 0' INT TERM
 
+for _ in $(seq 1 100); do
+  grep -q "serving the operator dashboard" "$DATA_DIR/logs/worker.log" 2>/dev/null && break
+  sleep 0.2
+done
+log "operator dashboard: $DASHBOARD_URL — log in with the token $DKL_DASHBOARD_TOKEN (also in .data/dashboard-token.txt)"
 log "enqueueing demo jobs"
 "$BIN/dklctl" ping "hallo van de demo" >/dev/null
 "$BIN/dklctl" ping --fail-attempts 2 "lukt pas bij de derde poging (backoff)" >/dev/null
@@ -170,6 +179,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
   printf '\033[2J\033[H'
   echo "dkl-mail-worker demo — $(date -u +%H:%M:%S) UTC — Ctrl-C to stop — logs: .data/logs/ — metrics: http://127.0.0.1:9464/metrics"
   echo "mail sent by the demo: open $MAIL_URL"
+  echo "dashboard: $DASHBOARD_URL — token: $DKL_DASHBOARD_TOKEN"
   echo
   "$BIN/dklctl" status --recent 12
   echo

@@ -54,7 +54,7 @@ async function reloadUntil(url, what, check, timeoutMs = 60_000) {
   }
 }
 
-test('a wrong token is refused with 401; the right one opens the overview', async () => {
+test('a wrong token is refused with 401; the right one opens the overview', { timeout: 120_000 }, async () => {
   const login = await page.goto(`${base}/dashboard`);
   assert.equal(new URL(page.url()).pathname, '/dashboard/login', 'sent to the login page');
   assert.equal(login.status(), 200);
@@ -83,7 +83,7 @@ test('a wrong token is refused with 401; the right one opens the overview', asyn
   await shot('overview');
 });
 
-test('a newsletter is paused and resumed mid-send, and goes out to everyone', async () => {
+test('a newsletter is paused and resumed mid-send, and goes out to everyone', { timeout: 120_000 }, async () => {
   const id = env('DKL_NEWSLETTER');
   const url = `${base}/dashboard/newsletters/${id}`;
   const row = () => page.locator(`tr[data-newsletter="${id}"]`);
@@ -114,7 +114,7 @@ test('a newsletter is paused and resumed mid-send, and goes out to everyone', as
   await shot('newsletters');
 });
 
-test('a failed job is seen, retried, and watched to the end', async () => {
+test('a failed job is seen, retried, and watched to the end', { timeout: 120_000 }, async () => {
   const id = env('DKL_FAILED_JOB');
   await page.goto(`${base}/dashboard/jobs?state=discarded`);
   const row = page.locator(`tr[data-job="${id}"]`);
@@ -134,7 +134,7 @@ test('a failed job is seen, retried, and watched to the end', async () => {
   await shot('mail-send-log');
 });
 
-test('a quarantined message opens with its reason', async () => {
+test('a quarantined message opens with its reason', { timeout: 120_000 }, async () => {
   const id = env('DKL_QUARANTINED');
   await page.goto(`${base}/dashboard/mail/inbox?quarantined=1`);
   await page.locator(`tr[data-message="${id}"] a`).click();
@@ -144,7 +144,7 @@ test('a quarantined message opens with its reason', async () => {
   await shot('message-quarantined');
 });
 
-test("a message's HTML with <script> cannot run in the page", async () => {
+test("a message's HTML with <script> cannot run in the page", { timeout: 120_000 }, async () => {
   const id = env('DKL_SCRIPT_MESSAGE');
   const dialogs = [];
   page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss().catch(() => {}); });
@@ -163,7 +163,7 @@ test("a message's HTML with <script> cannot run in the page", async () => {
   await shot('message-html');
 });
 
-test('actions without the CSRF token, without login, or from another site are refused', async () => {
+test('actions without the CSRF token, without login, or from another site are refused', { timeout: 120_000 }, async () => {
   const id = env('DKL_FAILED_JOB');
   const action = `${base}/dashboard/jobs/${id}/cancel`;
   // Logged in, but no token in the form.
@@ -179,10 +179,10 @@ test('actions without the CSRF token, without login, or from another site are re
   await page.goto(`${base}/dashboard`);
   const csrf = await page.getAttribute('input[name=csrf]', 'value');
   const evil = await context.newPage();
-  await evil.setContent(`<form method="post" action="${action}"><input name="csrf" value="${csrf}"></form>`);
+  await evil.setContent(`<form method="post" action="${action}"><input name="csrf" value="${csrf}"><button>go</button></form>`);
   const [response] = await Promise.all([
     evil.waitForResponse((r) => r.url() === action),
-    evil.evaluate(() => document.forms[0].submit()),
+    evil.click('button'),
   ]);
   assert.ok([401, 403].includes(response.status()), `refused (${response.status()})`);
   await evil.close();
@@ -190,11 +190,13 @@ test('actions without the CSRF token, without login, or from another site are re
   const get = await context.request.get(action);
   assert.equal(get.status(), 405);
   await page.goto(`${base}/dashboard/audit`);
-  assert.ok(await page.locator('#audit .state.refused').count() >= 3, 'refusals are audited');
+  // The refused login and the post without a token; requests without a
+  // session are only logged (anyone could fill the table with them).
+  assert.ok(await page.locator('#audit .state.refused').count() >= 2, 'refusals are audited');
   await shot('audit');
 });
 
-test('screenshots of the main pages, also on a phone', async () => {
+test('screenshots of the main pages, also on a phone', { timeout: 120_000 }, async () => {
   for (const [name, path] of [
     ['schedules', '/dashboard/schedules'],
     ['jobs', '/dashboard/jobs'],

@@ -304,7 +304,7 @@ async fn a_wrong_secret_gets_401_and_each_retry_from_that_address_waits_longer(p
     assert!(
         lines
             .iter()
-            .any(|(a, act, _, o)| a == "Beheerder" && act == "login" && o == "ok")
+            .any(|(a, act, _, o)| a == "Beheerder (password)" && act == "login" && o == "ok")
     );
 }
 
@@ -390,12 +390,12 @@ async fn actions_are_refused_without_login_csrf_token_or_same_origin_and_audited
     assert_eq!(
         of_job,
         vec![
-            ("anonymous", "refused"),
-            ("Tester", "refused"),
-            ("Tester", "refused"),
-            ("Tester", "refused"),
-            ("Tester", "ok"),
-        ]
+            ("Tester (token)", "refused"),
+            ("Tester (token)", "refused"),
+            ("Tester (token)", "refused"),
+            ("Tester (token)", "ok"),
+        ],
+        "refusals with a session are audited; without one only logged"
     );
 
     // Logging out ends the session for good.
@@ -448,6 +448,51 @@ async fn job_schedule_and_admin_row_buttons_do_what_they_say(pool: PgPool) {
         .await
         .1;
     assert!(cancelled.contains(&waiting.0) && !cancelled.contains(&run_me.0));
+
+    // A page can be old: what the job's state does not allow is refused
+    // by the server too, and said.
+    let notice = served
+        .act(&s, &format!("/dashboard/jobs/{}/run-now", waiting.0))
+        .await;
+    assert!(notice.contains("is cancelled"), "{notice}");
+    let (status, _) = served
+        .get(&s.cookie, "/dashboard/jobs/bad%0d%0aid/cancel")
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = served
+        .post(&s, "/dashboard/jobs/bad%0d%0aid/cancel", Some(&s.csrf))
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // A password-reset mail's job carries a live link: the page hides it.
+    let reset = JobClient::new(pool.clone())
+        .enqueue_raw(
+            "send_email",
+            "mail",
+            &serde_json::json!({
+                "to": "anna@example.org",
+                "template": "password_reset_email",
+                "variables": {"naam": "Anna", "reset_link": "https://dkl.example/reset?token=geheim-123", "geldig_tot": "morgen"}
+            }),
+            8,
+            EnqueueOptions::at(chrono::Utc::now() + chrono::Duration::hours(1)),
+        )
+        .await
+        .unwrap()
+        .id;
+    let page = served
+        .get(&s.cookie, &format!("/dashboard/jobs/{}", reset.0))
+        .await
+        .1;
+    assert!(
+        page.contains("password_reset_email") && page.contains("anna@example.org"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("geheim-123"),
+        "the reset link is shown: {page}"
+    );
+    assert!(page.contains("(hidden)"), "{page}");
 
     // Pause, resume and run a schedule.
     served

@@ -17,6 +17,29 @@ pub const COOKIE: &str = "dkl_dashboard";
 pub struct Logins {
     token_digest: Option<[u8; 32]>,
     password_hash: Option<String>,
+    /// One argon2 check at a time: each takes ~19 MiB and tens of
+    /// milliseconds on purpose, and a flood of wrong passwords must not
+    /// take the machine's memory.
+    argon2_slot: tokio::sync::Semaphore,
+}
+
+/// How someone logged in (kept in the audit trail beside the name given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginKind {
+    /// With `DKL_DASHBOARD_TOKEN`.
+    Token,
+    /// With the password of `DKL_DASHBOARD_PASSWORD_HASH`.
+    Password,
+}
+
+impl LoginKind {
+    /// `token` or `password`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Password => "password",
+        }
+    }
 }
 
 impl Logins {
@@ -25,23 +48,28 @@ impl Logins {
         Self {
             token_digest: config.token.as_deref().map(digest),
             password_hash: config.password_hash.clone(),
+            argon2_slot: tokio::sync::Semaphore::new(1),
         }
     }
 
-    /// True when `given` is the token or the password. Compared in constant
-    /// time (digests of equal length); the password check runs off the async
-    /// threads (argon2 takes tens of milliseconds on purpose).
+    /// True when `given` is the token or the password.
     pub async fn accepts(&self, given: &str) -> bool {
+        self.check(given).await.is_some()
+    }
+
+    /// Which secret `given` is, if any. Compared in constant time (digests
+    /// of equal length); the password check runs off the async threads,
+    /// one at a time.
+    pub async fn check(&self, given: &str) -> Option<LoginKind> {
         if let Some(expected) = &self.token_digest
             && bool::from(digest(given).ct_eq(expected))
         {
-            return true;
+            return Some(LoginKind::Token);
         }
-        let Some(hash) = self.password_hash.clone() else {
-            return false;
-        };
+        let hash = self.password_hash.clone()?;
+        let _slot = self.argon2_slot.acquire().await.ok()?;
         let given = given.to_string();
-        tokio::task::spawn_blocking(move || {
+        let ok = tokio::task::spawn_blocking(move || {
             argon2::password_hash::phc::PasswordHash::new(&hash)
                 .map(|parsed| {
                     argon2::Argon2::default()
@@ -51,7 +79,8 @@ impl Logins {
                 .unwrap_or(false)
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        ok.then_some(LoginKind::Password)
     }
 }
 
@@ -109,36 +138,122 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Failed logins per address: each failure doubles the wait before that
-/// address is answered again (from 250 ms, at most 8 s); a success clears it.
+/// Login attempts per address: each attempt not (yet) known to have
+/// succeeded doubles the wait before the next one from that address is
+/// checked (from 250 ms, at most 8 s); a success clears it. An attempt
+/// counts as failed from its start, so many sent at once wait in turn
+/// instead of all being checked at the first one's delay. IPv6 addresses
+/// count per /64 (one host usually has the whole prefix).
 #[derive(Default)]
 pub struct Throttle {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Per address: attempts not known to have succeeded, the last one's
+    /// start, and how many are being checked now.
+    attempts: Mutex<HashMap<IpAddr, Attempts>>,
+}
+
+#[derive(Clone, Copy)]
+struct Attempts {
+    failed: u32,
+    at: Instant,
+    in_flight: u32,
+}
+
+/// Attempts of one address checked at the same time; more get 429 at once.
+const THROTTLE_IN_FLIGHT: u32 = 2;
+
+/// One login attempt being checked; ends (in flight no more) when dropped.
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    key: IpAddr,
+    /// How long it waits before it is checked.
+    pub wait: Duration,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut attempts = self
+            .throttle
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = attempts.get_mut(&self.key) {
+            a.in_flight = a.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// Addresses remembered at most; past this, a new address waits the
+/// longest (an attack from that many addresses slows everyone down
+/// rather than growing the map).
+const THROTTLE_ADDRESSES: usize = 65_536;
+
+/// An hour without attempts forgets an address.
+const THROTTLE_MEMORY: Duration = Duration::from_secs(3600);
+
+fn wait_after(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => (Duration::from_millis(250) * 2u32.saturating_pow(n - 1)).min(Duration::from_secs(8)),
+    }
+}
+
+fn throttle_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+        v4 => v4,
+    }
 }
 
 impl Throttle {
-    /// How long `ip` must wait before its next attempt is checked.
-    pub fn delay(&self, ip: IpAddr) -> Duration {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get(&ip) {
-            Some((n, _)) => (Duration::from_millis(250) * 2u32.saturating_pow(n.saturating_sub(1)))
-                .min(Duration::from_secs(8)),
-            None => Duration::ZERO,
+    /// Starts an attempt from `ip`, or `None` when too many from it are
+    /// being checked already (answer 429 without checking).
+    pub fn attempt(&self, ip: IpAddr) -> Option<Attempt<'_>> {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        attempts.retain(|_, a| a.in_flight > 0 || a.at.elapsed() < THROTTLE_MEMORY);
+        let key = throttle_key(ip);
+        let wait = if !attempts.contains_key(&key) && attempts.len() >= THROTTLE_ADDRESSES {
+            Duration::from_secs(8)
+        } else {
+            let a = attempts.entry(key).or_insert(Attempts {
+                failed: 0,
+                at: Instant::now(),
+                in_flight: 0,
+            });
+            if a.in_flight >= THROTTLE_IN_FLIGHT {
+                return None;
+            }
+            let wait = wait_after(a.failed);
+            a.failed = a.failed.saturating_add(1);
+            a.at = Instant::now();
+            a.in_flight += 1;
+            wait
+        };
+        Some(Attempt {
+            throttle: self,
+            key,
+            wait,
+        })
+    }
+
+    /// The attempt succeeded: the address is no longer slowed down.
+    pub fn succeeded(&self, ip: IpAddr) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = attempts.get_mut(&throttle_key(ip)) {
+            a.failed = 0;
         }
     }
 
-    /// Records an attempt's outcome.
-    pub fn record(&self, ip: IpAddr, ok: bool) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget addresses quiet for an hour, so the map cannot grow for ever.
-        failures.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(3600));
-        if ok {
-            failures.remove(&ip);
-        } else {
-            let entry = failures.entry(ip).or_insert((0, Instant::now()));
-            entry.0 = entry.0.saturating_add(1);
-            entry.1 = Instant::now();
-        }
+    /// How long the next attempt from `ip` will wait.
+    pub fn next_wait(&self, ip: IpAddr) -> Duration {
+        let attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        wait_after(attempts.get(&throttle_key(ip)).map_or(0, |a| a.failed))
     }
 }
 
@@ -195,17 +310,40 @@ mod tests {
     }
 
     #[test]
-    fn failures_slow_an_address_down_until_it_succeeds() {
+    fn attempts_slow_an_address_down_until_one_succeeds() {
         let t = Throttle::default();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(t.delay(ip), Duration::ZERO);
-        t.record(ip, false);
-        assert_eq!(t.delay(ip), Duration::from_millis(250));
+        assert_eq!(t.attempt(ip).unwrap().wait, Duration::ZERO);
+        // Two at once wait in turn; a third is refused until one ends.
+        let second = t.attempt(ip).unwrap();
+        let third = t.attempt(ip).unwrap();
+        assert_eq!(second.wait, Duration::from_millis(250));
+        assert_eq!(third.wait, Duration::from_millis(500));
+        assert!(t.attempt(ip).is_none());
+        drop(second);
+        drop(third);
+        assert_eq!(t.next_wait(ip), Duration::from_secs(1));
         for _ in 0..10 {
-            t.record(ip, false);
+            t.attempt(ip);
         }
-        assert_eq!(t.delay(ip), Duration::from_secs(8));
-        t.record(ip, true);
-        assert_eq!(t.delay(ip), Duration::ZERO);
+        assert_eq!(t.next_wait(ip), Duration::from_secs(8));
+        assert_eq!(t.next_wait("127.0.0.2".parse().unwrap()), Duration::ZERO);
+        t.succeeded(ip);
+        assert_eq!(t.attempt(ip).unwrap().wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_once_per_64_prefix() {
+        let t = Throttle::default();
+        t.attempt("2001:db8:1:2::1".parse().unwrap());
+        t.attempt("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert_eq!(
+            t.next_wait("2001:db8:1:2::77".parse().unwrap()),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            t.next_wait("2001:db8:1:3::1".parse().unwrap()),
+            Duration::ZERO
+        );
     }
 }

@@ -101,9 +101,20 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
+/// An action that passed [`authorize`]: who asked, and the audit line
+/// written (`started`) before it runs.
+pub struct Authorized {
+    /// Who.
+    pub op: Operator,
+    audit_id: i64,
+    ip: ClientIp,
+}
+
 /// What an action may change: the operator, once the session, its CSRF
-/// token and the origin are checked. A refusal is audited and answered
-/// (401 without a session, 403 otherwise).
+/// token and the origin are checked, and once its audit line is written
+/// (no line, no action: 503). A refusal is answered with 401 (no session;
+/// logged, not audited, so anonymous requests cannot fill the table) or
+/// 403 (audited).
 pub async fn authorize(
     app: &Dashboard,
     headers: &HeaderMap,
@@ -111,7 +122,7 @@ pub async fn authorize(
     form: &HashMap<String, String>,
     action: &str,
     target: &str,
-) -> Result<Operator, Response> {
+) -> Result<Authorized, Response> {
     let refuse = async |actor: &str, status: StatusCode, why: &str| {
         record(app, actor, action, Some(target), Outcome::Refused, why, ip).await;
         (status, Html(plain_page("Refused", why))).into_response()
@@ -119,12 +130,11 @@ pub async fn authorize(
     let op = match operator(app, headers).await {
         Ok(Some(op)) => op,
         Ok(None) => {
-            return Err(refuse(
-                "anonymous",
-                StatusCode::UNAUTHORIZED,
-                "Not logged in: log in at /dashboard/login first.",
-            )
-            .await);
+            tracing::warn!(ip = %ip.0, action, target, "dashboard: action refused, not logged in");
+            let why = "Not logged in: log in at /dashboard/login first.";
+            return Err(
+                (StatusCode::UNAUTHORIZED, Html(plain_page("Refused", why))).into_response()
+            );
         }
         Err(e) => return Err(e.into_response()),
     };
@@ -147,17 +157,34 @@ pub async fn authorize(
         )
         .await);
     }
-    Ok(op)
+    let entry = AuditEntry {
+        actor: &op.actor,
+        action,
+        target: Some(target),
+        outcome: Outcome::Started,
+        details: serde_json::json!({}),
+        ip: Some(ip.0),
+    };
+    match store::audit(&app.pool, &entry).await {
+        Ok(audit_id) => Ok(Authorized { op, audit_id, ip }),
+        Err(e) => {
+            tracing::error!(error = %e, action, "dashboard: cannot write the audit trail; action not done");
+            let why =
+                "The audit trail cannot be written (database), so nothing was done; try again.";
+            Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                Html(plain_page("Not done", why)),
+            )
+                .into_response())
+        }
+    }
 }
 
-/// Audits an allowed action's outcome and sends the operator back to
-/// `back` with a notice saying what happened.
+/// Sets the action's audit line to its outcome and sends the operator back
+/// to `back` with a notice saying what happened.
 pub async fn finish(
     app: &Dashboard,
-    op: &Operator,
-    ip: ClientIp,
-    action: &str,
-    target: &str,
+    done: &Authorized,
     result: Result<String, String>,
     back: &str,
 ) -> Response {
@@ -165,7 +192,10 @@ pub async fn finish(
         Ok(m) => (Outcome::Ok, m),
         Err(m) => (Outcome::Failed, m),
     };
-    record(app, &op.actor, action, Some(target), outcome, &message, ip).await;
+    let details = serde_json::json!({ "message": message });
+    if let Err(e) = store::audit_outcome(&app.pool, done.audit_id, outcome, &details).await {
+        tracing::error!(error = %e, audit_id = done.audit_id, ip = %done.ip.0, "dashboard: cannot record an action's outcome (its audit line stays `started`)");
+    }
     let query = serde_urlencoded::to_string([("notice", message.as_str())]).unwrap_or_default();
     Redirect::to(&format!("{back}?{query}")).into_response()
 }

@@ -69,6 +69,8 @@ pub async fn end_session(
 /// How an audited request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Allowed and begun; set to its outcome when it ends.
+    Started,
     /// Done as asked.
     Ok,
     /// Not allowed (no login, wrong token, missing CSRF token).
@@ -81,6 +83,7 @@ impl Outcome {
     /// The value in the table.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::Started => "started",
             Self::Ok => "ok",
             Self::Refused => "refused",
             Self::Failed => "failed",
@@ -105,11 +108,11 @@ pub struct AuditEntry<'a> {
     pub ip: Option<IpAddr>,
 }
 
-/// Appends to the audit trail.
-pub async fn audit(executor: impl PgExecutor<'_>, e: &AuditEntry<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Appends to the audit trail; returns the line's id.
+pub async fn audit(executor: impl PgExecutor<'_>, e: &AuditEntry<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO dashboard_audit (actor, action, target, outcome, details, ip)
-         VALUES ($1, $2, $3, $4, $5, $6::inet)",
+         VALUES ($1, $2, $3, $4, $5, $6::inet) RETURNING id",
     )
     .bind(e.actor)
     .bind(e.action)
@@ -117,8 +120,23 @@ pub async fn audit(executor: impl PgExecutor<'_>, e: &AuditEntry<'_>) -> Result<
     .bind(e.outcome.as_str())
     .bind(&e.details)
     .bind(e.ip.map(|ip| ip.to_string()))
-    .execute(executor)
-    .await?;
+    .fetch_one(executor)
+    .await
+}
+
+/// Sets a `started` line's outcome once the action ended.
+pub async fn audit_outcome(
+    executor: impl PgExecutor<'_>,
+    id: i64,
+    outcome: Outcome,
+    details: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE dashboard_audit SET outcome = $2, details = $3 WHERE id = $1")
+        .bind(id)
+        .bind(outcome.as_str())
+        .bind(details)
+        .execute(executor)
+        .await?;
     Ok(())
 }
 

@@ -186,7 +186,7 @@ pub async fn page(
 /// Everything the job page shows beyond its `job_status` row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobExtras {
-    /// The payload, pretty-printed when it is JSON.
+    /// The payload as stored (JSON text).
     pub payload: String,
     /// Priority.
     pub priority: i32,
@@ -225,12 +225,7 @@ pub async fn job(
     .bind(id)
     .fetch_optional(executor)
     .await?;
-    Ok(row.map(|mut r| {
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&r.extras.payload) {
-            r.extras.payload = serde_json::to_string_pretty(&json).unwrap_or(r.extras.payload);
-        }
-        (r.status, r.extras)
-    }))
+    Ok(row.map(|r| (r.status, r.extras)))
 }
 
 /// The kinds and queues that have jobs, for the filter menus.

@@ -224,7 +224,7 @@ pub async fn show(
         facts,
         error,
         result,
-        payload: extras.payload,
+        payload: shown_payload(&extras.payload),
         can_retry: matches!(state.as_str(), "done" | "discarded" | "cancelled"),
         can_run_now: matches!(state.as_str(), "scheduled" | "retrying"),
         can_cancel: matches!(
@@ -232,6 +232,41 @@ pub async fn show(
             "pending" | "scheduled" | "retrying" | "running"
         ),
     })
+}
+
+/// Keys whose values the job page never shows: a password-reset mail's
+/// job carries a live reset link, and anyone who reads it can take the
+/// account over.
+const HIDDEN_KEYS: &[&str] = &[
+    "password", "secret", "token", "link", "url", "key", "auth", "code",
+];
+
+/// The payload, pretty-printed, with the values of secret-looking keys
+/// (at any depth) replaced.
+fn shown_payload(raw: &str) -> String {
+    fn mask(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    let key = key.to_ascii_lowercase();
+                    if HIDDEN_KEYS.iter().any(|h| key.contains(h)) && !v.is_null() {
+                        *v = serde_json::Value::String("•••• (hidden)".into());
+                    } else {
+                        mask(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(mask),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(mut json) => {
+            mask(&mut json);
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        }
+        Err(_) => format!("(not JSON: {} bytes, not shown)", raw.len()),
+    }
 }
 
 /// What may be done to a job.
@@ -255,6 +290,18 @@ impl Action {
         })
     }
 
+    /// Whether the action makes sense for a job in `state` (checked again
+    /// when it is posted: a page can be old). Retry is for jobs that did
+    /// not finish well; a done job is not run again from here (it may have
+    /// sent a mail), `dklctl retry` can.
+    fn allowed_in(self, state: &str) -> bool {
+        match self {
+            Self::Retry => matches!(state, "discarded" | "cancelled"),
+            Self::RunNow => matches!(state, "scheduled" | "retrying"),
+            Self::Cancel => matches!(state, "pending" | "scheduled" | "retrying" | "running"),
+        }
+    }
+
     fn audit_name(self) -> &'static str {
         match self {
             Self::Retry => "job.retry",
@@ -275,10 +322,31 @@ pub async fn act(
     let Some(action) = Action::parse(&action) else {
         return Err(PageError::NotFound(format!("no job action `{action}`")));
     };
-    let op = match web::authorize(&app, &headers, ip, &form, action.audit_name(), &id).await {
-        Ok(op) => op,
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(PageError::BadRequest(format!("`{id}` is not a job id")));
+    }
+    let done = match web::authorize(&app, &headers, ip, &form, action.audit_name(), &id).await {
+        Ok(done) => done,
         Err(refused) => return Ok(refused),
     };
+    let state = match jobs::job(&app.pool, &id).await {
+        Ok(found) => found.map(|(status, _)| status.state),
+        Err(e) => {
+            let result = Err(format!("Job {id} not read: {e}"));
+            return Ok(web::finish(&app, &done, result, &format!("/dashboard/jobs/{id}")).await);
+        }
+    };
+    let back = format!("/dashboard/jobs/{id}");
+    let Some(state) = state else {
+        return Ok(web::finish(&app, &done, Err(format!("No job {id}.")), "/dashboard/jobs").await);
+    };
+    if !action.allowed_in(&state) {
+        let result = Err(format!(
+            "Job {id} is {state}: {} is not for a job in that state.",
+            action.audit_name()
+        ));
+        return Ok(web::finish(&app, &done, result, &back).await);
+    }
     let client = JobClient::new(app.pool.clone());
     let job = JobId(id.clone());
     let result = match action {
@@ -293,6 +361,5 @@ pub async fn act(
             .map(|outcome| format!("Job {id}: {}.", outcome.describe()))
             .map_err(|e| format!("Job {id} not cancelled: {e}")),
     };
-    let back = format!("/dashboard/jobs/{id}");
-    Ok(web::finish(&app, &op, ip, action.audit_name(), &id, result, &back).await)
+    Ok(web::finish(&app, &done, result, &back).await)
 }

@@ -65,14 +65,23 @@ pub async fn login(
         )
             .into_response());
     }
-    let wait = app.throttle.delay(ip.0);
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
+    let Some(attempt) = app.throttle.attempt(ip.0) else {
+        tracing::warn!(ip = %ip.0, "dashboard: login refused, tries from this address are already being checked");
+        let why =
+            "Too many login tries at once from this address; wait for the first to be answered.";
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "8")],
+            Html(web::plain_page("Too many tries", why)),
+        )
+            .into_response());
+    };
+    if !attempt.wait.is_zero() {
+        tokio::time::sleep(attempt.wait).await;
     }
-    let accepted = app.logins.accepts(&form.secret).await;
-    app.throttle.record(ip.0, accepted);
-    if !accepted {
-        let next = app.throttle.delay(ip.0);
+    let Some(kind) = app.logins.check(&form.secret).await else {
+        let next = app.throttle.next_wait(ip.0);
+        tracing::warn!(ip = %ip.0, actor = %actor, "dashboard: login refused (wrong token or password)");
         web::record(
             &app,
             &actor,
@@ -90,7 +99,8 @@ pub async fn login(
             )),
         };
         return Ok((StatusCode::UNAUTHORIZED, Html(page.render()?)).into_response());
-    }
+    };
+    let actor = format!("{actor} ({})", kind.as_str());
     let session = auth::new_secret();
     let csrf = auth::new_secret();
     store::create_session(
@@ -102,6 +112,8 @@ pub async fn login(
         SESSION_LASTS,
     )
     .await?;
+    app.throttle.succeeded(ip.0);
+    tracing::info!(ip = %ip.0, actor = %actor, "dashboard: logged in");
     web::record(&app, &actor, "login", None, Outcome::Ok, "logged in", ip).await;
     let cookie = auth::session_cookie(Some(&session), app.secure_cookie, SESSION_LASTS);
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/dashboard")).into_response())
@@ -114,27 +126,21 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
-    let op = match web::authorize(&app, &headers, ip, &form, "logout", "session").await {
-        Ok(op) => op,
+    let done = match web::authorize(&app, &headers, ip, &form, "logout", "session").await {
+        Ok(done) => done,
         Err(refused) => return Ok(refused),
     };
-    store::end_session(&app.pool, &op.session).await?;
-    web::record(
-        &app,
-        &op.actor,
-        "logout",
-        None,
-        Outcome::Ok,
-        "logged out",
-        ip,
-    )
-    .await;
+    let result = store::end_session(&app.pool, &done.op.session)
+        .await
+        .map(|()| "Logged out.".to_string())
+        .map_err(|e| format!("Could not end the session: {e}"));
+    let ended = result.is_ok();
+    let back = web::finish(&app, &done, result, "/dashboard/login").await;
+    if !ended {
+        return Ok(back);
+    }
     let cookie = auth::session_cookie(None, app.secure_cookie, SESSION_LASTS);
-    Ok((
-        [(header::SET_COOKIE, cookie)],
-        Redirect::to("/dashboard/login"),
-    )
-        .into_response())
+    Ok(([(header::SET_COOKIE, cookie)], back).into_response())
 }
 
 /// The name given at login, as the audit trail shows it.

@@ -101,7 +101,8 @@ pub async fn list(
     Viewer(op): Viewer,
     Query(q): Query<NoticeQuery>,
 ) -> PageResult {
-    let rows = newsletters::progress_list(&app.pool, false, 50).await?;
+    // Each row counts its deliveries: the newest 20 only.
+    let rows = newsletters::progress_list(&app.pool, false, 20).await?;
     web::render(&ListPage {
         layout: Layout::new("Newsletters", "newsletters", &op, q.notice),
         progress: rows.into_iter().map(ProgressRow::from).collect(),
@@ -182,12 +183,21 @@ pub async fn act(
             "no newsletter action `{action}`"
         )));
     };
-    let op = match web::authorize(&app, &headers, ip, &form, action.audit_name(), &id).await {
-        Ok(op) => op,
+    let id = parse_id(&id)?;
+    let done = match web::authorize(
+        &app,
+        &headers,
+        ip,
+        &form,
+        action.audit_name(),
+        &id.to_string(),
+    )
+    .await
+    {
+        Ok(done) => done,
         Err(refused) => return Ok(refused),
     };
-    let id = parse_id(&id)?;
-    let (status, done) = match action {
+    let (status, what) = match action {
         Action::Pause => (
             NewsletterStatus::Paused,
             "paused; resume goes on where it stopped",
@@ -199,23 +209,14 @@ pub async fn act(
         ),
     };
     let result = match newsletters::set_status(&app.pool, id, status).await {
-        Ok(true) => Ok(format!("Newsletter {done}.")),
+        Ok(true) => Ok(format!("Newsletter {what}.")),
         Ok(false) => Err(format!("No newsletter {id}.")),
         // The table's trigger names what is not allowed (e.g. resuming a sent one).
         Err(sqlx::Error::Database(e)) => Err(format!("Not done: {}", e.message())),
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(format!("Not done: {e}")),
     };
     let back = format!("/dashboard/newsletters/{id}");
-    Ok(web::finish(
-        &app,
-        &op,
-        ip,
-        action.audit_name(),
-        &id.to_string(),
-        result,
-        &back,
-    )
-    .await)
+    Ok(web::finish(&app, &done, result, &back).await)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, PageError> {

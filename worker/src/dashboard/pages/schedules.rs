@@ -133,39 +133,31 @@ pub async fn act(
             "no schedule action `{action}`"
         )));
     };
-    let op = match web::authorize(&app, &headers, ip, &form, action.audit_name(), &name).await {
-        Ok(op) => op,
+    let done = match web::authorize(&app, &headers, ip, &form, action.audit_name(), &name).await {
+        Ok(done) => done,
         Err(refused) => return Ok(refused),
     };
     let result = match action {
         Action::Pause | Action::Resume => {
             let enabled = matches!(action, Action::Resume);
-            match store::set_enabled(&app.pool, &name, enabled).await? {
-                true if enabled => Ok(format!(
+            match store::set_enabled(&app.pool, &name, enabled).await {
+                Ok(true) if enabled => Ok(format!(
                     "Schedule {name} resumed; it ticks from its next time after now."
                 )),
-                true => Ok(format!("Schedule {name} paused.")),
-                false => Err(format!("No schedule named {name}.")),
+                Ok(true) => Ok(format!("Schedule {name} paused.")),
+                Ok(false) => Err(format!("No schedule named {name}.")),
+                Err(e) => Err(format!("Schedule {name} not changed: {e}")),
             }
         }
         Action::RunNow => {
-            let by = format!("{} (dashboard)", op.actor);
+            let by = format!("{} (dashboard)", done.op.actor);
             dkl_shared::schedules::run_now(&app.pool, &kinds::catalog(), &name, &by)
                 .await
                 .map(|job| format!("Schedule {name} enqueued job {job}."))
                 .map_err(|e| format!("Schedule {name} not run: {e}"))
         }
     };
-    Ok(web::finish(
-        &app,
-        &op,
-        ip,
-        action.audit_name(),
-        &name,
-        result,
-        "/dashboard/schedules",
-    )
-    .await)
+    Ok(web::finish(&app, &done, result, "/dashboard/schedules").await)
 }
 
 /// `POST /dashboard/scheduled-jobs/{id}/cancel`: a pending admin row.
@@ -177,20 +169,24 @@ pub async fn cancel_row(
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
     const ACTION: &str = "scheduled_job.cancel";
-    let op = match web::authorize(&app, &headers, ip, &form, ACTION, &id).await {
-        Ok(op) => op,
-        Err(refused) => return Ok(refused),
-    };
     let row_id: uuid::Uuid = id
         .parse()
         .map_err(|_| PageError::BadRequest(format!("`{id}` is not an admin row id (a UUID)")))?;
-    let mut conn = app.pool.acquire().await?;
-    let result = match store::cancel_scheduled_job(&mut conn, row_id).await? {
-        None => Err(format!("No admin row {id}.")),
-        Some(row) if row.status == ScheduledJobStatus::Cancelled => {
+    let done = match web::authorize(&app, &headers, ip, &form, ACTION, &id).await {
+        Ok(done) => done,
+        Err(refused) => return Ok(refused),
+    };
+    let cancelled = async {
+        let mut conn = app.pool.acquire().await?;
+        store::cancel_scheduled_job(&mut conn, row_id).await
+    };
+    let result = match cancelled.await {
+        Err(e) => Err(format!("Admin row {id} not cancelled: {e}")),
+        Ok(None) => Err(format!("No admin row {id}.")),
+        Ok(Some(row)) if row.status == ScheduledJobStatus::Cancelled => {
             Ok(format!("Admin row {id} cancelled; it will not run."))
         }
-        Some(row) => Err(match row.job_id {
+        Ok(Some(row)) => Err(match row.job_id {
             Some(job) => {
                 format!("Admin row {id} was already enqueued as job {job}; cancel the job instead.")
             }
@@ -200,6 +196,5 @@ pub async fn cancel_row(
             ),
         }),
     };
-    drop(conn);
-    Ok(web::finish(&app, &op, ip, ACTION, &id, result, "/dashboard/schedules").await)
+    Ok(web::finish(&app, &done, result, "/dashboard/schedules").await)
 }
