@@ -8,6 +8,9 @@ CREATE TABLE dashboard_sessions (
     id_sha256    TEXT PRIMARY KEY CHECK (id_sha256 ~ '^[0-9a-f]{64}$'),
     actor        TEXT NOT NULL,
     csrf_token   TEXT NOT NULL CHECK (length(csrf_token) >= 32),
+    -- A fingerprint of the secret it logged in with: a session whose secret
+    -- is no longer configured (a changed token or password) is over.
+    credential   TEXT NOT NULL,
     ip           INET,
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     last_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),

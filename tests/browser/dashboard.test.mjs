@@ -129,6 +129,7 @@ test('a failed job is seen, retried, and watched to the end', { timeout: 120_000
   assert.match(await page.textContent('.notice'), /pending again/);
   await reloadUntil(`${base}/dashboard/jobs/${id}`, 'the job to finish', async () =>
     (await page.textContent('#job-state')) === 'done');
+  assert.equal(await page.locator('button:has-text("Retry")').count(), 0, 'a done job is not rerun from here');
   await shot('job-done');
   await page.goto(`${base}/dashboard/mail`);
   await shot('mail-send-log');

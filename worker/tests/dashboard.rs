@@ -848,3 +848,39 @@ async fn each_state_filter_lists_exactly_the_jobs_job_status_gives_that_state(po
         assert_eq!(got, want, "{state}");
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_session_outlives_a_restart_but_not_a_changed_token(pool: PgPool) {
+    migrate(&pool).await;
+    let first = serve(&pool, token_config()).await;
+    let s = first.login().await;
+    // The same token after a restart: still logged in.
+    let again = serve(&pool, token_config()).await;
+    let (status, _) = again.get(&s.cookie, "/dashboard").await;
+    assert_eq!(status, StatusCode::OK);
+    // A new token (the old one leaked): every session of the old one is over.
+    let rotated = serve(
+        &pool,
+        DashboardConfig {
+            token: Some("another-token-after-rotation-0123456789".into()),
+            password_hash: None,
+            secure_cookie: None,
+        },
+    )
+    .await;
+    let r = rotated
+        .client
+        .get(rotated.url("/dashboard"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the old session is over");
+    // Unused for longer than the idle limit: over too.
+    sqlx::query("UPDATE dashboard_sessions SET last_seen_at = now() - interval '3 hours'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, _) = again.get(&s.cookie, "/dashboard").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "an idle session is over");
+}

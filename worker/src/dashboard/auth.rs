@@ -52,6 +52,29 @@ impl Logins {
         }
     }
 
+    /// Fingerprints of the configured secrets, one per [`LoginKind`] in
+    /// use: a session stores the one it logged in with and lasts only while
+    /// that secret is configured.
+    pub fn fingerprints(&self) -> Vec<String> {
+        [LoginKind::Token, LoginKind::Password]
+            .into_iter()
+            .filter_map(|k| self.fingerprint(k))
+            .collect()
+    }
+
+    /// The fingerprint of the secret of `kind`, if configured.
+    pub fn fingerprint(&self, kind: LoginKind) -> Option<String> {
+        let secret: Vec<u8> = match kind {
+            LoginKind::Token => self.token_digest?.to_vec(),
+            LoginKind::Password => self.password_hash.as_ref()?.as_bytes().to_vec(),
+        };
+        let mut h = Sha256::new();
+        h.update(kind.as_str().as_bytes());
+        h.update(b":");
+        h.update(&secret);
+        Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// True when `given` is the token or the password.
     pub async fn accepts(&self, given: &str) -> bool {
         self.check(given).await.is_some()

@@ -20,7 +20,8 @@
 //!   opens a session; its cookie is `HttpOnly`, `SameSite=Strict`, limited
 //!   to `/dashboard`, and `Secure` unless the listener is on loopback.
 //!   Wrong secrets get 401 and each further try from that address waits
-//!   longer ([`auth::Throttle`]).
+//!   longer ([`auth::Throttle`]). A session ends after 12 h, after 2 h
+//!   unused, or as soon as the secret it logged in with is changed.
 //! - Every action is a `POST` carrying the session's CSRF token, from a page
 //!   of the same origin (`Origin`/`Sec-Fetch-Site` checked); `GET` never
 //!   changes anything. Every login and action, allowed or not, is a row of
@@ -45,8 +46,11 @@ use dkl_shared::config::DashboardConfig;
 use dkl_shared::jobs::RuntimeStats;
 use sqlx::PgPool;
 
-/// How long a login lasts.
+/// How long a login lasts at most.
 pub const SESSION_LASTS: Duration = Duration::from_secs(12 * 3600);
+
+/// A login not used for this long is over.
+pub const SESSION_IDLE: Duration = Duration::from_secs(2 * 3600);
 
 /// What the dashboard needs.
 pub struct Dashboard {

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 
-use super::Dashboard;
 use super::auth;
+use super::{Dashboard, SESSION_IDLE};
 use crate::store::dashboard::{self as store, AuditEntry, Outcome};
 
 /// The state every handler gets.
@@ -59,13 +59,18 @@ pub async fn operator(app: &Dashboard, headers: &HeaderMap) -> Result<Option<Ope
         return Ok(None);
     };
     let session = auth::session_digest(id);
-    Ok(store::session(&app.pool, &session)
-        .await?
-        .map(|s| Operator {
-            actor: s.actor,
-            csrf_token: s.csrf_token,
-            session,
-        }))
+    let found = store::session(
+        &app.pool,
+        &session,
+        &app.logins.fingerprints(),
+        SESSION_IDLE,
+    )
+    .await?;
+    Ok(found.map(|s| Operator {
+        actor: s.actor,
+        csrf_token: s.csrf_token,
+        session,
+    }))
 }
 
 /// A page's viewer: logged in, or sent to the login page.

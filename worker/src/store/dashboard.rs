@@ -16,40 +16,63 @@ pub struct Session {
     pub csrf_token: String,
 }
 
+/// A session to record.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    /// SHA-256 (hex) of the session id.
+    pub id_sha256: &'a str,
+    /// Who logged in, and how.
+    pub actor: &'a str,
+    /// The session's CSRF token.
+    pub csrf_token: &'a str,
+    /// Which configured secret it logged in with (a fingerprint, see
+    /// `dashboard::auth::Logins::fingerprints`): when that secret changes,
+    /// the session ends.
+    pub credential: &'a str,
+    /// From where.
+    pub ip: Option<IpAddr>,
+    /// How long it lasts at most.
+    pub lasts: Duration,
+}
+
 /// Records a new session under the digest of its id.
 pub async fn create_session(
     executor: impl PgExecutor<'_>,
-    id_sha256: &str,
-    actor: &str,
-    csrf_token: &str,
-    ip: Option<IpAddr>,
-    lasts: Duration,
+    s: &NewSession<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO dashboard_sessions (id_sha256, actor, csrf_token, ip, expires_at)
-         VALUES ($1, $2, $3, $4::inet, now() + make_interval(secs => $5))",
+        "INSERT INTO dashboard_sessions (id_sha256, actor, csrf_token, credential, ip, expires_at)
+         VALUES ($1, $2, $3, $4, $5::inet, now() + make_interval(secs => $6))",
     )
-    .bind(id_sha256)
-    .bind(actor)
-    .bind(csrf_token)
-    .bind(ip.map(|ip| ip.to_string()))
-    .bind(lasts.as_secs_f64())
+    .bind(s.id_sha256)
+    .bind(s.actor)
+    .bind(s.csrf_token)
+    .bind(s.credential)
+    .bind(s.ip.map(|ip| ip.to_string()))
+    .bind(s.lasts.as_secs_f64())
     .execute(executor)
     .await?;
     Ok(())
 }
 
-/// The unexpired session with this digest, marked as seen now.
+/// The session with this digest, marked as seen now, if it has not
+/// expired, was used within `idle`, and logged in with one of the secrets
+/// configured now (`credentials`).
 pub async fn session(
     executor: impl PgExecutor<'_>,
     id_sha256: &str,
+    credentials: &[String],
+    idle: Duration,
 ) -> Result<Option<Session>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE dashboard_sessions SET last_seen_at = now()
-          WHERE id_sha256 = $1 AND expires_at > now()
+          WHERE id_sha256 = $1 AND expires_at > now() AND credential = ANY($2)
+            AND last_seen_at > now() - make_interval(secs => $3)
           RETURNING actor, csrf_token",
     )
     .bind(id_sha256)
+    .bind(credentials)
+    .bind(idle.as_secs_f64())
     .fetch_optional(executor)
     .await
 }

@@ -225,12 +225,9 @@ pub async fn show(
         error,
         result,
         payload: shown_payload(&extras.payload),
-        can_retry: matches!(state.as_str(), "done" | "discarded" | "cancelled"),
-        can_run_now: matches!(state.as_str(), "scheduled" | "retrying"),
-        can_cancel: matches!(
-            state.as_str(),
-            "pending" | "scheduled" | "retrying" | "running"
-        ),
+        can_retry: Action::Retry.allowed_in(&state),
+        can_run_now: Action::RunNow.allowed_in(&state),
+        can_cancel: Action::Cancel.allowed_in(&state),
     })
 }
 

@@ -103,15 +103,16 @@ pub async fn login(
     let actor = format!("{actor} ({})", kind.as_str());
     let session = auth::new_secret();
     let csrf = auth::new_secret();
-    store::create_session(
-        &app.pool,
-        &auth::session_digest(&session),
-        &actor,
-        &csrf,
-        Some(ip.0),
-        SESSION_LASTS,
-    )
-    .await?;
+    let credential = app.logins.fingerprint(kind).unwrap_or_default();
+    let new = store::NewSession {
+        id_sha256: &auth::session_digest(&session),
+        actor: &actor,
+        csrf_token: &csrf,
+        credential: &credential,
+        ip: Some(ip.0),
+        lasts: SESSION_LASTS,
+    };
+    store::create_session(&app.pool, &new).await?;
     app.throttle.succeeded(ip.0);
     tracing::info!(ip = %ip.0, actor = %actor, "dashboard: logged in");
     web::record(&app, &actor, "login", None, Outcome::Ok, "logged in", ip).await;

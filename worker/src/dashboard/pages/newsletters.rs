@@ -75,10 +75,9 @@ impl From<Progress> for ProgressRow {
             rate: format!("{:.1}/s", p.per_second),
             eta: p.eta_secs.map_or_else(|| "–".into(), web::duration),
             when,
-            can_pause: matches!(
-                status,
-                NewsletterStatus::Sending | NewsletterStatus::Scheduled
-            ),
+            // A scheduled one is cancelled, or unscheduled by an admin
+            // (`dklctl newsletter`); only one going out can pause.
+            can_pause: status == NewsletterStatus::Sending,
             can_resume: status == NewsletterStatus::Paused,
             can_cancel: matches!(
                 status,
