@@ -20,7 +20,11 @@ pub struct Logins {
     /// One argon2 check at a time: each takes ~19 MiB and tens of
     /// milliseconds on purpose, and a flood of wrong passwords must not
     /// take the machine's memory.
-    argon2_slot: tokio::sync::Semaphore,
+    argon2_slot: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Fingerprints of the configured secrets, made once (see
+    /// [`Logins::fingerprint`]).
+    token_fingerprint: Option<String>,
+    password_fingerprint: Option<String>,
 }
 
 /// How someone logged in (kept in the audit trail beside the name given).
@@ -48,7 +52,15 @@ impl Logins {
         Self {
             token_digest: config.token.as_deref().map(digest),
             password_hash: config.password_hash.clone(),
-            argon2_slot: tokio::sync::Semaphore::new(1),
+            argon2_slot: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            // The token's fingerprint is slow to make (argon2): a copy of
+            // the sessions table must not let anyone test token guesses
+            // fast. The password's is of its hash, already argon2.
+            token_fingerprint: config.token.as_deref().map(slow_fingerprint),
+            password_fingerprint: config
+                .password_hash
+                .as_deref()
+                .map(|h| hex(&Sha256::digest(format!("password:{h}").as_bytes()))),
         }
     }
 
@@ -64,15 +76,10 @@ impl Logins {
 
     /// The fingerprint of the secret of `kind`, if configured.
     pub fn fingerprint(&self, kind: LoginKind) -> Option<String> {
-        let secret: Vec<u8> = match kind {
-            LoginKind::Token => self.token_digest?.to_vec(),
-            LoginKind::Password => self.password_hash.as_ref()?.as_bytes().to_vec(),
-        };
-        let mut h = Sha256::new();
-        h.update(kind.as_str().as_bytes());
-        h.update(b":");
-        h.update(&secret);
-        Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        match kind {
+            LoginKind::Token => self.token_fingerprint.clone(),
+            LoginKind::Password => self.password_fingerprint.clone(),
+        }
     }
 
     /// True when `given` is the token or the password.
@@ -90,9 +97,12 @@ impl Logins {
             return Some(LoginKind::Token);
         }
         let hash = self.password_hash.clone()?;
-        let _slot = self.argon2_slot.acquire().await.ok()?;
+        // Owned and moved into the check: a client that hangs up does not
+        // free the slot while its check still runs.
+        let slot = self.argon2_slot.clone().acquire_owned().await.ok()?;
         let given = given.to_string();
         let ok = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             argon2::password_hash::phc::PasswordHash::new(&hash)
                 .map(|parsed| {
                     argon2::Argon2::default()
@@ -111,6 +121,26 @@ fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `token:` + argon2id of the token with a fixed salt: the same for every
+/// worker and restart, and as slow to guess from as a password hash.
+fn slow_fingerprint(token: &str) -> String {
+    let mut out = [0u8; 32];
+    match argon2::Argon2::default().hash_password_into(
+        token.as_bytes(),
+        b"dkl-dashboard-session",
+        &mut out,
+    ) {
+        Ok(()) => format!("token:{}", hex(&out)),
+        // Cannot happen with these lengths; a fingerprint nobody matches
+        // would only end sessions.
+        Err(_) => format!("token:{}", hex(&digest(token))),
+    }
+}
+
 /// An argon2id hash of `password` in PHC form, with a random salt and the
 /// crate's default cost: what `DKL_DASHBOARD_PASSWORD_HASH` holds.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
@@ -123,7 +153,7 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 /// The SHA-256 of a session id in hex: what `dashboard_sessions` keeps
 /// instead of the id itself.
 pub fn session_digest(session: &str) -> String {
-    digest(session).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest(session))
 }
 
 /// True when two secrets (CSRF tokens) are equal, compared in constant time.
@@ -205,9 +235,9 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// Addresses remembered at most; past this, a new address waits the
-/// longest (an attack from that many addresses slows everyone down
-/// rather than growing the map).
+/// Addresses remembered at most; past this, new addresses share one entry
+/// (an attack from that many addresses slows them all down rather than
+/// growing the map).
 const THROTTLE_ADDRESSES: usize = 65_536;
 
 /// An hour without attempts forgets an address.
@@ -240,24 +270,25 @@ impl Throttle {
     pub fn attempt(&self, ip: IpAddr) -> Option<Attempt<'_>> {
         let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         attempts.retain(|_, a| a.in_flight > 0 || a.at.elapsed() < THROTTLE_MEMORY);
-        let key = throttle_key(ip);
-        let wait = if !attempts.contains_key(&key) && attempts.len() >= THROTTLE_ADDRESSES {
-            Duration::from_secs(8)
-        } else {
-            let a = attempts.entry(key).or_insert(Attempts {
-                failed: 0,
-                at: Instant::now(),
-                in_flight: 0,
-            });
-            if a.in_flight >= THROTTLE_IN_FLIGHT {
-                return None;
-            }
-            let wait = wait_after(a.failed);
-            a.failed = a.failed.saturating_add(1);
-            a.at = Instant::now();
-            a.in_flight += 1;
-            wait
-        };
+        let mut key = throttle_key(ip);
+        if !attempts.contains_key(&key) && attempts.len() >= THROTTLE_ADDRESSES {
+            // Every address beyond the map's size shares one entry (and
+            // its limits): an attack from that many addresses slows them
+            // all down together.
+            key = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        }
+        let a = attempts.entry(key).or_insert(Attempts {
+            failed: 0,
+            at: Instant::now(),
+            in_flight: 0,
+        });
+        if a.in_flight >= THROTTLE_IN_FLIGHT {
+            return None;
+        }
+        let wait = wait_after(a.failed);
+        a.failed = a.failed.saturating_add(1);
+        a.at = Instant::now();
+        a.in_flight += 1;
         Some(Attempt {
             throttle: self,
             key,

@@ -347,11 +347,16 @@ pub async fn act(
     let client = JobClient::new(app.pool.clone());
     let job = JobId(id.clone());
     let result = match action {
-        Action::Retry | Action::RunNow => client
+        Action::Retry => client
             .retry(&job)
             .await
             .map(|outcome| format!("Job {id}: {}.", outcome.describe()))
             .map_err(|e| format!("Job {id} not retried: {e}")),
+        Action::RunNow => match jobs::make_due(&app.pool, &id).await {
+            Ok(true) => Ok(format!("Job {id}: was waiting; now due.")),
+            Ok(false) => Err(format!("Job {id} is no longer waiting; nothing changed.")),
+            Err(e) => Err(format!("Job {id} not made due: {e}")),
+        },
         Action::Cancel => client
             .cancel(&job)
             .await
