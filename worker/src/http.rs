@@ -180,6 +180,28 @@ pub async fn bind(
     Ok((local, async move { axum::serve(listener, service).await }))
 }
 
+/// Serves the dashboard alone (with `/healthz` and `/metrics` reading on
+/// its pool) on `addr`: what tests and `dklctl bench dashboard` measure,
+/// without a job runtime.
+pub async fn bind_dashboard(
+    addr: SocketAddr,
+    dashboard: crate::dashboard::Dashboard,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let monitoring = Monitoring {
+        pool: dashboard.pool.clone(),
+        stats: Arc::default(),
+        mail: Arc::default(),
+        imap: Arc::default(),
+        heartbeat_stale_after: Duration::from_secs(30),
+        config: MonitorConfig::default(),
+    };
+    let pages = Pages {
+        unsubscribe: None,
+        dashboard: Some(Arc::new(dashboard)),
+    };
+    bind(addr, monitoring, pages).await
+}
+
 /// Serves until the token is cancelled.
 pub async fn serve_until(
     server: impl Future<Output = std::io::Result<()>>,

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dkl_shared::config::{DashboardConfig, MonitorConfig};
+use dkl_shared::config::DashboardConfig;
 use dkl_shared::jobs::{EnqueueOptions, JobClient, JobId};
 use dkl_shared::kinds::Ping;
 use dkl_tests::migrate;
 use dkl_worker::dashboard::Dashboard;
-use dkl_worker::http::{self, Monitoring, Pages};
+use dkl_worker::http;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use sqlx::PgPool;
@@ -30,19 +30,7 @@ async fn serve(pool: &PgPool, config: DashboardConfig) -> Served {
     let listen = "127.0.0.1:0".parse().unwrap();
     let dashboard = Dashboard::new(&config, pool.clone(), Arc::default(), listen)
         .expect("a login is configured");
-    let monitoring = Monitoring {
-        pool: pool.clone(),
-        stats: Arc::default(),
-        mail: Arc::default(),
-        imap: Arc::default(),
-        heartbeat_stale_after: Duration::from_secs(30),
-        config: MonitorConfig::default(),
-    };
-    let pages = Pages {
-        unsubscribe: None,
-        dashboard: Some(Arc::new(dashboard)),
-    };
-    let (addr, server) = http::bind(listen, monitoring, pages).await.unwrap();
+    let (addr, server) = http::bind_dashboard(listen, dashboard).await.unwrap();
     tokio::spawn(server);
     Served {
         base: format!("http://{addr}"),

@@ -10,12 +10,12 @@
 //! Target (issue 14): every page's p95 under 200 ms.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use dkl_shared::config::{DashboardConfig, MonitorConfig};
+use dkl_shared::config::DashboardConfig;
 use dkl_worker::dashboard::Dashboard;
-use dkl_worker::http::{self, Monitoring, Pages};
+use dkl_worker::http;
 use sqlx::PgPool;
 
 use super::scratch_db::ScratchDb;
@@ -117,19 +117,7 @@ async fn measure(pool: &PgPool, args: &DashboardBenchArgs) -> anyhow::Result<Rep
     };
     let dashboard = Dashboard::new(&config, dashboard_pool.clone(), Arc::default(), listen)
         .context("dashboard config")?;
-    let monitoring = Monitoring {
-        pool: dashboard_pool.clone(),
-        stats: Arc::default(),
-        mail: Arc::default(),
-        imap: Arc::default(),
-        heartbeat_stale_after: Duration::from_secs(30),
-        config: MonitorConfig::default(),
-    };
-    let pages = Pages {
-        unsubscribe: None,
-        dashboard: Some(Arc::new(dashboard)),
-    };
-    let (addr, server) = http::bind(listen, monitoring, pages).await?;
+    let (addr, server) = http::bind_dashboard(listen, dashboard).await?;
     let server = tokio::spawn(server);
     let base = format!("http://{addr}");
     let client = reqwest::Client::builder()

@@ -132,6 +132,13 @@ impl JobClient {
         }
     }
 
+    /// Makes a waiting job (scheduled, or retrying later) due now; false
+    /// when it is not waiting any more. Unlike [`JobClient::retry`], never
+    /// runs a finished job again.
+    pub async fn run_now(&self, id: &JobId) -> Result<bool, EngineError> {
+        Ok(store::make_due(&self.pool, &id.0).await?)
+    }
+
     /// Reads a job's row.
     pub async fn job(&self, id: &JobId) -> Result<JobRecord, EngineError> {
         store::job(&self.pool, &id.0)

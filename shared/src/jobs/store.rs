@@ -266,10 +266,7 @@ pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx
         None => return Ok(None),
         Some(JobState::Running) => RetryOutcome::Running,
         Some(JobState::Pending) => {
-            sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            make_due(&mut *tx, id).await?;
             RetryOutcome::MadeDue
         }
         Some(JobState::Done | JobState::Killed | JobState::Queued | JobState::Failed) => {
@@ -289,6 +286,21 @@ pub async fn retry(pool: &PgPool, id: &str) -> Result<Option<RetryOutcome>, sqlx
     };
     tx.commit().await?;
     Ok(Some(outcome))
+}
+
+/// Makes a job that waits for its time or its retry due now; false when it
+/// is not waiting (already due, running, finished or cancelled): then
+/// nothing changes, so a finished job never runs again through this.
+pub async fn make_due(executor: impl sqlx::PgExecutor<'_>, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE apalis.jobs SET run_at = now()
+          WHERE id = $1 AND status = 'Pending' AND run_at > now() AND cancelled_at IS NULL",
+    )
+    .bind(id)
+    .execute(executor)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Cancels a job: a pending one at once, a running one by a NOTIFY to its worker.

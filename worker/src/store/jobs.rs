@@ -228,21 +228,6 @@ pub async fn job(
     Ok(row.map(|r| (r.status, r.extras)))
 }
 
-/// Makes a job that waits for its time or its retry due now; false when it
-/// is not waiting any more (it ran, finished or was cancelled meanwhile:
-/// then nothing changes, so a finished job never runs again from here).
-pub async fn make_due(executor: impl PgExecutor<'_>, id: &str) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE apalis.jobs SET run_at = now()
-          WHERE id = $1 AND status = 'Pending' AND run_at > now() AND cancelled_at IS NULL",
-    )
-    .bind(id)
-    .execute(executor)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
 /// The kinds and queues that have jobs, for the filter menus.
 pub async fn kinds_and_queues(
     executor: impl PgExecutor<'_>,

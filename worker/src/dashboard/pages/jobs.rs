@@ -352,7 +352,7 @@ pub async fn act(
             .await
             .map(|outcome| format!("Job {id}: {}.", outcome.describe()))
             .map_err(|e| format!("Job {id} not retried: {e}")),
-        Action::RunNow => match jobs::make_due(&app.pool, &id).await {
+        Action::RunNow => match client.run_now(&job).await {
             Ok(true) => Ok(format!("Job {id}: was waiting; now due.")),
             Ok(false) => Err(format!("Job {id} is no longer waiting; nothing changed.")),
             Err(e) => Err(format!("Job {id} not made due: {e}")),
